@@ -1,0 +1,29 @@
+"""Typed errors.
+
+Every error a user can cause derives from :class:`HasheeError`; the CLI turns one into a one-line
+message and exit status 1.  Anything else is a bug in hashee and keeps its traceback.
+"""
+
+
+class HasheeError(Exception):
+    """Base class of every user-facing error: the message says what is wrong and how to fix it."""
+
+
+class ExitTableError(HasheeError, ValueError):
+    """An exit table is malformed, or does not fit the tokenizer or model it is used with."""
+
+
+class HashConfigError(HasheeError, ValueError):
+    """Arguments for building or calibrating an exit table are inconsistent (kind, layers, buckets)."""
+
+
+class ModelInputError(HasheeError, ValueError):
+    """Tensors passed to a HashEE model have the wrong dtype, shape, rank or values."""
+
+
+class BackboneError(HasheeError, ValueError):
+    """The backbone model is of an unsupported family or cannot be loaded."""
+
+
+class DataError(HasheeError, ValueError):
+    """A data file cannot be read, or its columns cannot be matched to text and label fields."""

