@@ -1,0 +1,166 @@
+"""The ``hashee`` command line: ``hashee hash | train | eval``.
+
+Only the standard library is imported at module level, so ``hashee --help`` answers without torch;
+each subcommand imports what it needs when it runs.  A user error (:class:`hashee.errors.HasheeError`)
+ends the command with status 1 and a one-line message; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Sequence
+
+from hashee import __version__
+from hashee.errors import HasheeError
+
+HASH_KINDS = ("random", "random-incons", "frequency", "mi", "cluster")
+
+
+def _add_columns(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data columns (detected from the header when not given)")
+    group.add_argument("--text-column", help="column of the (first) text: a header name or a 0-based index")
+    group.add_argument("--pair-column", help="column of the second text, for sentence-pair tasks")
+    group.add_argument("--label-column", help="column of the label (class name/id, or a float for regression)")
+
+
+def _column(value: str | None) -> str | int | None:
+    return int(value) if value is not None and value.isdigit() else value
+
+
+def _unseen(value: str) -> str | int:
+    return int(value) if value.isdigit() else value
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    from hashee.calibration.commands import run_hash_command
+
+    print(run_hash_command(
+        tokenizer_path=args.tokenizer, data=args.data, kind=args.kind, num_layers=args.layers,
+        num_buckets=args.buckets, output_dir=args.output, target_speedup=args.target_speedup,
+        seed=args.seed, unseen=_unseen(args.unseen), model_path=args.model, max_length=args.max_length,
+        text_column=_column(args.text_column), pair_column=_column(args.pair_column),
+        label_column=_column(args.label_column),
+    ))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from hashee.training import format_eval_report, train
+
+    if args.train is None:
+        from hashee.samples import SST2_DEV, SST2_TRAIN
+
+        args.train = str(SST2_TRAIN)
+        args.dev = args.dev or str(SST2_DEV)
+        print(f"no --train given: using the bundled SST-2 sample ({SST2_TRAIN.parent})")
+    result = train(
+        args.backbone, train_file=args.train, dev_file=args.dev, output_dir=args.output, hash_kind=args.hash,
+        num_layers=args.layers, num_buckets=args.buckets, dense=args.dense, learning_rate=args.lr,
+        batch_size=args.batch_size, epochs=args.epochs, warmup_ratio=args.warmup_ratio,
+        weight_decay=args.weight_decay, max_length=args.max_length, seed=args.seed, max_steps=args.max_steps,
+        text_column=_column(args.text_column), pair_column=_column(args.pair_column),
+        label_column=_column(args.label_column), progress=not args.quiet,
+    )
+    print(f"saved {result.kind} run to {result.output_dir}")
+    if result.metrics is not None and args.dev:
+        from hashee.training import evaluate
+
+        print(format_eval_report(evaluate(result.output_dir, args.dev, progress=False)))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from hashee.training import evaluate, format_eval_report
+
+    result = evaluate(args.run_dir, args.data, batch_size=args.batch_size, max_length=args.max_length,
+                      text_column=_column(args.text_column), pair_column=_column(args.pair_column),
+                      label_column=_column(args.label_column), progress=not args.quiet)
+    print(format_eval_report(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand (no heavy imports)."""
+    parser = argparse.ArgumentParser(
+        prog="hashee",
+        description="Hash-based token-level early exiting (HashEE) for transformer encoders: "
+                    "build exit tables, train, evaluate.",
+    )
+    parser.add_argument("--version", action="version", version=f"hashee {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("hash", help="build an exit table (token id -> exit layer) from a tokenizer and data",
+                       description="Build an exit table for every id of a tokenizer's vocabulary.")
+    p.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer or model folder")
+    p.add_argument("--data", help="data file (.tsv/.csv/.jsonl) for the frequency and mi kinds and for "
+                                  "--target-speedup; also used to report the FLOPs reduction")
+    p.add_argument("--kind", choices=HASH_KINDS, default="frequency")
+    p.add_argument("--layers", type=int, required=True, help="L, the encoder depth")
+    p.add_argument("--buckets", type=int, required=True, help="B, number of exit buckets (B <= L)")
+    p.add_argument("--target-speedup", type=float, help="calibrate frequency buckets to this FLOPs reduction (within 5%%)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unseen", default="last", help="exit layer of ids not in the data: last, first or a number")
+    p.add_argument("--model", help="model folder whose input embeddings the cluster kind uses (default: --tokenizer)")
+    p.add_argument("--max-length", type=int, default=128, help="truncation when measuring FLOPs")
+    p.add_argument("-o", "--output", required=True, help="folder to write exit_table.npy and exit_table.json")
+    _add_columns(p)
+    p.set_defaults(handler=cmd_hash)
+
+    p = sub.add_parser("train", help="fine-tune a HashEE (or dense) classifier with the Hugging Face Trainer",
+                       description="Fine-tune with the seed's recipe (Table 8) and write a run directory.")
+    p.add_argument("--backbone", help="Hugging Face model folder (default: the offline all-MiniLM-L6-v2)")
+    p.add_argument("--train", help="training data (.tsv/.csv/.jsonl); default: the bundled SST-2 sample "
+                                   "(2,000 sentences, with its 400-sentence dev sample as --dev)")
+    p.add_argument("--dev", help="development data, evaluated after each epoch and at the end")
+    p.add_argument("--hash", choices=HASH_KINDS, default="frequency", help="exit-table kind")
+    p.add_argument("--layers", type=int, help="L (default: the backbone's depth)")
+    p.add_argument("--buckets", type=int, help="B (default: L)")
+    p.add_argument("--dense", action="store_true", help="train the same backbone without early exit")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-o", "--output", required=True, help="run directory to write")
+    _add_columns(p)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("eval", help="score a run directory on a data file, with its FLOPs reduction",
+                       description="Evaluate a HashEE or dense run: task metric and measured FLOPs reduction.")
+    p.add_argument("run_dir", help="run directory written by `hashee train` (or any save_pretrained folder)")
+    p.add_argument("--data", required=True, help="labelled data file (.tsv/.csv/.jsonl)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, help="default: the training run's")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_columns(p)
+    p.set_defaults(handler=cmd_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hashee`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 0
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return handler(args)
+    except HasheeError as exc:
+        print(f"hashee {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"hashee {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
