@@ -1,0 +1,198 @@
+"""Budget calibration: a frequency exit table whose analytic FLOPs reduction hits a target.
+
+The search runs over a one-parameter family of frequency tables.  With the seen token types sorted
+by corpus frequency (most frequent first), bucket ``k`` starts at the fraction ``(k / B) ** alpha``
+of the sorted types (``k = 1..B-1``).  ``alpha = 1`` is the plain equal-count frequency table;
+small ``alpha`` moves the boundaries towards 1 (most types in the earliest bucket, fast), large
+``alpha`` towards 0 (most types in the last bucket, slow).  Every boundary moves monotonically with
+``alpha``, so the corpus FLOPs do too and a bisection on ``log(alpha)`` finds the target.
+
+The corpus is tokenised once as the encoder sees it (special tokens, truncated to ``max_length``);
+each candidate table is evaluated by a numpy lookup and :func:`hashee.flops.batch_flops`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import numpy as np
+
+from hashee.calibration.exit_tables import (
+    TextItem,
+    _check_int,
+    _normalise_texts,
+    _resolve_unseen,
+    _special_ids,
+    _vocab_size,
+    base_metadata,
+    bucket_layers,
+    cuts_from_boundaries,
+    encode_for_counting,
+    encode_with_specials,
+    frequency_ranking,
+    ranked_table,
+    table_from_ranking,
+)
+from hashee.errors import DataError, HashConfigError
+from hashee.exit_table import ExitTable
+from hashee.flops import EncoderDims, FlopsReport, batch_flops
+
+ALPHA_RANGE = (1e-6, 1e6)  # the family's ends: ~all seen types in the first / the last bucket
+MAX_BISECTION_STEPS = 64
+REFINE = 0.1  # bisection goes on until within REFINE * tolerance (or the steps run out)
+_FLOPS_CHUNK = 2048  # sequences per batch_flops call (bounds the [chunk, L, seq] temporary)
+MINILM_HIDDEN, MINILM_FFN = 384, 1536
+
+
+def boundaries_for_alpha(alpha: float, num_buckets: int) -> list[float]:
+    """The family's bucket boundaries: ``(k / B) ** alpha`` for ``k = 1..B-1``."""
+    return [float((k / num_buckets) ** alpha) for k in range(1, num_buckets)]
+
+
+def _padded(ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat ids + lengths -> ``[N, T]`` ids (0 where padding) and the non-padding mask."""
+    width = int(lengths.max()) if lengths.size else 0
+    rows = np.repeat(np.arange(lengths.shape[0]), lengths)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    cols = np.arange(ids.shape[0]) - np.repeat(starts, lengths)
+    padded = np.zeros((lengths.shape[0], width), dtype=np.int64)
+    mask = np.zeros((lengths.shape[0], width), dtype=bool)
+    padded[rows, cols] = ids
+    mask[rows, cols] = True
+    return padded, mask
+
+
+def corpus_flops(exit_layers: np.ndarray, dims: EncoderDims) -> FlopsReport:
+    """:func:`hashee.flops.batch_flops` over ``[N, T]`` exit layers (0 = padding), in chunks."""
+    report: FlopsReport | None = None
+    for start in range(0, exit_layers.shape[0], _FLOPS_CHUNK):
+        part = batch_flops(exit_layers[start:start + _FLOPS_CHUNK], dims)
+        report = part if report is None else report + part
+    if report is None:
+        raise DataError("the corpus has no sequences")
+    return report
+
+
+def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: float, num_layers: int,
+                     num_buckets: int, dims: EncoderDims | None = None, unseen: str | int = "last",
+                     tolerance: float = 0.05, max_length: int = 128) -> ExitTable:
+    """Frequency exit table whose FLOPs reduction on ``texts`` is ``target_speedup`` (within tolerance).
+
+    Args:
+        tokenizer: any Hugging Face tokenizer; the table covers ``len(tokenizer)`` ids.
+        texts: the corpus (strings or ``(text_a, text_b)`` pairs), used both to rank token types by
+            frequency and to measure the FLOPs.
+        target_speedup: wanted dense FLOPs / HashEE FLOPs on the corpus (> 0).
+        num_layers: L; num_buckets: B (``1 <= B <= L``), as for :func:`build_exit_table`.
+        dims: encoder sizes for the FLOPs; default MiniLM sizes ``EncoderDims(L, 384, 1536)``.
+        unseen: exit layer of ids not in the corpus (``"last"``, ``"first"`` or a layer).
+        tolerance: accepted relative error ``|achieved / target - 1|``, in (0, 1).
+        max_length: truncation length of the corpus sequences, special tokens included.
+
+    Returns:
+        An :class:`ExitTable` of kind ``frequency`` with ``metadata["bucket_boundaries"]`` set to the
+        chosen boundaries (``build_exit_table("frequency", ..., bucket_boundaries=...)`` rebuilds it)
+        and ``metadata["calibration"]`` recording target, achieved speed-up, ``alpha`` and the range.
+
+    Raises:
+        HashConfigError: bad arguments, or a target the family cannot reach (the message gives the
+            reachable range and what to change).
+        DataError: malformed or empty texts.
+    """
+    layers = bucket_layers(num_layers, num_buckets)
+    num_layers, num_buckets = int(num_layers), int(num_buckets)
+    unseen_layer = _resolve_unseen(unseen, num_layers)
+    max_length = _check_int("max_length", max_length, 1)
+    if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(target_speedup)) or target_speedup <= 0:
+        raise HashConfigError(f"target_speedup must be a positive number, got {target_speedup!r}")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.integer, np.floating)) \
+            or not 0 < float(tolerance) < 1:
+        raise HashConfigError(f"tolerance must be a relative error in (0, 1), got {tolerance!r}")
+    target, tolerance = float(target_speedup), float(tolerance)
+    if dims is None:
+        dims = EncoderDims(num_layers, MINILM_HIDDEN, MINILM_FFN)
+    elif not isinstance(dims, EncoderDims):
+        raise HashConfigError(f"dims must be a hashee.flops.EncoderDims, got {type(dims).__name__}")
+    if dims.num_layers != num_layers:
+        raise HashConfigError(f"dims.num_layers ({dims.num_layers}) differs from num_layers ({num_layers})")
+
+    items = _normalise_texts(texts)
+    if not items:
+        raise DataError("texts is empty; budget calibration needs a corpus")
+    vocab_size = _vocab_size(tokenizer)
+    specials = _special_ids(tokenizer, vocab_size)
+
+    count_ids, _ = encode_for_counting(tokenizer, items, vocab_size)
+    ranked = frequency_ranking(count_ids, vocab_size, specials)
+    if ranked.shape[0] == 0:
+        raise DataError("the corpus has no non-special tokens to rank")
+    corpus_ids, mask = _padded(*encode_with_specials(tokenizer, items, vocab_size, max_length))
+
+    def speedup(alpha: float) -> float:
+        cuts = cuts_from_boundaries(boundaries_for_alpha(alpha, num_buckets), ranked.shape[0], num_buckets)
+        table = table_from_ranking(ranked, cuts, layers, vocab_size, specials, unseen_layer, num_layers)
+        return corpus_flops(np.where(mask, table[corpus_ids], 0), dims).speedup
+
+    lo, hi = ALPHA_RANGE  # speedup(lo) is the largest, speedup(hi) the smallest
+    fastest, slowest = speedup(lo), speedup(hi)
+    reach = f"{slowest:.3f}x..{fastest:.3f}x"
+    if target > fastest * (1 + tolerance):
+        raise HashConfigError(
+            f"target speed-up {target:g}x is out of reach: with L={num_layers}, B={num_buckets} the frequency "
+            f"family gives {reach} on this corpus ({len(items)} texts, max_length {max_length}); lower the "
+            f"target, or use more buckets so that the first bucket exits earlier (B = L exits it at layer 1)"
+        )
+    if target < slowest * (1 - tolerance):
+        raise HashConfigError(
+            f"target speed-up {target:g}x is below the reachable range {reach} (L={num_layers}, "
+            f"B={num_buckets}): even the slowest table exits its last bucket at layer {layers[-1]}; raise "
+            f"the target or use B = L buckets so that the last bucket exits at layer {num_layers}"
+        )
+
+    candidates = [(abs(fastest / target - 1), lo, fastest), (abs(slowest / target - 1), hi, slowest)]
+    log_lo, log_hi = math.log(lo), math.log(hi)
+    for _ in range(MAX_BISECTION_STEPS):
+        best = min(candidates)
+        if best[0] <= REFINE * tolerance or log_hi - log_lo < 1e-12:
+            break
+        mid = 0.5 * (log_lo + log_hi)
+        achieved = speedup(math.exp(mid))
+        candidates.append((abs(achieved / target - 1), math.exp(mid), achieved))
+        if achieved > target:
+            log_lo = mid  # too fast: larger alpha moves types to later buckets
+        else:
+            log_hi = mid
+    error, alpha, achieved = min(candidates)
+    if error > tolerance:
+        raise HashConfigError(
+            f"no table of the frequency family is within {tolerance:.1%} of {target:g}x: the FLOPs jump past "
+            f"it (closest {achieved:.3f}x); allow a larger tolerance, use a larger corpus or more buckets"
+        )
+
+    boundaries = boundaries_for_alpha(alpha, num_buckets)
+    meta = base_metadata(layers, 0, vocab_size, specials)
+    table = ranked_table(ranked, boundaries, layers, vocab_size, specials, unseen, num_layers, meta, len(items))
+    meta["calibration"] = {
+        "family": "bucket k starts at fraction (k/B)**alpha of the frequency-sorted seen types",
+        "alpha": float(alpha), "target_speedup": target, "achieved_speedup": float(achieved),
+        "tolerance": tolerance, "reachable_speedup": [float(slowest), float(fastest)],
+        "max_length": max_length,
+        "dims": {"num_layers": dims.num_layers, "hidden_size": dims.hidden_size,
+                 "intermediate_size": dims.intermediate_size, "num_labels": dims.num_labels,
+                 "embedding_size": dims.embedding_size},
+    }
+    return ExitTable(layers=table, num_layers=num_layers, kind="frequency", metadata=meta)
+
+
+def texts_flops(table: ExitTable, tokenizer: Any, texts: Iterable[TextItem], dims: EncoderDims,
+                max_length: int = 128) -> FlopsReport:
+    """Analytic FLOPs of ``table`` on ``texts`` tokenised as the encoder sees them (specials, truncated)."""
+    items = _normalise_texts(texts)
+    if not items:
+        raise DataError("texts is empty; FLOPs need at least one text")
+    vocab_size = _vocab_size(tokenizer)
+    table.check_vocab_size(vocab_size)
+    corpus_ids, mask = _padded(*encode_with_specials(tokenizer, items, vocab_size, max_length))
+    return corpus_flops(np.where(mask, table.layers[corpus_ids], 0), dims)
