@@ -48,3 +48,18 @@ def sst2_sentences(elue_dir) -> list[tuple[str, int]]:
         next(reader)
         rows = [(row[0], int(row[1])) for _, row in zip(range(400), reader)]
     return rows
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip at run time, with the reason, where torch sees no CUDA device."""
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.fixturenames.insert(0, "_cuda_or_skip")
+
+
+@pytest.fixture
+def _cuda_or_skip():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU: torch.cuda.is_available() is False on this machine")

@@ -1,0 +1,52 @@
+"""GPU tier: the reference model on CUDA (skipped with a reason where there is no GPU)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_dense
+
+from hashee.exit_table import ExitTable
+from hashee.modeling import HashEEForSequenceClassification
+from hashee.modeling.oracle import masked_oracle
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "albert", "electra"])
+def test_cuda_matches_cpu_and_oracle(family):
+    dense = tiny_dense(family, vocab_size=120, num_layers=4)
+    table = ExitTable(np.random.default_rng(0).integers(1, 5, 120), 4)
+    model = HashEEForSequenceClassification.from_dense(dense, table).eval()
+    ids = torch.randint(5, 120, (8, 20))
+    mask = (torch.arange(20)[None] < torch.randint(3, 21, (8, 1))).long()
+    with torch.no_grad():
+        cpu = model(ids, attention_mask=mask).logits
+        model.cuda()
+        cuda = model(ids.cuda(), attention_mask=mask.cuda()).logits.cpu()
+        oracle = masked_oracle(model, ids.cuda(), mask.cuda()).logits.cpu()
+    assert torch.allclose(cuda, cpu, atol=1e-4, rtol=0)
+    assert torch.allclose(cuda, oracle, atol=1e-4, rtol=0)
+
+
+def test_cuda_forward_synchronises_once_per_batch():
+    """The packed layout reads one small vector from the device per forward, never per layer."""
+    dense = tiny_dense("bert", vocab_size=120, num_layers=4)
+    table = ExitTable(np.random.default_rng(0).integers(1, 5, 120), 4)
+    model = HashEEForSequenceClassification.from_dense(dense, table).eval().cuda()
+    ids = torch.randint(5, 120, (8, 20), device="cuda")
+    with torch.no_grad():
+        model(ids)  # warm-up
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model(ids)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]
