@@ -47,7 +47,7 @@ def cmd_hash(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from hashee.training import format_eval_report, train
+    from hashee.training import format_train_report, train
 
     if args.train is None:
         from hashee.samples import SST2_DEV, SST2_TRAIN
@@ -63,20 +63,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         text_column=_column(args.text_column), pair_column=_column(args.pair_column),
         label_column=_column(args.label_column), progress=not args.quiet,
     )
-    print(f"saved {result.kind} run to {result.output_dir}")
-    if result.metrics is not None and args.dev:
-        from hashee.training import evaluate
-
-        print(format_eval_report(evaluate(result.output_dir, args.dev, progress=False)))
+    print(format_train_report(result))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from hashee.training import evaluate, format_eval_report
+    from hashee.evaluation import evaluate, format_eval_report
 
     result = evaluate(args.run_dir, args.data, batch_size=args.batch_size, max_length=args.max_length,
                       text_column=_column(args.text_column), pair_column=_column(args.pair_column),
-                      label_column=_column(args.label_column), progress=not args.quiet)
+                      label_column=_column(args.label_column), progress=not args.quiet,
+                      exit_table=args.exit_table)
     print(format_eval_report(result))
     return 0
 
@@ -137,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="labelled data file (.tsv/.csv/.jsonl)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, help="default: the training run's")
+    p.add_argument("--exit-table", help="evaluate a HashEE run with another exit table (a folder written by "
+                                        "`hashee hash`), e.g. random-incons for the consistency ablation")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_columns(p)
     p.set_defaults(handler=cmd_eval)

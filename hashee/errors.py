@@ -27,3 +27,7 @@ class BackboneError(HasheeError, ValueError):
 
 class DataError(HasheeError, ValueError):
     """A data file cannot be read, or its columns cannot be matched to text and label fields."""
+
+
+class TrainConfigError(HasheeError, ValueError):
+    """Training or evaluation arguments are out of range (learning rate, batch size, epochs, ...)."""

@@ -1,11 +1,11 @@
-"""Fine-tuning HashEE (or dense) classifiers with the Hugging Face ``Trainer``, and evaluating runs.
+"""Fine-tuning HashEE (or dense) classifiers with the Hugging Face ``Trainer``.
 
 :func:`train` reads a labelled file, builds the exit table on the training texts, wraps the backbone
 in :class:`hashee.modeling.HashEEForSequenceClassification` (or keeps it dense), fine-tunes it with the
 seed's recipe (Table 8: learning rate 5e-5, batch 32, 3 epochs, warm-up 10 %, weight decay 0.01) and
 writes a run directory: the model (``save_pretrained``, exit table included), the tokenizer and
-``hashee_train.json`` (recipe, data, final dev metrics, FLOPs reduction).  :func:`evaluate` loads a
-run directory and scores a data file, with the FLOPs the exit table saves on it.
+``hashee_train.json`` (recipe, data, final dev metrics, FLOPs reduction).  Scoring a run directory
+afterwards is :func:`hashee.evaluation.evaluate`.
 """
 
 from __future__ import annotations
@@ -20,16 +20,12 @@ from typing import Any
 import numpy as np
 
 from hashee.data import Examples, TokenizedDataset, label_mapping, load_examples, tokenize_examples
-from hashee.errors import BackboneError, DataError, HashConfigError, HasheeError
+from hashee.errors import BackboneError, DataError, HashConfigError, TrainConfigError
+from hashee.evaluation import (TRAIN_META, _check_number, _import_modeling, _load_tokenizer, _max_length_limit,
+                               predict_dataset, score_lines)
 from hashee.flops import EncoderDims, FlopsReport, batch_flops
 from hashee.metrics import compute_metrics, trainer_metrics
-
-TRAIN_META = "hashee_train.json"
 META_VERSION = 1
-
-
-class TrainConfigError(HasheeError, ValueError):
-    """Training or evaluation arguments are out of range (learning rate, batch size, epochs, ...)."""
 
 
 @dataclass
@@ -50,38 +46,6 @@ class TrainResult:
     def flops_reduction(self) -> float | None:
         """Dense FLOPs / HashEE FLOPs (1.0 for dense runs)."""
         return self.flops.speedup if self.flops is not None else None
-
-
-@dataclass
-class EvalResult:
-    """Scores of a run on a data file; predictions are in the file's order."""
-
-    run_dir: Path
-    data_file: Path
-    kind: str
-    metrics: dict[str, float]  # empty when the file has no labels
-    flops: FlopsReport
-    predictions: np.ndarray  # class ids, or regression outputs
-    logits: np.ndarray = field(repr=False, default=None)
-    label_names: list[str] | None = None
-    is_regression: bool = False
-    exit_table_meta: dict[str, Any] | None = None
-
-    @property
-    def num_examples(self) -> int:
-        return int(self.predictions.shape[0])
-
-    @property
-    def predicted_labels(self) -> list[Any]:
-        """Predictions as label names (classification) or floats (regression)."""
-        if self.is_regression or not self.label_names:
-            return self.predictions.tolist()
-        return [self.label_names[int(i)] for i in self.predictions]
-
-    @property
-    def flops_reduction(self) -> float:
-        """Dense FLOPs / model FLOPs on this data (1.0 for dense runs)."""
-        return self.flops.speedup
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -116,44 +80,6 @@ def _load_config(path: Path) -> Any:
         raise BackboneError(f"cannot read the model config in {path}: {exc}") from exc
 
 
-def _load_tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BackboneError(f"cannot load a tokenizer from {path} ({exc}); the folder needs the tokenizer "
-                            f"files (tokenizer.json or vocab files) next to config.json") from exc
-
-
-def _check_number(name: str, value: Any, low: float, high: float | None = None, integer: bool = False,
-                  low_inclusive: bool = True) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and integer:
-        ok = float(value).is_integer()
-    if ok:
-        ok = (value >= low if low_inclusive else value > low) and (high is None or value <= high)
-    if not ok:
-        bound = f"{'>=' if low_inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
-        raise TrainConfigError(f"{name} must be {'an integer' if integer else 'a number'} {bound}, got {value!r}")
-
-
-def _max_length_limit(tokenizer: Any, config: Any) -> int | None:
-    limits = [int(tokenizer.model_max_length)] if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000 else []
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions:
-        limits.append(int(positions))
-    return min(limits) if limits else None
-
-
-def _device(device: Any = None) -> Any:
-    import torch
-
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _json_safe(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
@@ -176,67 +102,6 @@ def _flops_dict(report: FlopsReport | None, data: str | None) -> dict[str, Any] 
             "dense_flops_per_sequence": report.dense_flops / per,
             "hashee_flops_per_sequence": report.hashee_flops / per,
             "reduction": report.speedup, "active_fraction": list(report.active_fraction)}
-
-
-def _model_kind(run_dir: Path) -> str:
-    config_path = run_dir / "config.json"
-    if not run_dir.is_dir():
-        raise BackboneError(f"run directory {run_dir} does not exist; pass a folder written by hashee train")
-    if not config_path.is_file():
-        raise BackboneError(f"{run_dir} holds no config.json; pass a run folder written by hashee train")
-    try:
-        model_type = json.loads(config_path.read_text()).get("model_type")
-    except json.JSONDecodeError as exc:
-        raise BackboneError(f"{config_path} is not valid JSON ({exc})") from exc
-    return "hashee" if model_type == "hashee" else "dense"
-
-
-def _import_modeling() -> Any:
-    try:
-        import hashee.modeling as modeling
-    except ImportError as exc:
-        raise BackboneError(f"hashee.modeling is not available ({exc}); reinstall hashee") from exc
-    return modeling
-
-
-def predict_dataset(model: Any, dataset: TokenizedDataset, tokenizer: Any, kind: str, batch_size: int = 64,
-                    progress: bool = True, desc: str = "predict") -> tuple[np.ndarray, FlopsReport]:
-    """Run ``model`` over ``dataset`` (no grad, eval mode, length-sorted batches).
-
-    Returns the logits in dataset order and the FLOPs report: exit layers come from the model's exit
-    table for HashEE (``model.exit_layers_for``) and are all ``L`` for dense models.
-    """
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import DataCollatorWithPadding
-
-    config = model.dense.config if kind == "hashee" else model.config
-    dims = EncoderDims.from_config(config)
-    collator = DataCollatorWithPadding(tokenizer)
-    device = next(model.parameters()).device
-    order = np.argsort(-np.asarray(dataset.lengths), kind="stable")
-    logits_out: list[np.ndarray] = [None] * len(order)  # type: ignore[list-item]
-    report: FlopsReport | None = None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
-                index = order[start:start + batch_size]
-                batch = collator([{k: v for k, v in dataset[int(i)].items() if k != "labels"} for i in index])
-                batch = {k: v.to(device) for k, v in batch.items()}
-                logits = model(**batch).logits.float().cpu().numpy()
-                mask = batch["attention_mask"]
-                exits = model.exit_layers_for(batch["input_ids"], mask) if kind == "hashee" else mask * dims.num_layers
-                part = batch_flops(exits.cpu().numpy(), dims)
-                report = part if report is None else report + part
-                for row, i in enumerate(index):
-                    logits_out[int(i)] = logits[row]
-    finally:
-        model.train(was_training)
-    if report is None:
-        raise DataError("there are no examples to predict")
-    return np.stack(logits_out), report
 
 
 def table_flops(table: Any, dataset: TokenizedDataset, dims: EncoderDims, chunk: int = 1024) -> FlopsReport:
@@ -474,100 +339,11 @@ def _make_trainer(model: Any, tokenizer: Any, train_set: TokenizedDataset, dev_s
 
 # ---------------------------------------------------------------------------------- evaluate
 
-def load_run(run_dir: str | Path, device: Any = None) -> tuple[Any, Any, str]:
-    """Load a run directory: ``(model in eval mode, tokenizer, kind)`` with kind ``hashee`` or ``dense``."""
-    from transformers import AutoModelForSequenceClassification
 
-    run_dir = Path(run_dir)
-    kind = _model_kind(run_dir)
-    try:
-        if kind == "hashee":
-            model = _import_modeling().HashEEForSequenceClassification.from_pretrained(str(run_dir))
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(str(run_dir))
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, HasheeError):
-            raise
-        raise BackboneError(f"cannot load the model in {run_dir}: {exc}") from exc
-    tokenizer = _load_tokenizer(run_dir)
-    return model.to(_device(device)).eval(), tokenizer, kind
-
-
-def _run_meta(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / TRAIN_META
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}
-
-
-def evaluate(run_dir: str | Path, data_file: str | Path, batch_size: int = 64, max_length: int | None = None,
-             text_column: str | int | None = None, pair_column: str | int | None = None,
-             label_column: str | int | None = None, progress: bool = True, device: Any = None) -> EvalResult:
-    """Score a run directory (HashEE or dense) on a data file.
-
-    ``max_length`` defaults to the training run's; the columns to those named at training time, else
-    to what the file's header says.  Returns the metrics (empty for an unlabelled file), the FLOPs report on
-    this data (reduction 1.0 for dense runs) and the predictions in the file's order.
-    """
-    run_dir = Path(run_dir)
-    _check_number("batch_size", batch_size, 1, integer=True)
-    if max_length is not None:
-        _check_number("max_length", max_length, 2, integer=True)
-    if not Path(data_file).is_file():
-        raise DataError(f"data file {data_file} does not exist")
-    model, tokenizer, kind = load_run(run_dir, device)
-    config = model.config
-    regression = config.problem_type == "regression" or config.num_labels == 1
-    meta = _run_meta(run_dir)
-    if max_length is None:
-        max_length = int(meta.get("recipe", {}).get("max_length") or 0) or min(
-            _max_length_limit(tokenizer, model.dense.config if kind == "hashee" else config) or 512, 512)
-    columns = (text_column, pair_column, label_column)
-    if all(c is None for c in columns):  # the columns named at training time, if any
-        flags = meta.get("data", {}).get("column_flags") or {}
-        columns = (flags.get("text"), flags.get("pair"), flags.get("label"))
-    examples = load_examples(data_file, *columns, regression=regression)
-    label_names = None if regression else [config.id2label[i] for i in range(config.num_labels)]
-    label2id = None
-    if not regression and examples.labels is not None:
-        label2id = {name: i for i, name in enumerate(label_names)}
-        unknown = set(examples.labels) - set(label2id)
-        if unknown and all(s.isdigit() and int(s) < config.num_labels for s in set(examples.labels)):
-            label2id = {str(i): i for i in range(config.num_labels)}  # a model with names, data with ids
-    dataset = tokenize_examples(examples, tokenizer, max_length, label2id)
-    logits, flops = predict_dataset(model, dataset, tokenizer, kind, batch_size, progress, "eval")
-    metrics: dict[str, float] = {}
-    if examples.labels is not None:
-        gold = np.asarray([f["labels"] for f in dataset.features])
-        metrics = compute_metrics(logits, gold, regression, None if regression else config.num_labels)
-    predictions = logits[:, 0].astype(np.float64) if regression else logits.argmax(axis=1)
-    return EvalResult(run_dir=run_dir, data_file=Path(data_file), kind=kind, metrics=metrics, flops=flops,
-                      predictions=predictions, logits=logits, label_names=label_names, is_regression=regression,
-                      exit_table_meta=dict(config.exit_table) if kind == "hashee" else None)
-
-
-def format_eval_report(result: EvalResult) -> str:
-    """A few human-readable lines: the run, the data, metric values, FLOPs dense vs HashEE, reduction."""
-    if result.kind == "hashee" and result.exit_table_meta:
-        meta = result.exit_table_meta
-        buckets = meta.get("metadata", {}).get("num_buckets", "?")
-        what = f"HashEE, {meta.get('kind', '?')} hash, L={meta.get('num_layers', '?')}, B={buckets}"
-    else:
-        what = "HashEE" if result.kind == "hashee" else "dense"
-    lines = [f"run:   {result.run_dir} ({what})", f"data:  {result.data_file} ({result.num_examples} examples)"]
-    if result.metrics:
-        shown = [f"{k} {v:.4f}" for k, v in result.metrics.items() if k != "main"]
-        lines.append("score: " + ", ".join(shown))
-    else:
-        lines.append("score: the file has no labels; predictions only")
-    per = max(result.flops.num_sequences, 1)
-    dense, model = result.flops.dense_flops / per / 1e9, result.flops.hashee_flops / per / 1e9
-    if result.kind == "hashee":
-        lines.append(f"FLOPs: dense {dense:.4g} GFLOPs/example, HashEE {model:.4g} GFLOPs/example, "
-                     f"reduction {result.flops_reduction:.2f}x")
-    else:
-        lines.append(f"FLOPs: dense {dense:.4g} GFLOPs/example (dense run, reduction 1.00x)")
+def format_train_report(result: TrainResult) -> str:
+    """What a finished run reports: where it was saved, its final dev scores and FLOPs reduction."""
+    lines = [f"saved {result.kind} run to {result.output_dir} ({result.global_step} steps, "
+             f"final training loss {result.train_loss:.4f})"]
+    if result.flops is not None:
+        lines += score_lines(result.metrics, result.flops, result.kind)
     return "\n".join(lines)

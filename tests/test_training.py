@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from hashee.data import label_mapping, load_examples, tokenize_examples
-from hashee.errors import BackboneError, DataError, HashConfigError
-from hashee.training import TRAIN_META, TrainConfigError, evaluate, format_eval_report, train
+from hashee.errors import BackboneError, DataError, ExitTableError, HashConfigError, TrainConfigError
+from hashee.evaluation import evaluate, format_eval_report
+from hashee.training import TRAIN_META, format_train_report, train
 
 torch = pytest.importorskip("torch")
 
@@ -197,6 +198,42 @@ def test_evaluate_hashee(hashee_run, sst2):
     assert result.flops.active_fraction[0] == 1.0 and result.flops.active_fraction[-1] < 1.0
     report = format_eval_report(result)
     assert "HashEE" in report and "frequency" in report and f"{result.flops_reduction:.2f}x" in report
+
+
+def test_train_report_names_the_run_and_its_scores(hashee_run):
+    report = format_train_report(hashee_run)
+    assert str(hashee_run.output_dir) in report and f"{hashee_run.flops_reduction:.2f}x" in report
+    assert f"accuracy {hashee_run.metrics['accuracy']:.4f}" in report
+
+
+def test_evaluate_with_another_exit_table(hashee_run, sst2, minilm_tokenizer, tmp_path):
+    """The consistency ablation: a model trained with one table, evaluated with another."""
+    from hashee.calibration import build_exit_table
+    from hashee.flops import EncoderDims, batch_flops
+
+    incons = build_exit_table("random-incons", minilm_tokenizer, num_layers=LAYERS, num_buckets=LAYERS, seed=3)
+    incons.save(tmp_path / "incons")
+    run_config = (hashee_run.output_dir / "config.json").read_bytes()
+    result = evaluate(hashee_run.output_dir, sst2[1], progress=False, exit_table=tmp_path / "incons")
+    assert result.exit_table_meta["kind"] == "random-incons"
+    # FLOPs follow the swapped table: recompute them from the table by lookup alone
+    data = tokenize_examples(load_examples(sst2[1]), minilm_tokenizer, 128)
+    dims = EncoderDims.from_config(hashee_run.model.dense.config)
+    expected = batch_flops([incons.lookup(np.asarray(f["input_ids"])) for f in data.features], dims)
+    assert result.flops.hashee_flops == pytest.approx(expected.hashee_flops)
+    assert result.flops_reduction != pytest.approx(hashee_run.flops_reduction)
+    assert (hashee_run.output_dir / "config.json").read_bytes() == run_config  # the run is untouched
+    with pytest.raises(ExitTableError, match="--layers 3"):
+        evaluate(hashee_run.output_dir, sst2[1], progress=False,
+                 exit_table=build_exit_table("random", minilm_tokenizer, num_layers=6, num_buckets=6))
+
+
+def test_evaluate_dense_run_rejects_an_exit_table(dense_run, sst2, minilm_tokenizer):
+    from hashee.calibration import build_exit_table
+
+    table = build_exit_table("random", minilm_tokenizer, num_layers=LAYERS, num_buckets=LAYERS)
+    with pytest.raises(BackboneError, match="dense"):
+        evaluate(dense_run.output_dir, sst2[1], progress=False, exit_table=table)
 
 
 def test_hashee_pairs_mi_without_dev(backbone, elue_dir, tmp_path):
