@@ -206,3 +206,27 @@ def test_real_minilm_all_last_layer_equals_dense(minilm_path, minilm_tokenizer):
             ours = model(**batch).logits
             reference = dense(**batch).logits
         assert torch.allclose(ours, reference, atol=TOL, rtol=0)
+
+
+def test_token_never_seen_when_the_table_was_built_exits_last(minilm_tokenizer):
+    import transformers
+
+    from hashee.calibration import build_exit_table
+
+    table = build_exit_table("frequency", minilm_tokenizer, texts=["a good film .", "a bad film ."],
+                             num_layers=LAYERS, num_buckets=LAYERS)
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(minilm_tokenizer), hidden_size=32, num_hidden_layers=LAYERS,
+                                     num_attention_heads=4, intermediate_size=48)
+    dense = transformers.BertForSequenceClassification(config).eval()
+    model = wrap(dense, table)
+    batch = minilm_tokenizer(["a good film .", "a wonderful film ."], padding=True, return_tensors="pt")
+    unseen = minilm_tokenizer.convert_tokens_to_ids("wonderful")
+    assert unseen != minilm_tokenizer.unk_token_id
+    with torch.no_grad():
+        out = model(**batch)
+        oracle = masked_oracle(model, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    position = batch["input_ids"][1].tolist().index(unseen)
+    assert out.exit_layers[1, position] == LAYERS
+    assert out.exit_layers[0, 2] < LAYERS  # "film" was seen: it exits earlier
+    assert torch.allclose(out.logits, oracle.logits, atol=TOL, rtol=0)
