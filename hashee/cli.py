@@ -61,7 +61,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, epochs=args.epochs, warmup_ratio=args.warmup_ratio,
         weight_decay=args.weight_decay, max_length=args.max_length, seed=args.seed, max_steps=args.max_steps,
         text_column=_column(args.text_column), pair_column=_column(args.pair_column),
-        label_column=_column(args.label_column), progress=not args.quiet,
+        label_column=_column(args.label_column), progress=not args.quiet, exit_table=args.exit_table,
+        target_speedup=args.target_speedup,
     )
     print(format_train_report(result))
     return 0
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=int, help="L (default: the backbone's depth)")
     p.add_argument("--buckets", type=int, help="B (default: L)")
     p.add_argument("--dense", action="store_true", help="train the same backbone without early exit")
+    p.add_argument("--exit-table", help="use this exit table (a folder written by `hashee hash`) instead of --hash")
+    p.add_argument("--target-speedup", type=float,
+                   help="frequency hash with buckets calibrated to this FLOPs reduction on the training data")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=float, default=3.0)

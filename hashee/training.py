@@ -23,6 +23,7 @@ from hashee.data import Examples, TokenizedDataset, label_mapping, load_examples
 from hashee.errors import BackboneError, DataError, HashConfigError, TrainConfigError
 from hashee.evaluation import (TRAIN_META, _check_number, _import_modeling, _load_tokenizer, _max_length_limit,
                                predict_dataset, score_lines)
+from hashee.exit_table import ExitTable
 from hashee.flops import EncoderDims, FlopsReport, batch_flops
 from hashee.metrics import compute_metrics, trainer_metrics
 META_VERSION = 1
@@ -186,7 +187,8 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
           epochs: float = 3.0, warmup_ratio: float = 0.1, weight_decay: float = 0.01, max_length: int = 128,
           seed: int = 42, max_steps: int | None = None, text_column: str | int | None = None,
           pair_column: str | int | None = None, label_column: str | int | None = None,
-          regression: bool | None = None, progress: bool = True) -> TrainResult:
+          regression: bool | None = None, progress: bool = True, exit_table: Any = None,
+          target_speedup: float | None = None) -> TrainResult:
     """Fine-tune a HashEE (or, with ``dense=True``, a plain) sequence classifier and save the run.
 
     Args:
@@ -206,6 +208,10 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
             does not say.
         regression: force (True) or forbid (False) regression; default: float labels mean regression.
         progress: show progress bars.
+        exit_table: use this :class:`~hashee.ExitTable` (or a folder written by ``hashee hash``)
+            instead of building one; ``hash_kind`` is then ignored.
+        target_speedup: build a frequency table whose analytic FLOPs reduction on the training texts
+            is this (:func:`hashee.calibration.calibrate_budget`, within 5 %).
 
     Raises:
         BackboneError, DataError, HashConfigError, TrainConfigError: with what to change.
@@ -220,9 +226,20 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
               "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_length": max_length, "seed": seed,
               "max_steps": max_steps, "optimizer": "adamw_torch", "scheduler": "linear"}
     _check_recipe(recipe)
-    from hashee.calibration import HASH_KINDS, build_exit_table
+    from hashee.calibration import HASH_KINDS, build_exit_table, calibrate_budget
 
-    if not dense and hash_kind not in HASH_KINDS:
+    if exit_table is not None and target_speedup is not None:
+        raise HashConfigError("pass either an exit table or a target speed-up, not both")
+    if target_speedup is not None and hash_kind != "frequency":
+        raise HashConfigError(f"a target speed-up calibrates frequency buckets; it cannot be used with {hash_kind!r}")
+    if dense and (exit_table is not None or target_speedup is not None):
+        raise HashConfigError("a dense run has no exit table; drop --dense or the exit-table options")
+    if exit_table is not None and not isinstance(exit_table, ExitTable):
+        exit_table = ExitTable.load(exit_table)
+    if exit_table is not None:
+        num_layers = exit_table.num_layers
+        num_buckets = int(exit_table.metadata.get("num_buckets") or len(np.unique(exit_table.layers)))
+    if not dense and exit_table is None and hash_kind not in HASH_KINDS:
         raise HashConfigError(f"unknown hash kind {hash_kind!r}; valid kinds are {', '.join(HASH_KINDS)}")
     for name, path in (("train_file", train_file), ("dev_file", dev_file)):
         if path is not None and not Path(path).is_file():
@@ -260,8 +277,14 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     if not dense:
         embeddings = model.get_input_embeddings().weight.detach().cpu().numpy() if hash_kind == "cluster" else None
         labels = task.train.label_ids(task.label_map) if hash_kind == "mi" else None
-        table = build_exit_table(hash_kind, tokenizer, texts=task.train.inputs(), labels=labels, num_layers=layers,
-                                 num_buckets=buckets, embeddings=embeddings, seed=seed)
+        if exit_table is not None:
+            table = exit_table
+        elif target_speedup is not None:
+            table = calibrate_budget(tokenizer, task.train.inputs(), target_speedup, layers, buckets,
+                                     dims=EncoderDims.from_config(config), max_length=max_length)
+        else:
+            table = build_exit_table(hash_kind, tokenizer, texts=task.train.inputs(), labels=labels,
+                                     num_layers=layers, num_buckets=buckets, embeddings=embeddings, seed=seed)
         model = _import_modeling().HashEEForSequenceClassification.from_dense(model, table)
     trainer = _make_trainer(model, tokenizer, train_set, dev_set, task, output_dir, recipe, progress)
     output = trainer.train()
@@ -291,7 +314,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
                  "column_flags": dict(zip(("text", "pair", "label"), columns)), "columns": task.train.columns,
                  "train_examples": len(task.train), "dev_examples": len(task.dev) if task.dev is not None else None},
         "recipe": recipe,
-        "exit_table": ({"hash_kind": hash_kind, "num_layers": layers, "num_buckets": buckets,
+        "exit_table": ({"hash_kind": table.kind, "num_layers": layers, "num_buckets": buckets,
                         "histogram": table.histogram(), **table.to_meta()} if table is not None else None),
         "train": {"global_step": output.global_step, "train_loss": output.training_loss,
                   "runtime_s": output.metrics.get("train_runtime")},

@@ -345,3 +345,25 @@ def test_headerless_columns_carry_over_to_evaluate(backbone, sst2, tmp_path):
     assert result.metrics is None and result.flops_reduction == pytest.approx(1.0)
     evaluated = evaluate(tmp_path / "run", data, progress=False)  # the run remembers the columns
     assert evaluated.num_examples == 8 and "accuracy" in evaluated.metrics
+
+
+def test_train_with_a_given_table_and_with_a_target_speedup(backbone, sst2, minilm_tokenizer, tmp_path):
+    from hashee.calibration import build_exit_table
+
+    table = build_exit_table("random", minilm_tokenizer, num_layers=LAYERS, num_buckets=2, seed=5)
+    table.save(tmp_path / "table")
+    run = train(backbone, train_file=sst2[0], output_dir=tmp_path / "given", exit_table=tmp_path / "table",
+                **{**STEPS, "max_steps": 2})
+    assert run.exit_table == table and run.model.exit_table == table
+    record = json.loads((tmp_path / "given" / TRAIN_META).read_text())
+    assert record["exit_table"]["hash_kind"] == "random" and record["exit_table"]["num_buckets"] == 2
+
+    run = train(backbone, train_file=sst2[0], output_dir=tmp_path / "budget", target_speedup=1.5,
+                **{**STEPS, "max_steps": 2})
+    calibration = run.exit_table.metadata["calibration"]
+    assert abs(calibration["achieved_speedup"] / 1.5 - 1) <= 0.05
+    assert run.flops_reduction == pytest.approx(calibration["achieved_speedup"], rel=1e-6)
+    with pytest.raises(HashConfigError, match="not both"):
+        train(backbone, train_file=sst2[0], output_dir=tmp_path / "x", exit_table=table, target_speedup=2.0)
+    with pytest.raises(HashConfigError, match="frequency"):
+        train(backbone, train_file=sst2[0], output_dir=tmp_path / "x", hash_kind="mi", target_speedup=2.0)
