@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hashee import ExitTable
 from hashee.samples import SST2_TRAIN
@@ -48,9 +49,19 @@ def tiny_run(folder: Path, family: str, num_labels: int = 2, seed: int = 0, exit
     if num_labels == 1:
         extra.setdefault("problem_type", "regression")
     dense = tiny_dense(family, seed=seed, num_labels=num_labels, **extra)
+    # Hugging Face's init (std 0.02) leaves a tiny random model's logits almost constant, which would make
+    # a 1e-4 comparison meaningless; std 0.2 gives pre-activations of order 1 and logits that move.
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in dense.parameters():
+            if param.dim() == 2:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
     vocab = dense.config.vocab_size
     rng = np.random.default_rng(seed)
-    layers = exit_layers if exit_layers is not None else rng.integers(1, 5, size=vocab)
+    if exit_layers is None:  # as real tables do, special tokens ([PAD] [UNK] [CLS] [SEP] [MASK]) exit at L
+        exit_layers = rng.integers(1, 5, size=vocab)
+        exit_layers[: len(SPECIALS) + 1] = 4
+    layers = exit_layers
     table = ExitTable(layers, num_layers=4, kind="random", metadata={"seed": seed})
     model = HashEEForSequenceClassification.from_dense(dense, table).eval()
     tokenizer = tiny_tokenizer(folder, vocab, int(dense.config.pad_token_id or 0))

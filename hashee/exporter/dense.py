@@ -44,10 +44,13 @@ def export_dense(run_dir: Path, output: Path, config: dict[str, Any], opset: int
         dense.save_pretrained(str(source))
         tokenizer.save_pretrained(str(source))
         say(f"exporting the dense {dense.config.model_type} classifier with Optimum (opset {opset})")
+        from transformers.utils import logging as hf_logging
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            level = logging.getLogger("optimum").level
+            level, hf_level = logging.getLogger("optimum").level, hf_logging.get_verbosity()
             logging.getLogger("optimum").setLevel(logging.ERROR)
+            hf_logging.set_verbosity_error()
             try:
                 main_export(str(source), Path(scratch) / "onnx", task="text-classification", opset=opset,
                             device="cpu", do_validation=False, library_name="transformers")
@@ -55,6 +58,7 @@ def export_dense(run_dir: Path, output: Path, config: dict[str, Any], opset: int
                 raise ExportError(f"Optimum could not export the dense model: {str(exc).splitlines()[0]}") from exc
             finally:
                 logging.getLogger("optimum").setLevel(level)
+                hf_logging.set_verbosity(hf_level)
         shutil.copyfile(Path(scratch) / "onnx" / MODEL_FILE, stage / MODEL_FILE)
         onnx.checker.check_model(str(stage / MODEL_FILE), full_check=True)
         say("validating on ONNX Runtime CPU against PyTorch")

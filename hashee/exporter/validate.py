@@ -178,6 +178,11 @@ def validate_bundle(bundle: str | Path, data_file: str | Path, reference: str | 
         raise DataError(f"data file {data_file} does not exist")
     model, _, kind = load_run(reference, device="cpu")
     dense = meta.get("kind") == "dense"
+    if dense and kind == "hashee":  # a dense baseline exported from a HashEE run: its backbone's weights
+        model = model.dense.eval()
+    elif not dense and kind != "hashee":
+        raise BundleError(f"{bundle} is a HashEE bundle but {reference} holds a dense model; pass --reference "
+                          f"with the HashEE run it was exported from")
     tokenizer = AutoTokenizer.from_pretrained(str(bundle / TOKENIZER_DIR))
     max_length = int(max_length or meta.get("max_length") or 512)
     regression = meta.get("task", {}).get("problem_type") == "regression"
