@@ -143,3 +143,19 @@ def test_tensorrt_checker_flags_unsupported_nodes():
     text = "\n".join(problems)
     for name in ("dynamic_axes", "scatter_add", "topk_unsorted", "not_listed"):
         assert name in text
+
+
+@pytest.mark.slow
+def test_real_minilm_exports_and_validates(minilm_path, minilm_tokenizer, tmp_path):
+    """The offline all-MiniLM-L6-v2 with a random table (specials at L): both targets, within 1e-4."""
+    from hashee import ExitTable
+
+    rng = np.random.default_rng(0)
+    layers = rng.integers(1, 7, size=minilm_tokenizer.vocab_size)
+    layers[minilm_tokenizer.all_special_ids] = 6
+    model = HashEEForSequenceClassification.from_dense(minilm_path, ExitTable(layers, 6), num_labels=2)
+    model.save_pretrained(str(tmp_path / "run"))
+    minilm_tokenizer.save_pretrained(str(tmp_path / "run"))
+    first = export(tmp_path / "run", tmp_path / "trt", target="tensorrt", max_length=128, progress=False)
+    assert max(d["logits"] for d in first.validation.values()) <= 1e-4
+    assert first.meta["max_length"] == 128 and first.meta["backbone"]["hidden_size"] == 384
