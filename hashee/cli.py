@@ -1,4 +1,4 @@
-"""The ``hashee`` command line: ``hashee hash | train | eval``.
+"""The ``hashee`` command line: ``hashee hash | train | eval | export | validate``.
 
 Only the standard library is imported at module level, so ``hashee --help`` answers without torch;
 each subcommand imports what it needs when it runs.  A user error (:class:`hashee.errors.HasheeError`)
@@ -79,12 +79,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from hashee.exporter import export
+
+    result = export(args.run_dir, args.output, target=args.target, opset=args.opset, max_length=args.max_length,
+                    token_outputs=args.token_outputs, dense=args.dense, overwrite=args.overwrite,
+                    progress=not args.quiet)
+    print(result.format())
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from hashee.exporter import validate_bundle
+
+    result = validate_bundle(args.bundle, args.data, reference=args.reference, batch_size=args.batch_size,
+                             max_length=args.max_length, tolerance=args.tolerance, progress=not args.quiet,
+                             raise_on_failure=False)
+    print(result.format())
+    if not result.ok:
+        print(f"hashee validate: error: max |difference| {result.max_abs_diff:.3g} exceeds {result.tolerance:g}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand (no heavy imports)."""
     parser = argparse.ArgumentParser(
         prog="hashee",
         description="Hash-based token-level early exiting (HashEE) for transformer encoders: "
-                    "build exit tables, train, evaluate.",
+                    "build exit tables, train, evaluate, export to ONNX.",
     )
     parser.add_argument("--version", action="version", version=f"hashee {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -143,6 +167,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_columns(p)
     p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser("export", help="export a run to a validated ONNX bundle (model.onnx, exit table, tokenizer)",
+                       description="Export a HashEE run (or, with --dense, its weights without early exit) to a "
+                                   "bundle folder; the saved graph is checked against PyTorch and nothing is "
+                                   "written when it disagrees.")
+    p.add_argument("run_dir", help="folder written by `hashee train` or save_pretrained (model + tokenizer)")
+    p.add_argument("-o", "--output", required=True, help="bundle folder to write")
+    p.add_argument("--target", default="onnxruntime", help="onnxruntime (default) or tensorrt")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--max-length", type=int, help="longest input the bundle accepts (default: the model's limit)")
+    p.add_argument("--token-outputs", action="store_true", help="also output each token's state at its exit layer")
+    p.add_argument("--dense", action="store_true", help="export the same weights without early exit (Optimum)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("validate", help="compare a bundle with its PyTorch reference over a data file",
+                       description="Run a bundle on ONNX Runtime CPU and the PyTorch model over a data file; "
+                                   "report max |difference| and label agreement (exit 1 above the tolerance).")
+    p.add_argument("bundle", help="bundle folder written by `hashee export`")
+    p.add_argument("--data", required=True, help="data file (.tsv/.csv/.jsonl)")
+    p.add_argument("--reference", help="run folder of the PyTorch reference (default: the one the bundle names)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, help="default: the bundle's")
+    p.add_argument("--tolerance", type=float, default=1e-4)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_validate)
     return parser
 
 

@@ -31,3 +31,15 @@ class DataError(HasheeError, ValueError):
 
 class TrainConfigError(HasheeError, ValueError):
     """Training or evaluation arguments are out of range (learning rate, batch size, epochs, ...)."""
+
+
+class ExportError(HasheeError, ValueError):
+    """A model cannot be exported as asked (run folder, target, opset, output folder, unsupported part)."""
+
+
+class ValidationError(HasheeError):
+    """An exported graph disagrees with the PyTorch reference beyond the tolerance."""
+
+
+class BundleError(HasheeError, ValueError):
+    """A bundle folder is missing files, fails its sha256 check, or has a newer format than this hashee reads."""

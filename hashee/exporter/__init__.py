@@ -1,1 +1,18 @@
-"""torch -> ONNX export, validation, the bundle writer and the TensorRT builder (issues #3 and #5)."""
+"""torch -> ONNX export, validation and the bundle writer (issue #3); the TensorRT builder comes with #5.
+
+Public API::
+
+    from hashee.exporter import export, validate_bundle, read_bundle
+    result = export("runs/sst2-hashee", "bundles/sst2", target="onnxruntime")
+    print(validate_bundle("bundles/sst2", "dev.tsv").format())
+
+Heavy libraries (onnx, onnxruntime, optimum, torch) are imported inside the functions that use them.
+"""
+
+from hashee.exporter.bundle import FORMAT_VERSION, read_bundle
+from hashee.exporter.export import ExportResult, export
+from hashee.exporter.targets import TARGETS, tensorrt_violations
+from hashee.exporter.validate import BundleValidation, validate_bundle
+
+__all__ = ["FORMAT_VERSION", "TARGETS", "BundleValidation", "ExportResult", "export", "read_bundle",
+           "tensorrt_violations", "validate_bundle"]

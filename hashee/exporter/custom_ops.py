@@ -1,0 +1,90 @@
+"""The project's own ONNX ops: ``hashee.GatherActive`` and ``hashee.ScatterActive``.
+
+Both are model-local functions (``FunctionProto``) of the ``hashee`` domain whose bodies use only
+standard ONNX ops, so the checker passes, a stock ONNX Runtime runs the file with no extra library,
+and TensorRT's parser inlines them.  Their schemas are registered with :mod:`onnx.defs` (see
+:func:`register_schemas`) so that tools reading the file can look them up.
+
+``GatherActive(hidden [T, D], active [B, S] float) -> (rows [n, D], index [n, 1])``
+    picks the rows of the flattened ``[B*S, D]`` hidden states whose mask entry is non-zero, in the
+    original token order; ``index`` holds their flat positions.  The mask is float (0/1) rather than
+    bool because TensorRT's NonZero takes FP32/FP16 only.
+``ScatterActive(hidden [T, D], index [n, 1], rows [n, D]) -> hidden' [T, D]``
+    writes ``rows`` back at ``index`` (ScatterND without reduction) and leaves every other row as is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DOMAIN = "hashee"
+DOMAIN_VERSION = 1
+GATHER_ACTIVE = "GatherActive"
+SCATTER_ACTIVE = "ScatterActive"
+FUNCTION_NAMES = (GATHER_ACTIVE, SCATTER_ACTIVE)
+
+
+def _gather_active(opset: int) -> Any:
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Constant", [], ["flat_shape"], value=helper.make_tensor("flat_shape", TensorProto.INT64, [1], [-1])),
+        helper.make_node("Reshape", ["active", "flat_shape"], ["flat"]),
+        helper.make_node("NonZero", ["flat"], ["nonzero"]),
+        helper.make_node("Transpose", ["nonzero"], ["index"], perm=[1, 0]),
+        helper.make_node("GatherND", ["hidden", "index"], ["rows"]),
+    ]
+    return helper.make_function(
+        DOMAIN, GATHER_ACTIVE, inputs=["hidden", "active"], outputs=["rows", "index"], nodes=nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        doc_string="Rows of hidden [B*S, D] where the [B, S] mask is non-zero, with their flat indices [n, 1].",
+    )
+
+
+def _scatter_active(opset: int) -> Any:
+    from onnx import helper
+
+    nodes = [helper.make_node("ScatterND", ["hidden", "index", "rows"], ["updated"])]
+    return helper.make_function(
+        DOMAIN, SCATTER_ACTIVE, inputs=["hidden", "index", "rows"], outputs=["updated"], nodes=nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        doc_string="hidden [B*S, D] with rows [n, D] written at the flat indices [n, 1]; other rows unchanged.",
+    )
+
+
+def function_protos(opset: int) -> list[Any]:
+    """The two FunctionProtos, for a model whose default-domain opset is ``opset``."""
+    return [_gather_active(opset), _scatter_active(opset)]
+
+
+def register_schemas() -> None:
+    """Register the ``hashee`` domain's op schemas with :mod:`onnx.defs` (idempotent)."""
+    from onnx import defs
+
+    float_types = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
+    specs = {
+        GATHER_ACTIVE: (
+            "Gathers the rows of hidden [B*S, D] whose entry in the [B, S] mask is non-zero.",
+            [("hidden", "T"), ("active", "M")], [("rows", "T"), ("index", "I")],
+        ),
+        SCATTER_ACTIVE: (
+            "Writes rows [n, D] into hidden [B*S, D] at the flat indices [n, 1].",
+            [("hidden", "T"), ("index", "I"), ("rows", "T")], [("updated", "T")],
+        ),
+    }
+    for name, (doc, inputs, outputs) in specs.items():
+        if defs.has(name, DOMAIN):
+            continue
+        constraints = [
+            defs.OpSchema.TypeConstraintParam("T", float_types, "hidden states"),
+            defs.OpSchema.TypeConstraintParam("I", ["tensor(int64)"], "flat row indices"),
+        ]
+        if name == GATHER_ACTIVE:
+            constraints.append(defs.OpSchema.TypeConstraintParam("M", float_types, "0/1 activity mask"))
+        schema = defs.OpSchema(
+            name, DOMAIN, DOMAIN_VERSION, doc=doc,
+            inputs=[defs.OpSchema.FormalParameter(n, t) for n, t in inputs],
+            outputs=[defs.OpSchema.FormalParameter(n, t) for n, t in outputs],
+            type_constraints=[(c.type_param_str, list(c.allowed_type_strs), c.description) for c in constraints],
+        )
+        defs.register_schema(schema)

@@ -1,0 +1,199 @@
+"""``hashee export``: a run folder -> a validated bundle (model.onnx, exit_table.npy, tokenizer/, hashee.json)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hashee.errors import ExitTableError, ExportError
+from hashee.exporter.bundle import MODEL_FILE, TABLE_FILE, TOKENIZER_DIR, staged_folder, write_meta
+from hashee.exporter.targets import MIN_OPSET, TARGETS
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export` wrote: the bundle folder, its ``hashee.json`` content, the time it took."""
+
+    bundle: Path
+    meta: dict[str, Any]
+    seconds: float
+    validation: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def format(self) -> str:
+        onnx_meta = self.meta["onnx"]
+        worst = max((d for case in self.validation.values() for d in case.values()), default=0.0)
+        return "\n".join([
+            f"bundle: {self.bundle} ({self.meta['kind']}, target {onnx_meta['target']}, opset {onnx_meta['opset']})",
+            f"validated on {len(self.validation)} input sets against PyTorch: max |difference| {worst:.3g} "
+            f"(tolerance {self.meta['validation']['tolerance']:g})",
+            f"export took {self.seconds:.1f} s",
+        ])
+
+
+class Progress:
+    """One line per step on stderr, with the elapsed time."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.start = enabled, time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            print(f"[export {time.perf_counter() - self.start:5.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    if not run_dir.is_dir():
+        raise ExportError(f"run folder {run_dir} does not exist; pass a folder written by hashee train or save_pretrained")
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ExportError(f"{run_dir} holds no config.json; pass a folder written by hashee train or save_pretrained")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path} is not valid JSON ({exc})") from exc
+
+
+def _check_exit_table(run_dir: Path, config: dict[str, Any]) -> None:
+    if not config.get("exit_table", {}).get("num_layers"):
+        raise ExitTableError(f"{run_dir}/config.json has no exit table metadata; save the model with "
+                             f"HashEEForSequenceClassification.save_pretrained")
+    weights = run_dir / "model.safetensors"
+    if weights.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="np") as handle:
+            if "exit_table_layers" not in handle.keys():
+                raise ExitTableError(f"{weights} holds no exit table (tensor exit_table_layers); save the model "
+                                     f"with HashEEForSequenceClassification.save_pretrained")
+
+
+def max_length_limit(config: Any, tokenizer: Any) -> int:
+    """Longest input the position table allows (RoBERTa positions start after the padding id)."""
+    positions = int(getattr(config, "max_position_embeddings", 512))
+    if config.model_type == "roberta":
+        positions -= int(config.pad_token_id) + 1
+    tok = int(getattr(tokenizer, "model_max_length", 0) or 0)
+    return min(positions, tok) if 0 < tok < 1_000_000 else positions
+
+
+def resolve_max_length(max_length: int | None, config: Any, tokenizer: Any) -> int:
+    limit = max_length_limit(config, tokenizer)
+    if max_length is None:
+        return limit
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        raise ExportError(f"max length must be an integer >= 2, got {max_length!r}")
+    if max_length > limit:
+        raise ExportError(f"max length {max_length} exceeds what the model's position embeddings allow ({limit})")
+    return max_length
+
+
+def describe(model_config: Any, num_layers: int) -> dict[str, Any]:
+    """Backbone and task facts for ``hashee.json``."""
+    from hashee.flops import EncoderDims
+
+    dims = EncoderDims.from_config(model_config)
+    heads = getattr(model_config, "num_attention_heads", None) or getattr(model_config, "n_heads", None)
+    return {
+        "backbone": {"family": model_config.model_type, "num_layers": num_layers, "hidden_size": dims.hidden_size,
+                     "intermediate_size": dims.intermediate_size, "num_attention_heads": int(heads),
+                     "vocab_size": int(model_config.vocab_size)},
+        "task": {"problem_type": model_config.problem_type or ("regression" if model_config.num_labels == 1
+                                                               else "single_label_classification"),
+                 "num_labels": int(model_config.num_labels),
+                 "id2label": {str(k): str(v) for k, v in sorted(model_config.id2label.items())}},
+    }
+
+
+def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime", opset: int = MIN_OPSET,
+           max_length: int | None = None, token_outputs: bool = False, dense: bool = False,
+           overwrite: bool = False, progress: bool = True) -> ExportResult:
+    """Export a run folder to a validated bundle at ``output``.
+
+    Args:
+        run_dir: a folder written by ``save_pretrained`` of a HashEE model with its tokenizer (what
+            ``hashee train`` writes); with ``dense``, also a plain Hugging Face classifier folder.
+        output: the bundle folder; must not exist or be empty unless ``overwrite``.
+        target: ``onnxruntime`` (may use com.microsoft ops) or ``tensorrt`` (only ops the TensorRT
+            parser accepts, checked node by node).
+        opset: default-domain ONNX opset (17 or higher).
+        max_length: longest input the bundle accepts (default: the position table's limit).
+        token_outputs: also output every token's state at its exit layer (``token_states``).
+        dense: export the same weights without early exit through Optimum (the baseline).
+        overwrite: replace a non-empty ``output``.
+        progress: print one line per step on stderr.
+
+    Raises:
+        ExportError, ExitTableError, BackboneError: the run folder or the arguments cannot be exported.
+        ValidationError: the saved graph disagrees with PyTorch beyond 1e-4; nothing is written.
+    """
+    import onnx
+
+    from hashee import __version__
+    from hashee.evaluation import load_run
+    from hashee.exporter.bundle import check_output_folder
+    from hashee.exporter.graph import build_graph, check_target
+    from hashee.exporter.targets import tensorrt_violations
+    from hashee.exporter.validate import TOLERANCE, check_export
+
+    started = time.perf_counter()
+    say = Progress(progress)
+    run_dir, output = Path(run_dir), Path(output)
+    if target not in TARGETS:
+        raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    check_output_folder(output.absolute(), overwrite)
+    config = _read_config(run_dir)
+    if dense:
+        from hashee.exporter.dense import export_dense
+
+        return export_dense(run_dir, output, config, opset=opset, max_length=max_length, overwrite=overwrite,
+                            say=say, started=started)
+    check_target(target, opset)
+    if config.get("model_type") != "hashee":
+        raise ExitTableError(f"{run_dir} holds a {config.get('model_type')!r} model without an exit table; "
+                             f"export it with --dense, or train a HashEE model (hashee train)")
+    _check_exit_table(run_dir, config)
+    say(f"loading {run_dir}")
+    model, tokenizer, _ = load_run(run_dir, device="cpu")
+    backbone_config = model.dense.config
+    max_length = resolve_max_length(max_length, backbone_config, tokenizer)
+    with staged_folder(output, overwrite) as stage:
+        say(f"building the graph (target {target}, opset {opset})")
+        proto, spec = build_graph(model, target, opset, token_outputs)
+        (stage / MODEL_FILE).write_bytes(proto.SerializeToString())
+        del proto
+        say("checking the saved file (onnx.checker, full check)")
+        try:
+            onnx.checker.check_model(str(stage / MODEL_FILE), full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            raise ExportError(f"the exported graph fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
+        if target == "tensorrt":
+            problems = tensorrt_violations(onnx.load(str(stage / MODEL_FILE)))
+            if problems:
+                raise ExportError(f"{len(problems)} nodes would not import into TensorRT: " + "; ".join(problems[:5]))
+        say("validating on ONNX Runtime CPU against PyTorch (real text and edge inputs)")
+        report = check_export(stage / MODEL_FILE, model, tokenizer, max_length)
+        table = model.exit_table
+        np.save(stage / TABLE_FILE, table.layers, allow_pickle=False)
+        tokenizer.save_pretrained(str(stage / TOKENIZER_DIR))
+        meta = {
+            "kind": "hashee",
+            "producer": {"name": "hashee", "version": __version__},
+            "source": {"run_dir": str(run_dir.absolute())},
+            **describe(backbone_config, int(model.num_layers)),
+            "max_length": max_length,
+            "exit_table": {**table.to_meta(), "file": TABLE_FILE, "dtype": str(table.layers.dtype)},
+            "onnx": {"file": MODEL_FILE, "target": target, "precision": "fp32", "opset": opset,
+                     "inputs": spec.inputs, "outputs": spec.outputs,
+                     "custom_ops": ["hashee.GatherActive", "hashee.ScatterActive"]},
+            "tokenizer": TOKENIZER_DIR,
+            "validation": {"tolerance": TOLERANCE, "cases": report},
+        }
+        meta = write_meta(stage, meta)
+        say(f"writing {output}")
+    return ExportResult(output, meta, time.perf_counter() - started, report)

@@ -1,0 +1,199 @@
+"""The HashEE ONNX graph, written directly from a model's weights.
+
+Contract (issue #3): inputs ``input_ids`` and ``attention_mask`` (int64 [batch, sequence]),
+``token_type_ids`` where the backbone uses them, and ``exit_masks`` (bool [num_layers, batch,
+sequence]; row ``l-1`` marks the tokens active in layer ``l``, in the original token order).
+Outputs ``logits`` [batch, num_labels] and, when asked for, ``token_states`` [batch, sequence, hidden].
+
+Layer ``l`` of the graph:
+
+1. ``active = exit_masks[l-1] & attention_mask`` (as 0/1 float);
+2. ``hashee.GatherActive`` packs the active rows of the flattened hidden states ``[B*S, D]``;
+3. queries, attention output, LayerNorms and FFN run on those ``n`` rows only; keys and values come
+   from every token's state and padding keys are masked, so exited tokens still serve as keys;
+4. for attention the ``n`` query rows are scattered into a ``[B, Q]`` grid, ``Q`` being the most
+   active tokens of one sequence in this layer (each query sees only its own sequence's keys);
+5. ``hashee.ScatterActive`` writes the updated rows back; exited rows are carried over unchanged.
+
+So work per layer falls with the number of active tokens, the caller never sorts, and any mask works
+(monotone masks give exactly the PyTorch reference, :mod:`hashee.modeling`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hashee.errors import ExportError
+from hashee.exporter import custom_ops
+from hashee.exporter.builder import GraphBuilder
+from hashee.exporter.parts import FLOAT, INT64, activation, embed, head, uses_token_type_ids
+from hashee.exporter.targets import MAX_OPSET, MIN_OPSET, TARGETS
+
+MASK_VALUE = -30000.0  # additive attention mask: finite, survives fp16 conversion, exp() underflows to 0
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """What the exported graph takes and returns (names, dtypes, symbolic shapes)."""
+
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec["name"] for spec in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [spec["name"] for spec in self.outputs]
+
+
+def check_target(target: str, opset: int) -> None:
+    """Raise :class:`ExportError` for an unknown target or an opset outside the supported range."""
+    if target not in TARGETS:
+        raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if isinstance(opset, bool) or not isinstance(opset, int):
+        raise ExportError(f"opset must be an integer, got {opset!r}")
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too low: LayerNormalization needs opset {MIN_OPSET}; "
+                          f"use --opset {MIN_OPSET} or higher")
+    if opset > MAX_OPSET[target]:
+        raise ExportError(f"opset {opset} is too high for the {target} target (it reads up to opset "
+                          f"{MAX_OPSET[target]}); use --opset {MAX_OPSET[target]} or lower")
+
+
+def _attention_plain(b: GraphBuilder, queries: str, keys: str, values: str, mask_add: str, batch: str,
+                     heads: int, head_dim: int) -> str:
+    """Softmax attention of a [B*Q, D] query grid over [B*S, D] keys/values -> [B*Q, D] (standard ops)."""
+    shape = b.op("Concat", [batch, b.const([-1, heads, head_dim])], axis=0, hint="heads_shape")
+    q = b.op("Transpose", [b.op("Reshape", [queries, shape])], perm=[0, 2, 1, 3], hint="q_heads")
+    k = b.op("Transpose", [b.op("Reshape", [keys, shape])], perm=[0, 2, 3, 1], hint="k_heads")
+    v = b.op("Transpose", [b.op("Reshape", [values, shape])], perm=[0, 2, 1, 3], hint="v_heads")
+    q = b.op("Mul", [q, b.const(1.0 / math.sqrt(head_dim), np.float32)], hint="scale")
+    scores = b.op("Add", [b.op("MatMul", [q, k], hint="scores"), mask_add], hint="masked_scores")
+    probs = b.op("Softmax", [scores], axis=-1)
+    context = b.op("Transpose", [b.op("MatMul", [probs, v], hint="context")], perm=[0, 2, 1, 3])
+    return b.op("Reshape", [context, b.const([-1, heads * head_dim])], hint="context_rows")
+
+
+def _attention_ort(b: GraphBuilder, queries: str, keys: str, values: str, key_padding: str, batch: str,
+                   heads: int, hidden: int) -> str:
+    """The same attention through ``com.microsoft.MultiHeadAttention`` (ONNX Runtime target)."""
+    shape = b.op("Concat", [batch, b.const([-1, hidden])], axis=0, hint="seq_shape")
+    q, k, v = (b.op("Reshape", [t, shape], hint=h) for t, h in ((queries, "q"), (keys, "k"), (values, "v")))
+    context = b.op("MultiHeadAttention", [q, k, v, "", key_padding], domain="com.microsoft", num_heads=heads,
+                   mask_filter_value=MASK_VALUE)
+    return b.op("Reshape", [context, b.const([-1, hidden])], hint="context_rows")
+
+
+def _layer(b: GraphBuilder, model: Any, index: int, hidden: str, env: dict[str, str], target: str) -> str:
+    """Layer ``index`` (1-based) on the flat hidden states [B*S, D]; returns the new states."""
+    layer = model.family.layer(model.dense, index - 1)
+    heads = layer.num_heads
+    size = int(layer.query.weight.shape[0])
+    head_dim = size // heads
+    name = f"layers.{index - 1}"
+    b.scope = f"layer{index}"
+    mask = b.op("Gather", [env["exit_masks"], b.const(index - 1)], axis=0, hint="exit_mask")
+    active = b.op("Cast", [b.op("And", [mask, env["keep"]])], to=FLOAT, hint="active")
+    rows, index_rows = b.op(custom_ops.GATHER_ACTIVE, [hidden, active], outputs=2, domain=custom_ops.DOMAIN)
+    # Query grid: the n active rows placed at [b, rank within sequence] of a [B, Q] grid.
+    counts = b.reduce("ReduceSum", active, [1])
+    widest = b.op("Max", [b.reduce("ReduceMax", counts, [0], keepdims=1), b.const([1.0], np.float32)])
+    width = b.op("Cast", [widest], to=INT64, hint="query_width")
+    rank = b.op("Sub", [b.op("Cast", [b.op("CumSum", [active, b.const(1)])], to=INT64), b.const(1)], hint="rank")
+    slot = b.op("Add", [b.op("Mul", [env["batch_column"], width]), rank], hint="slot")
+    slot = b.op("GatherND", [b.op("Reshape", [slot, b.const([-1, 1])]), index_rows], hint="query_slot")
+    grid_rows = b.op("Mul", [env["batch"], width], hint="grid_rows")
+
+    queries = b.linear(rows, layer.query, f"{name}.query")
+    keys = b.linear(hidden, layer.key, f"{name}.key")
+    values = b.linear(hidden, layer.value, f"{name}.value")
+    zeros = b.op("ConstantOfShape", [b.op("Concat", [grid_rows, b.const([size])], axis=0)], hint="grid")
+    grid = b.op("ScatterND", [zeros, slot, queries], hint="query_grid")
+    if target == "onnxruntime":
+        context = _attention_ort(b, grid, keys, values, env["key_padding"], env["batch"], heads, size)
+    else:
+        context = _attention_plain(b, grid, keys, values, env["mask_add"], env["batch"], heads, head_dim)
+    context = b.op("GatherND", [context, slot], hint="context_active")
+    attended = b.op("Add", [b.linear(context, layer.attn_output, f"{name}.attention.output"), rows])
+    attended = b.layer_norm(attended, layer.attn_norm, f"{name}.attention.LayerNorm")
+    inner = activation(b, b.linear(attended, layer.ffn_in, f"{name}.ffn.in"), layer.activation, "act")
+    out = b.op("Add", [b.linear(inner, layer.ffn_out, f"{name}.ffn.out"), attended])
+    out = b.layer_norm(out, layer.ffn_norm, f"{name}.ffn.LayerNorm")
+    return b.op(custom_ops.SCATTER_ACTIVE, [hidden, index_rows, out], domain=custom_ops.DOMAIN)
+
+
+def build_graph(model: Any, target: str = "onnxruntime", opset: int = MIN_OPSET,
+                token_outputs: bool = False) -> tuple[Any, GraphSpec]:
+    """The ONNX ``ModelProto`` of a :class:`~hashee.modeling.HashEEForSequenceClassification` and its spec.
+
+    Deterministic: the same weights give byte-identical serialisations.
+    """
+    from onnx import TensorProto, helper
+
+    from hashee import __version__
+
+    check_target(target, opset)
+    custom_ops.register_schemas()
+    config = model.dense.config
+    num_layers, num_labels = int(model.num_layers), int(config.num_labels)
+    hidden_size = int(model.family.layer(model.dense, 0).query.weight.shape[0])
+    with_types = uses_token_type_ids(model)
+
+    spec_in = [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
+               {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"]}]
+    if with_types:
+        spec_in.append({"name": "token_type_ids", "dtype": "int64", "shape": ["batch", "sequence"]})
+    spec_in.append({"name": "exit_masks", "dtype": "bool", "shape": ["num_layers", "batch", "sequence"]})
+    spec_out = [{"name": "logits", "dtype": "float32", "shape": ["batch", num_labels]}]
+    if token_outputs:
+        spec_out.append({"name": "token_states", "dtype": "float32", "shape": ["batch", "sequence", hidden_size]})
+    dtypes = {"int64": TensorProto.INT64, "bool": TensorProto.BOOL, "float32": TensorProto.FLOAT}
+
+    b = GraphBuilder(opset)
+    b.scope = "inputs"
+    batch = b.dim("input_ids", 0)
+    seq = b.dim("input_ids", 1)
+    keep = b.op("Cast", ["attention_mask"], to=TensorProto.BOOL, hint="keep")
+    env = {
+        "exit_masks": "exit_masks", "keep": keep, "batch": batch,
+        "batch_column": b.op("Unsqueeze", [b.op("Range", [b.const(0), b.op("Squeeze", [batch, b.const([0])]),
+                                                           b.const(1)]), b.const([1])], hint="batch_column"),
+    }
+    if target == "onnxruntime":
+        env["key_padding"] = b.op("Cast", ["attention_mask"], to=TensorProto.INT32, hint="key_padding")
+    else:
+        missing = b.op("Sub", [b.const(1.0, np.float32), b.op("Cast", ["attention_mask"], to=FLOAT)])
+        env["mask_add"] = b.op("Unsqueeze", [b.op("Mul", [missing, b.const(MASK_VALUE, np.float32)]),
+                                             b.const([1, 2])], hint="mask_add")
+    embedded = embed(b, model, "input_ids", "token_type_ids" if with_types else None, seq)
+    b.scope = "embeddings"
+    hidden = b.op("Reshape", [embedded, b.const([-1, hidden_size])], hint="flat")
+    for index in range(1, num_layers + 1):
+        hidden = _layer(b, model, index, hidden, env, target)
+    b.scope = "outputs"
+    states = b.op("Reshape", [hidden, b.op("Concat", [batch, seq, b.const([hidden_size])], axis=0)],
+                  outputs=["token_states" if token_outputs else "outputs/states"])
+    cls = b.op("Gather", [states, b.const(0)], axis=1, hint="cls")
+    logits = head(b, model, cls)
+    b.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="outputs/logits"))
+
+    def value_info(spec: dict[str, Any]) -> Any:
+        return helper.make_tensor_value_info(spec["name"], dtypes[spec["dtype"]], spec["shape"])
+
+    graph = helper.make_graph(b.nodes, "hashee", [value_info(s) for s in spec_in], [value_info(s) for s in spec_out],
+                              initializer=b.initializers)
+    opsets = [helper.make_opsetid("", opset), helper.make_opsetid(custom_ops.DOMAIN, custom_ops.DOMAIN_VERSION)]
+    if target == "onnxruntime":
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
+    proto = helper.make_model(graph, opset_imports=opsets, functions=custom_ops.function_protos(opset),
+                              producer_name="hashee", producer_version=__version__,
+                              doc_string=f"HashEE {model.family.model_type}, {num_layers} layers, target {target}")
+    proto.ir_version = helper.find_min_ir_version_for(opsets[:2], ignore_unknown=True)
+    helper.set_model_props(proto, {"hashee.target": target, "hashee.num_layers": str(num_layers)})
+    return proto, GraphSpec(spec_in, spec_out)

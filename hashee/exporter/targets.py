@@ -1,0 +1,127 @@
+"""Export targets and the static TensorRT compatibility check.
+
+``onnxruntime``: standard ONNX ops, the ``hashee`` local functions, and
+``com.microsoft.MultiHeadAttention`` for attention (ONNX Runtime's contrib op; CPU and CUDA).
+
+``tensorrt``: only ops, types and attributes that the TensorRT ONNX parser accepts.  The list below
+is taken from the parser's support matrix, ``docs/operators.md`` of github.com/onnx/onnx-tensorrt,
+the TensorRT 10.15 revision ("supports operators in the inclusive range of opset 9 to opset 24"),
+which TensorRT 11's parser extends; restrictions recorded there and in ../shared/DESIGN.md section 5
+(Slice needs constant axes, ScatterND without reduction, TopK sorted=1 and K < 3840, CumSum with a
+constant axis, Reduce* with initializer axes, NonZero on FP32/FP16 only, LayerNormalization with
+only its first output, no com.microsoft ops).  Only the ops the HashEE exporter can emit, plus a few
+neighbours, are listed: a new op in the graph must be added here with its restriction, on purpose.
+:func:`tensorrt_violations` checks every node of a model, with local functions inlined.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TARGETS = ("onnxruntime", "tensorrt")
+MIN_OPSET = 17  # LayerNormalization
+# onnxruntime 1.32 reads up to opset 23 for the ops used here; TensorRT 10.15's parser up to 24.
+MAX_OPSET = {"onnxruntime": 23, "tensorrt": 23}
+
+TENSORRT_SOURCE = ("https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md "
+                   "(TensorRT 10.15 revision, opset 9-24)")
+
+_FP = {"float", "float16", "bfloat16"}
+_INT = {"int32", "int64"}
+_ALL = _FP | _INT | {"bool"}
+
+# op type -> (types the parser lists for the op's first input, restriction checked by _restriction)
+TENSORRT_OPS: dict[str, tuple[set[str], str | None]] = {
+    "Add": (_FP | _INT, None), "Sub": (_FP | _INT, None), "Mul": (_FP | _INT, None),
+    "Div": (_FP | _INT, None), "Max": (_FP | _INT, None), "Min": (_FP | _INT, None),
+    "And": ({"bool"}, None), "Or": ({"bool"}, None), "Not": ({"bool"}, None),
+    "Equal": (_FP | _INT, None), "Greater": (_FP | _INT, None), "Less": (_FP | _INT, None),
+    "Where": (_ALL, None), "Cast": (_ALL | {"uint8"}, None), "Identity": (_ALL, None),
+    "Constant": (_ALL, "constant_dense"), "ConstantOfShape": (_INT, None),
+    "Shape": (_ALL, None), "Reshape": (_ALL, None), "Transpose": (_ALL, None),
+    "Concat": (_ALL, None), "Expand": (_ALL, None), "Range": (_FP | _INT, None),
+    "Squeeze": (_ALL, "constant_input_1"), "Unsqueeze": (_ALL, "constant_input_1"),
+    "Slice": (_ALL, "constant_input_3"),
+    "Gather": (_ALL, None), "GatherND": (_ALL, None), "GatherElements": (_ALL, None),
+    "ScatterND": (_FP | _INT, "no_reduction"), "ScatterElements": (_FP | _INT, "no_reduction"),
+    "NonZero": ({"float", "float16"}, None),
+    "CumSum": (_FP, "constant_input_1"),
+    "TopK": (_FP | _INT, "topk"),
+    "ReduceSum": (_FP | _INT, "constant_input_1"), "ReduceMax": (_FP | _INT, "constant_input_1"),
+    "ReduceMean": (_FP | _INT, "constant_input_1"), "ReduceMin": (_FP | _INT, "constant_input_1"),
+    "MatMul": (_FP, None), "Gemm": (_FP, None),
+    "Softmax": (_FP, None), "LayerNormalization": (_FP, "first_output_only"),
+    "Erf": (_FP, None), "Tanh": (_FP, None), "Sigmoid": (_FP, None), "Relu": (_FP | _INT, None),
+    "Sqrt": (_FP, None), "Pow": (_FP | _INT, None), "Exp": (_FP, None), "Gelu": (_FP, None),
+}
+
+
+def _type_name(elem_type: int) -> str:
+    from onnx import helper
+
+    return {1: "float", 10: "float16", 16: "bfloat16"}.get(elem_type) or helper.tensor_dtype_to_np_dtype(elem_type).name
+
+
+def _restriction(kind: str, node: Any, constants: set[str]) -> str | None:
+    """A message when ``node`` breaks the parser restriction ``kind``, else ``None``."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if kind.startswith("constant_input_"):
+        position = int(kind.rsplit("_", 1)[1])
+        if len(node.input) > position and node.input[position] and node.input[position] not in constants:
+            return f"input {position} ({node.input[position]}) must be a build-time constant"
+    elif kind == "no_reduction" and attrs.get("reduction", b"none") not in (b"none", "none"):
+        return f"reduction={attrs['reduction']!r} is not supported (only none)"
+    elif kind == "topk":
+        if attrs.get("sorted", 1) != 1:
+            return "sorted must be 1"
+        if len(node.input) < 2 or node.input[1] not in constants:
+            return "K must be a build-time constant (< 3840)"
+    elif kind == "first_output_only" and len([o for o in node.output if o]) > 1:
+        return "only the first output Y is supported"
+    elif kind == "constant_dense" and any(a in attrs for a in ("sparse_value", "value_string", "value_strings")):
+        return "sparse or string constants are not supported"
+    return None
+
+
+def tensorrt_violations(model: Any) -> list[str]:
+    """Every node of ``model`` (local functions inlined) that the TensorRT ONNX parser would refuse.
+
+    Checks the op against :data:`TENSORRT_OPS`, its first input's element type where shape
+    inference knows it, and its recorded restriction; returns one message per problem (empty: ok).
+    """
+    from onnx import inliner, shape_inference
+
+    flat = inliner.inline_local_functions(model)
+    try:
+        flat = shape_inference.infer_shapes(flat, data_prop=True)
+    except Exception:  # noqa: BLE001 - types then stay unknown and only ops/attributes are checked
+        pass
+    types: dict[str, str] = {}
+    for info in list(flat.graph.input) + list(flat.graph.value_info) + list(flat.graph.output):
+        if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
+            types[info.name] = _type_name(info.type.tensor_type.elem_type)
+    constants = {init.name for init in flat.graph.initializer}
+    for init in flat.graph.initializer:
+        types[init.name] = _type_name(init.data_type)
+    problems: list[str] = []
+    for node in flat.graph.node:
+        if node.op_type == "Constant":
+            constants.update(node.output)
+        where = f"{node.name or node.op_type} ({node.domain or 'ai.onnx'}::{node.op_type})"
+        if node.domain not in ("", "ai.onnx"):
+            problems.append(f"{where}: domain {node.domain!r} is not supported by TensorRT's parser")
+            continue
+        if node.op_type not in TENSORRT_OPS:
+            problems.append(f"{where}: op not in the TensorRT allowed list ({TENSORRT_SOURCE})")
+            continue
+        allowed, restriction = TENSORRT_OPS[node.op_type]
+        first = node.input[0] if node.input else ""
+        if first and first in types and types[first] not in allowed:
+            problems.append(f"{where}: input type {types[first]} not supported (allowed: {', '.join(sorted(allowed))})")
+        if restriction:
+            message = _restriction(restriction, node, constants)
+            if message:
+                problems.append(f"{where}: {message}")
+    return problems
