@@ -43,3 +43,11 @@ class ValidationError(HasheeError):
 
 class BundleError(HasheeError, ValueError):
     """A bundle folder is missing files, fails its sha256 check, or has a newer format than this hashee reads."""
+
+
+class InputError(HasheeError, ValueError):
+    """Texts or arrays passed to a runtime session are of the wrong type, dtype, shape or values."""
+
+
+class BackendError(HasheeError, RuntimeError):
+    """A runtime backend is unknown, or cannot run here (no GPU, library or engine for it)."""

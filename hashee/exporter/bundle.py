@@ -24,6 +24,7 @@ META_FILE = "hashee.json"
 MODEL_FILE = "model.onnx"
 TABLE_FILE = "exit_table.npy"
 TOKENIZER_DIR = "tokenizer"
+REFERENCE_DIR = "reference"  # optional: the PyTorch reference (config.json + model.safetensors)
 
 
 def sha256_file(path: Path) -> str:
@@ -77,6 +78,23 @@ def staged_folder(output: str | Path, overwrite: bool = False) -> Iterator[Path]
         raise
 
 
+def inside(folder: Path, name: Any, what: str) -> Path:
+    """``folder / name`` for a relative path that stays inside ``folder``; else :class:`BundleError`.
+
+    A manifest is data from disk: a name such as ``../../etc/passwd`` or ``/abs/path`` must never make
+    a reader open a file outside the bundle.
+    """
+    if not isinstance(name, str) or not name or "\\" in name or name.startswith("/") or ":" in name:
+        raise BundleError(f"{folder / META_FILE} names {what} {name!r}, which is not a relative path inside the "
+                          f"bundle; re-export the bundle")
+    path = folder / name
+    root = folder.resolve()
+    if ".." in Path(name).parts or not path.resolve().is_relative_to(root):
+        raise BundleError(f"{folder / META_FILE} names {what} {name!r}, which escapes the bundle folder; "
+                          f"re-export the bundle")
+    return path
+
+
 def write_meta(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Add the format version and file hashes to ``meta`` and write ``hashee.json``."""
     meta = {"format_version": FORMAT_VERSION, **meta, "files": file_hashes(folder)}
@@ -109,8 +127,18 @@ def read_bundle(folder: str | Path, verify: bool = True) -> dict[str, Any]:
         raise BundleError(f"{folder} has bundle format {version}; hashee {__version__} reads format "
                           f"{FORMAT_VERSION} or older: upgrade hashee")
     files = meta.get("files") or {}
+    if not isinstance(files, dict):
+        raise BundleError(f"{meta_path}: 'files' must map file names to sha256s; re-export the bundle")
     if MODEL_FILE not in files:
         raise BundleError(f"{meta_path} lists no {MODEL_FILE}")
+    for name in files:
+        inside(folder, name, "the file")
+    for key, what in (("onnx", "the model file"), ("exit_table", "the exit table")):
+        if isinstance(meta.get(key), dict) and "file" in meta[key]:
+            inside(folder, meta[key]["file"], what)
+    for key in ("tokenizer", "reference"):
+        if key in meta:
+            inside(folder, meta[key], f"the {key} folder")
     if verify:
         for name, digest in sorted(files.items()):
             path = folder / name

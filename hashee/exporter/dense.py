@@ -20,14 +20,15 @@ from hashee.exporter.bundle import MODEL_FILE, TOKENIZER_DIR, staged_folder, wri
 
 
 def export_dense(run_dir: Path, output: Path, config: dict[str, Any], opset: int, max_length: int | None,
-                 overwrite: bool, say: Callable[[str], None], started: float) -> Any:
+                 overwrite: bool, say: Callable[[str], None], started: float, reference: bool = False) -> Any:
     """Export the dense classifier of ``run_dir`` (a HashEE run's backbone, or a dense run) to ``output``."""
     import onnx
     from optimum.exporters.onnx import main_export
 
     from hashee import __version__
     from hashee.evaluation import load_run
-    from hashee.exporter.export import ExportResult, describe, resolve_max_length
+    from hashee.exporter.bundle import REFERENCE_DIR
+    from hashee.exporter.export import ExportResult, describe, resolve_max_length, save_reference
     from hashee.exporter.targets import MAX_OPSET, MIN_OPSET
     from hashee.exporter.validate import TOLERANCE, check_export
 
@@ -64,6 +65,8 @@ def export_dense(run_dir: Path, output: Path, config: dict[str, Any], opset: int
         say("validating on ONNX Runtime CPU against PyTorch")
         report = check_export(stage / MODEL_FILE, dense.eval(), tokenizer, max_length, dense=True)
         tokenizer.save_pretrained(str(stage / TOKENIZER_DIR))
+        if reference:
+            save_reference(dense, stage)
         graph = onnx.load(str(stage / MODEL_FILE), load_external_data=False).graph
 
         def spec(values: Any) -> list[dict[str, Any]]:
@@ -84,6 +87,7 @@ def export_dense(run_dir: Path, output: Path, config: dict[str, Any], opset: int
                      "inputs": spec(graph.input), "outputs": spec(graph.output)},
             "tokenizer": TOKENIZER_DIR,
             "validation": {"tolerance": TOLERANCE, "cases": report},
+            **({"reference": REFERENCE_DIR} if reference else {}),
         }
         meta = write_meta(stage, meta)
         say(f"writing {output}")

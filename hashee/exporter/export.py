@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from hashee.errors import ExitTableError, ExportError
-from hashee.exporter.bundle import MODEL_FILE, TABLE_FILE, TOKENIZER_DIR, staged_folder, write_meta
+from hashee.exporter.bundle import MODEL_FILE, REFERENCE_DIR, TABLE_FILE, TOKENIZER_DIR, staged_folder, write_meta
 from hashee.exporter.targets import MIN_OPSET, TARGETS
 
 
@@ -93,6 +93,14 @@ def resolve_max_length(max_length: int | None, config: Any, tokenizer: Any) -> i
     return max_length
 
 
+def save_reference(model: Any, stage: Path) -> None:
+    """The PyTorch weights as ``reference/`` (safetensors only: the runtime never loads a pickle)."""
+    model.save_pretrained(str(stage / REFERENCE_DIR), safe_serialization=True)
+    extra = sorted(p.name for p in (stage / REFERENCE_DIR).iterdir() if p.name not in ("config.json", "model.safetensors"))
+    for name in extra:  # e.g. generation_config.json: not needed to rebuild an encoder classifier
+        (stage / REFERENCE_DIR / name).unlink()
+
+
 def describe(model_config: Any, num_layers: int) -> dict[str, Any]:
     """Backbone and task facts for ``hashee.json``."""
     from hashee.flops import EncoderDims
@@ -112,7 +120,7 @@ def describe(model_config: Any, num_layers: int) -> dict[str, Any]:
 
 def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime", opset: int = MIN_OPSET,
            max_length: int | None = None, token_outputs: bool = False, dense: bool = False,
-           overwrite: bool = False, progress: bool = True) -> ExportResult:
+           overwrite: bool = False, progress: bool = True, reference: bool = False) -> ExportResult:
     """Export a run folder to a validated bundle at ``output``.
 
     Args:
@@ -127,6 +135,8 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
         dense: export the same weights without early exit through Optimum (the baseline).
         overwrite: replace a non-empty ``output``.
         progress: print one line per step on stderr.
+        reference: also write the PyTorch weights (``reference/``: config.json + model.safetensors) so
+            that ``Session.load(bundle, backend="torch")`` runs the reference model from the bundle alone.
 
     Raises:
         ExportError, ExitTableError, BackboneError: the run folder or the arguments cannot be exported.
@@ -152,7 +162,7 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
         from hashee.exporter.dense import export_dense
 
         return export_dense(run_dir, output, config, opset=opset, max_length=max_length, overwrite=overwrite,
-                            say=say, started=started)
+                            say=say, started=started, reference=reference)
     check_target(target, opset)
     if config.get("model_type") != "hashee":
         raise ExitTableError(f"{run_dir} holds a {config.get('model_type')!r} model without an exit table; "
@@ -181,6 +191,8 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
         table = model.exit_table
         np.save(stage / TABLE_FILE, table.layers, allow_pickle=False)
         tokenizer.save_pretrained(str(stage / TOKENIZER_DIR))
+        if reference:
+            save_reference(model, stage)
         meta = {
             "kind": "hashee",
             "producer": {"name": "hashee", "version": __version__},
@@ -193,6 +205,7 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
                      "custom_ops": ["hashee.GatherActive", "hashee.ScatterActive"]},
             "tokenizer": TOKENIZER_DIR,
             "validation": {"tolerance": TOLERANCE, "cases": report},
+            **({"reference": REFERENCE_DIR} if reference else {}),
         }
         meta = write_meta(stage, meta)
         say(f"writing {output}")
