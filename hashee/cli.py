@@ -1,4 +1,4 @@
-"""The ``hashee`` command line: ``hashee hash | train | eval | export | validate``.
+"""The ``hashee`` command line: ``hashee hash | train | eval | export | validate | predict``.
 
 Only the standard library is imported at module level, so ``hashee --help`` answers without torch;
 each subcommand imports what it needs when it runs.  A user error (:class:`hashee.errors.HasheeError`)
@@ -84,7 +84,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export(args.run_dir, args.output, target=args.target, opset=args.opset, max_length=args.max_length,
                     token_outputs=args.token_outputs, dense=args.dense, overwrite=args.overwrite,
-                    progress=not args.quiet)
+                    progress=not args.quiet, reference=args.with_reference)
     print(result.format())
     return 0
 
@@ -101,6 +101,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hashee.runtime.command import run_predict
+
+    return run_predict(args.bundle, args.texts, input_file=args.input, output_file=args.output, backend=args.backend,
+                       device=args.device, threads=args.threads, batch_size=args.batch_size,
+                       chunk_size=args.chunk_size, text_column=_column(args.text_column),
+                       pair_column=_column(args.pair_column), progress=not args.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-outputs", action="store_true", help="also output each token's state at its exit layer")
     p.add_argument("--dense", action="store_true", help="export the same weights without early exit (Optimum)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--with-reference", action="store_true",
+                   help="also store the PyTorch weights (reference/, safetensors) for the runtime's torch backend")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_export)
 
@@ -194,13 +205,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=1e-4)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("predict", help="classify texts with a bundle (labels and scores)",
+                       description="Load a bundle with the runtime Session and classify texts given on the command "
+                                   "line, or stream a file (--input) to JSON lines (--output) in bounded memory.")
+    p.add_argument("bundle", help="bundle folder written by `hashee export`")
+    p.add_argument("texts", nargs="*", help="texts to classify; each prints label<TAB>score<TAB>text")
+    p.add_argument("--input", help="file of texts: .txt (one per line), .tsv/.csv (header names the columns) or "
+                                   ".jsonl; - reads lines from standard input")
+    p.add_argument("--output", help="JSON lines file to write, one result per input in order (default: stdout)")
+    p.add_argument("--backend", default="auto", help="auto (default), onnxruntime, tensorrt or torch")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the best available)")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: the library's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--chunk-size", type=int, default=4096, help="records read, predicted and written at a time")
+    p.add_argument("--text-column", help="column or JSON field of the (first) text")
+    p.add_argument("--pair-column", help="column or JSON field of the second text, for sentence pairs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_predict)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hashee`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # predict's texts may follow its options: `hashee predict B --backend onnxruntime "text"`
+        if getattr(args, "command", None) != "predict" or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.texts = [*args.texts, *extra]
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

@@ -63,3 +63,25 @@ def _cuda_or_skip():
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU: torch.cuda.is_available() is False on this machine")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tmp_path_factory) -> dict:
+    """Bundles exported once per test session from tiny random runs, for the runtime tests.
+
+    ``bert`` (with ``reference/`` weights for the torch backend), ``roberta`` (no segment ids, pad id
+    1) and ``regression`` (bert, one output); ``runs`` maps the same names to the run folders.
+    """
+    pytest.importorskip("onnxruntime")
+    from export_helpers import tiny_run
+
+    from hashee.exporter import export
+
+    root = tmp_path_factory.mktemp("runtime")
+    specs = {"bert": ("bert", 2, True), "roberta": ("roberta", 3, False), "regression": ("bert", 1, False)}
+    out: dict = {"runs": {}}
+    for name, (family, labels, reference) in specs.items():
+        run = tiny_run(root / f"run-{name}", family, num_labels=labels, seed=7)
+        export(run, root / f"bundle-{name}", progress=False, reference=reference, max_length=48)
+        out[name], out["runs"][name] = root / f"bundle-{name}", run
+    return out

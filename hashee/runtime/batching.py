@@ -1,0 +1,68 @@
+"""Exit masks, batch plans and padding: all numpy, no per-token Python loops.
+
+**Cost-aware batching.** A HashEE item's cost is known before it runs: its length and how many of
+its tokens are still active in each layer (the exit table looked up on its ids).  The graph pays
+K/V projections for every slot of the padded ``[batch, sequence]`` grid and attention for a
+``[batch, widest active prefix]`` query grid per layer, so a batch costs what its longest and its
+most-active item cost, times the batch size.  :func:`plan_batches` sorts items by length, then by
+their active-token profile from the deepest layer down, and cuts the sorted order into batches:
+neighbours have near-equal length and exit profile, so padding and idle query slots waste little.
+Results go back to input order through the index arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hashee.errors import InputError
+
+
+def exit_masks(input_ids: np.ndarray, attention_mask: np.ndarray, table: np.ndarray, num_layers: int) -> np.ndarray:
+    """bool ``[L, batch, seq]``: row ``l-1`` marks the real tokens whose exit layer is ``>= l``."""
+    exits = table[input_ids] * (attention_mask != 0)
+    return exits[None, :, :] >= np.arange(1, num_layers + 1, dtype=exits.dtype)[:, None, None]
+
+
+def active_profile(ids: list[np.ndarray], table: np.ndarray | None, num_layers: int) -> np.ndarray:
+    """int64 ``[items, L]``: how many tokens of each item are active in layers ``1..L``."""
+    count = len(ids)
+    lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=count)
+    if table is None or count == 0:
+        return np.repeat(lengths[:, None], num_layers, axis=1)
+    flat = np.concatenate(ids) if count else np.zeros(0, dtype=np.int64)
+    item = np.repeat(np.arange(count), lengths)
+    exits = table[flat]
+    histogram = np.bincount(item * num_layers + (exits - 1), minlength=count * num_layers).reshape(count, num_layers)
+    return np.cumsum(histogram[:, ::-1], axis=1)[:, ::-1]  # tokens with exit >= l
+
+
+def plan_batches(profile: np.ndarray, batch_size: int, cost_aware: bool = True) -> list[np.ndarray]:
+    """Index arrays of the items of each batch.
+
+    ``cost_aware=False`` keeps input order; otherwise items are ordered by (length, active tokens in
+    layer L, in layer L-1, ...) and cut into batches of ``batch_size``.
+    """
+    count = profile.shape[0]
+    if cost_aware and count > batch_size:
+        keys = tuple(profile[:, layer] for layer in range(1, profile.shape[1])) + (profile[:, 0],)
+        order = np.lexsort(keys)  # the last key (length) is the primary one
+    else:
+        order = np.arange(count)
+    return [order[start:start + batch_size] for start in range(0, count, batch_size)]
+
+
+def pad(rows: list[np.ndarray], index: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(values [len(index), longest], attention_mask)`` of the chosen rows, padded on the right."""
+    lengths = np.fromiter((len(rows[i]) for i in index), dtype=np.int64, count=len(index))
+    width = int(lengths.max()) if len(index) else 0
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    values = np.full((len(index), width), pad_id, dtype=np.int64)
+    if len(index):
+        values[mask] = np.concatenate([rows[i] for i in index])
+    return values, mask.astype(np.int64)
+
+
+def check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)

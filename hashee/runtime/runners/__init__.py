@@ -1,0 +1,54 @@
+"""Backend runners behind one interface (:class:`~hashee.runtime.runners.base.Runner`) and the choice among them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hashee.errors import BackendError, InputError
+from hashee.runtime.bundle import Bundle
+from hashee.runtime.runners.base import Runner
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+
+
+def check_device(device: object) -> str | None:
+    if device is None:
+        return None
+    text = str(device) if not isinstance(device, str) else device
+    if hasattr(device, "type") and not isinstance(device, str):  # a torch.device
+        text = f"{device.type}:{device.index}" if getattr(device, "index", None) is not None else device.type
+    head, _, index = text.partition(":")
+    if head == "cpu" and not index or head == "cuda" and (not index or index.isdigit()):
+        return text
+    raise BackendError(f"unknown device {device!r}; use None (auto), 'cpu', 'cuda' or 'cuda:N'")
+
+
+def check_threads(threads: object) -> int | None:
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"threads must be a positive integer or None (library default), got {threads!r}")
+    return threads
+
+
+def make_runner(bundle: Bundle, backend: str = "auto", device: object = None, threads: object = None,
+                reference: str | Path | None = None) -> Runner:
+    """The runner for ``backend``; ``auto`` tries a TensorRT engine, then ONNX Runtime (CUDA, else CPU)."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    device, threads = check_device(device), check_threads(threads)
+    if backend == "torch":
+        from hashee.runtime.runners.torch import TorchRunner
+
+        return TorchRunner(bundle, device, threads, reference)
+    if backend == "tensorrt" or device != "cpu":
+        from hashee.runtime.runners.tensorrt import TensorRTRunner
+
+        try:
+            return TensorRTRunner(bundle, device, threads)
+        except BackendError:
+            if backend == "tensorrt":
+                raise
+    from hashee.runtime.runners.onnxruntime import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(bundle, device, threads)

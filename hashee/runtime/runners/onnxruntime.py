@@ -1,0 +1,98 @@
+"""ONNX Runtime runner: CPU, CUDA, and the TensorRT execution provider when this install has them.
+
+The TensorRT provider caches the engines it builds in ``engines/onnxruntime-trt/`` inside the bundle
+(outside the manifest, so the bundle still verifies); a read-only bundle runs without a cache.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from hashee.errors import BackendError, BundleError
+from hashee.runtime.bundle import Bundle
+from hashee.runtime.runners.base import Runner
+
+SHORT = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
+CACHE_DIR = "engines/onnxruntime-trt"
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def cuda_index(device: str | None) -> int:
+    return int(device.split(":", 1)[1]) if device and ":" in device else 0
+
+
+def choose_providers(bundle: Bundle, device: str | None, available: list[str]) -> list[Any]:
+    """Providers to ask for, best first: TensorRT EP, CUDA, CPU (as ``device`` and this install allow)."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    gpu = "CUDAExecutionProvider" in available
+    if device is not None and not gpu:
+        raise BackendError(f"device {device!r} needs onnxruntime's CUDAExecutionProvider, which this install lacks "
+                           f"(it has {', '.join(available)}); pip install onnxruntime-gpu, or use device='cpu'")
+    if not gpu:
+        return ["CPUExecutionProvider"]
+    index = cuda_index(device)
+    providers: list[Any] = []
+    if "TensorrtExecutionProvider" in available:
+        options: dict[str, Any] = {"device_id": index}
+        cache = bundle.path / CACHE_DIR
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            if os.access(cache, os.W_OK):
+                options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache))
+        except OSError:
+            pass  # read-only bundle: build engines without a cache
+        providers.append(("TensorrtExecutionProvider", options))
+    providers.append(("CUDAExecutionProvider", {"device_id": index}))
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+class OnnxRuntimeRunner(Runner):
+    """``model.onnx`` on an ``onnxruntime.InferenceSession`` (whose ``run`` is thread-safe)."""
+
+    def __init__(self, bundle: Bundle, device: str | None = None, threads: int | None = None) -> None:
+        super().__init__()
+        self.bundle, self.threads = bundle, threads
+        self.providers = choose_providers(bundle, device, available_providers())
+        self.session: Any = None
+        self.name = "onnxruntime"
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.session.get_inputs()]
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = int(self.threads)
+            options.inter_op_num_threads = 1
+        failures = tuple(getattr(state, n) for n in ("Fail", "InvalidProtobuf", "InvalidGraph", "NoSuchFile",
+                                                     "InvalidArgument", "NotImplemented") if hasattr(state, n))
+        path = self.bundle.model_file
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=self.providers)
+        except failures as exc:
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"ONNX Runtime cannot load {path} ({first}); the file is damaged or truncated: "
+                              f"re-export the bundle") from exc
+        self.name = f"onnxruntime-{SHORT.get(self.session.get_providers()[0], 'other')}"
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._outputs, self.session.run(self._outputs, feed)))
+
+    def _deactivate(self) -> None:
+        self.session = None
