@@ -7,7 +7,7 @@
 * accuracy of the bundle's labels;
 * throughput (texts/s) of ``predict`` at ``--batch-size`` with and without cost-aware batching, the
   median of ``--repeats`` alternating runs (the machine is shared: medians, not best-of);
-* peak resident memory (ru_maxrss) of a fresh process that loads the bundle and predicts the whole
+* peak resident memory (VmHWM, MiB) of a fresh process that loads the bundle and predicts the whole
   file, next to a fresh process running a plain ``onnxruntime.InferenceSession`` on the dense export
   over the same batches.
 """
@@ -22,19 +22,28 @@ import sys
 import time
 from pathlib import Path
 
-CHILD_SESSION = """
-import resource, sys, json
+# VmHWM (this process's peak resident set, reset at exec) rather than ru_maxrss, which a child
+# started from a large parent inherits across fork + exec.
+HWM = """
+def HWM():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+"""
+
+CHILD_SESSION = HWM + """
+import sys, json
 from hashee.runtime import Session
 from hashee.data import load_examples
 ex = load_examples(sys.argv[2])
 s = Session.load(sys.argv[1], backend="onnxruntime", device="cpu")
-loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loaded = HWM()
 s.predict(ex.inputs(), batch_size=32)
-print(json.dumps({"loaded_kib": loaded, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"loaded": loaded, "peak": HWM()}))
 """
 
-CHILD_PLAIN_ORT = """
-import resource, sys, json
+CHILD_PLAIN_ORT = HWM + """
+import sys, json
 import numpy as np, onnxruntime as ort
 from tokenizers import Tokenizer
 from hashee.data import load_examples
@@ -44,7 +53,7 @@ tok.enable_truncation(512)
 tok.enable_padding(pad_id=0)
 opts = ort.SessionOptions(); opts.log_severity_level = 3
 sess = ort.InferenceSession(sys.argv[1] + "/model.onnx", opts, providers=["CPUExecutionProvider"])
-loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loaded = HWM()
 names = [i.name for i in sess.get_inputs()]
 texts = ex.inputs()
 for start in range(0, len(texts), 32):
@@ -53,7 +62,7 @@ for start in range(0, len(texts), 32):
             "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
     sess.run(None, {k: v for k, v in feed.items() if k in names})
-print(json.dumps({"loaded_kib": loaded, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"loaded": loaded, "peak": HWM()}))
 """
 
 
@@ -93,8 +102,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--memory-only", action="store_true", help="only the peak-RSS comparison")
     args = parser.parse_args()
 
+    if args.memory_only:
+        result = {"rss_session_mib": child(CHILD_SESSION, args.bundle, args.data)}
+        if args.dense_bundle:
+            result["rss_plain_ort_dense_mib"] = child(CHILD_PLAIN_ORT, args.dense_bundle, args.data)
+            result["rss_session_on_dense_mib"] = child(CHILD_SESSION, args.dense_bundle, args.data)
+        print(json.dumps(result, indent=2))
+        return
     examples = load_examples(args.data)
     inputs = examples.inputs()
     session = Session.load(args.bundle, backend="onnxruntime", device="cpu", threads=args.threads)
@@ -120,11 +137,10 @@ def main() -> None:
         result[f"seconds_{name}"] = [round(v, 3) for v in values]
     result["cost_aware_gain"] = result["texts_per_s_cost_aware"] / result["texts_per_s_input_order"]
     session.close()
-    result["rss_session_mib"] = {k: v / 1024 for k, v in child(CHILD_SESSION, args.bundle, args.data).items()}
+    result["rss_session_mib"] = child(CHILD_SESSION, args.bundle, args.data)
     if args.dense_bundle:
-        result["rss_plain_ort_dense_mib"] = {k: v / 1024 for k, v in
-                                             child(CHILD_PLAIN_ORT, args.dense_bundle, args.data).items()}
-        result["rss_ratio_peak"] = result["rss_session_mib"]["peak_kib"] / result["rss_plain_ort_dense_mib"]["peak_kib"]
+        result["rss_plain_ort_dense_mib"] = child(CHILD_PLAIN_ORT, args.dense_bundle, args.data)
+        result["rss_ratio_peak"] = result["rss_session_mib"]["peak"] / result["rss_plain_ort_dense_mib"]["peak"]
     print(json.dumps(result, indent=2))
 
 
