@@ -1,13 +1,20 @@
-"""The packed compute layout (DESIGN.md section 4) and the encoder layer that runs on it.
+"""The compute layout (DESIGN.md section 4) and the encoder layer that runs on it.
 
-All non-padding tokens of a batch are sorted once, globally, by exit layer (descending, stable), so
-the tokens active in layer ``l`` are a prefix of known length ``N_l`` of that packed order:
-projections, LayerNorms and the FFN run on ``packed[:N_l]`` with no per-layer gather.  Attention
-needs each query to see the keys of its own sequence: queries are scattered into a
-``[batch, Q_l]`` grid (``Q_l`` = the largest number of active tokens in one sequence at layer ``l``)
-and keys/values into ``[batch, K]`` (``K`` = longest sequence), both by the token's rank inside its
-own sequence.  The only host read is one small vector (``N_l`` and ``Q_l`` for every layer plus
-range checks), taken once per batch when the plan is built, never per layer or per sample.
+Each sequence's tokens are sorted once by exit layer (descending, stable), giving the *grid*: hidden
+states ``[batch, K, hidden]`` where ``K`` is the longest sequence and slot ``r`` of sequence ``b`` holds
+its ``r``-th deepest token.  The tokens active in layer ``l`` are then a prefix of every row of the
+grid, and, sorted across the batch by exit layer as well, a prefix of length ``N_l`` of one global
+packed order.  Per layer:
+
+* keys and values are projected straight from the grid (every real token; padding slots are masked);
+* the ``N_l`` active rows are gathered once; queries, attention output, LayerNorms and the FFN run on
+  them only;
+* for attention, the queries are placed in a ``[batch, Q_l]`` grid (``Q_l`` = the most active tokens in
+  one sequence) so each query sees the keys of its own sequence;
+* the updated rows are written back into the grid (in place when no gradient is needed).
+
+The only host read is one small vector (``N_l`` and ``Q_l`` for every layer plus range checks), taken
+once per batch when the plan is built, never per layer or per sample.
 """
 
 from __future__ import annotations
@@ -22,36 +29,52 @@ from hashee.modeling.backbones import LayerModules
 
 @dataclass(frozen=True)
 class ExitPlan:
-    """Index tensors that place a batch's tokens in the packed layout, built once per forward."""
+    """Index tensors that place a batch's tokens in the grid, built once per forward."""
 
     batch_size: int
     seq_len: int
-    order: torch.Tensor  # [N_1] flat (batch*seq) index of each packed row, non-padding tokens only
-    row_batch: torch.Tensor  # [N_1] batch index of each packed row
-    row_rank: torch.Tensor  # [N_1] rank of the token inside its sequence's exit order
+    within: torch.Tensor  # [batch, K] position of the token held by each grid slot
+    rank: torch.Tensor  # [batch, seq] grid slot of each token (its rank in its sequence's exit order)
+    row_batch: torch.Tensor  # [N_1] batch index of each packed row (global exit order)
+    row_rank: torch.Tensor  # [N_1] grid slot of each packed row
     active: tuple[int, ...]  # N_l for l = 1..L: packed rows active in layer l
     query_width: tuple[int, ...]  # Q_l for l = 1..L: most active tokens in one sequence
-    key_mask: torch.Tensor  # [batch, 1, 1, K] bool, True where a key slot holds a real token
+    key_mask: torch.Tensor  # [batch, 1, 1, K] bool, True where a grid slot holds a real token
 
     @property
     def key_width(self) -> int:
+        """K: the grid's width, the longest sequence of the batch."""
         return self.query_width[0]
 
     def grid_index(self, width: int, rows: int) -> torch.Tensor:
         """Flat index into a ``[batch, width]`` grid for the first ``rows`` packed rows."""
         return self.row_batch[:rows] * width + self.row_rank[:rows]
 
+    def to_grid(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[batch, seq, hidden] in token order -> the [batch, K, hidden] grid."""
+        return hidden.gather(1, self.within[..., None].expand(-1, -1, hidden.shape[-1]))
+
+    def from_grid(self, grid: torch.Tensor, fallback: torch.Tensor, positions: int | None = None) -> torch.Tensor:
+        """The grid back in token order (the first ``positions`` tokens, default all).
+
+        Positions outside the grid (padding beyond the longest sequence) take ``fallback``.
+        """
+        rank = self.rank[:, :positions]
+        slots = rank.clamp(max=self.key_width - 1)
+        states = grid.gather(1, slots[..., None].expand(-1, -1, grid.shape[-1]))
+        return torch.where((rank < self.key_width)[..., None], states, fallback[:, :positions])
+
 
 def build_plan(exit_layers: torch.Tensor, num_layers: int,
                checks: torch.Tensor | None = None) -> tuple[ExitPlan, list[int]]:
-    """Plan the packed layout for ``exit_layers`` ([batch, seq], 0 at padding, else 1..L).
+    """Plan the layout for ``exit_layers`` ([batch, seq], 0 at padding, else 1..L).
 
     ``checks`` (a small integer vector, e.g. min/max of the inputs) rides along in the same host
     read and is returned as a list, so validating inputs costs no extra synchronisation.
     """
     batch, seq = exit_layers.shape
     exits = exit_layers.long().clamp(0, num_layers)
-    # Per sequence: count of tokens with exit >= l, for l = 0..L (reverse cumulative histogram).
+    # Per sequence: count of tokens with exit >= l, for l = 1..L (reverse cumulative histogram).
     histogram = torch.zeros(batch, num_layers + 1, dtype=torch.long, device=exits.device)
     histogram.scatter_add_(1, exits, torch.ones_like(exits))
     at_least = histogram.flip(1).cumsum(1).flip(1)[:, 1:]  # [batch, L]
@@ -59,54 +82,51 @@ def build_plan(exit_layers: torch.Tensor, num_layers: int,
     if checks is not None:
         counts.append(checks.long().reshape(-1))
     host = torch.cat(counts).tolist()  # the one host read of the forward pass
-    active, widths = tuple(host[:num_layers]), tuple(host[num_layers:2 * num_layers])
+    active = tuple(host[:num_layers])
+    widths = tuple(max(w, 1) for w in host[num_layers:2 * num_layers])
+    key_width = widths[0]
 
-    flat = exits.reshape(-1)
-    order = torch.argsort(flat, descending=True, stable=True)[: active[0]]
     within = torch.argsort(exits, dim=1, descending=True, stable=True)
     rank = torch.empty_like(within)
     rank.scatter_(1, within, torch.arange(seq, device=exits.device).expand(batch, seq))
-    key_width = max(widths[0], 1)
-    # A sequence with no tokens at all gets one (empty) key so that softmax stays finite; it has no
-    # active queries, so nothing it computes is kept.
+    order = torch.argsort(exits.reshape(-1), descending=True, stable=True)[: active[0]]
+    # A sequence with no tokens at all keeps one (empty) key so that softmax stays finite; it has
+    # no active queries, so nothing it computes is kept.
     lengths = at_least[:, :1].clamp(min=1)
     key_mask = torch.arange(key_width, device=exits.device)[None, :] < lengths
-    plan = ExitPlan(batch, seq, order, order // seq, rank.reshape(-1)[order], active,
-                    tuple(max(w, 1) for w in widths), key_mask[:, None, None, :])
+    plan = ExitPlan(batch, seq, within[:, :key_width], rank, order // seq, rank.reshape(-1)[order],
+                    active, widths, key_mask[:, None, None, :])
     return plan, host[2 * num_layers:]
 
 
-def _to_grid(rows: torch.Tensor, index: torch.Tensor, batch: int, width: int, heads: int) -> torch.Tensor:
-    """Scatter packed rows [n, hidden] into a [batch, heads, width, head_dim] attention grid."""
-    hidden = rows.shape[-1]
-    grid = rows.new_zeros(batch * width, hidden).index_copy(0, index, rows)
-    return grid.view(batch, width, heads, hidden // heads).transpose(1, 2)
+def grid_layer(grid: torch.Tensor, layer: LayerModules, plan: ExitPlan, index: int,
+               training: bool = False) -> torch.Tensor:
+    """Run layer ``index`` (1-based) on the grid [batch, K, hidden]; returns the updated grid.
 
-
-def packed_layer(packed: torch.Tensor, layer: LayerModules, plan: ExitPlan, index: int,
-                 training: bool = False) -> torch.Tensor:
-    """Run layer ``index`` (1-based) on the packed hidden states [N_1, hidden]; returns the new states.
-
-    Rows ``[:N_l]`` (active) compute queries, attention output and FFN; keys and values come from all
-    ``N_1`` non-padding rows; rows ``[N_l:]`` (exited) are carried over unchanged.
+    Active rows compute queries, attention output and FFN; keys and values come from every real
+    token's current state; exited rows are carried over unchanged.
     """
     n_active = plan.active[index - 1]
     if n_active == 0:
-        return packed
-    batch, heads = plan.batch_size, layer.num_heads
-    q_width, k_width = plan.query_width[index - 1], plan.key_width
-    active_rows = packed[:n_active]
-    key_index = plan.grid_index(k_width, packed.shape[0])
+        return grid
+    batch, width, hidden = grid.shape
+    heads = layer.num_heads
+    flat = grid.reshape(batch * width, hidden)
+    keys = layer.key(flat).view(batch, width, heads, -1).transpose(1, 2)
+    values = layer.value(flat).view(batch, width, heads, -1).transpose(1, 2)
+    rows = plan.grid_index(width, n_active)
+    active_rows = flat.index_select(0, rows)
+    q_width = plan.query_width[index - 1]
     query_index = plan.grid_index(q_width, n_active)
-    keys = _to_grid(layer.key(packed), key_index, batch, k_width, heads)
-    values = _to_grid(layer.value(packed), key_index, batch, k_width, heads)
-    queries = _to_grid(layer.query(active_rows), query_index, batch, q_width, heads)
+    queries = layer.query(active_rows)
+    queries = queries.new_zeros(batch * q_width, hidden).index_copy(0, query_index, queries)
+    queries = queries.view(batch, q_width, heads, -1).transpose(1, 2)
     dropout = layer.attn_probs_dropout if training else 0.0
     context = F.scaled_dot_product_attention(queries, keys, values, attn_mask=plan.key_mask, dropout_p=dropout)
-    context = context.transpose(1, 2).reshape(batch * q_width, -1).index_select(0, query_index)
-    hidden = layer.attn_norm(layer.attn_output_dropout(layer.attn_output(context)) + active_rows)
-    ffn = layer.ffn_output_dropout(layer.ffn_out(layer.activation(layer.ffn_in(hidden))))
-    updated = layer.ffn_norm(ffn + hidden)
-    if n_active == packed.shape[0]:
-        return updated
-    return torch.cat([updated, packed[n_active:]], dim=0)
+    context = context.transpose(1, 2).reshape(batch * q_width, hidden).index_select(0, query_index)
+    attended = layer.attn_norm(layer.attn_output_dropout(layer.attn_output(context)) + active_rows)
+    ffn = layer.ffn_output_dropout(layer.ffn_out(layer.activation(layer.ffn_in(attended))))
+    updated = layer.ffn_norm(ffn + attended)
+    if torch.is_grad_enabled():
+        return flat.index_copy(0, rows, updated).view(batch, width, hidden)
+    return flat.index_copy_(0, rows, updated).view(batch, width, hidden)

@@ -16,7 +16,7 @@ from hashee.errors import BackboneError, ExitTableError, ModelInputError
 from hashee.exit_table import ExitTable
 from hashee.modeling.backbones import family_for
 from hashee.modeling.configuration import HashEEConfig
-from hashee.modeling.layout import build_plan, packed_layer
+from hashee.modeling.layout import build_plan, grid_layer
 
 
 @dataclass
@@ -191,16 +191,16 @@ class HashEEForSequenceClassification(PreTrainedModel):
                                   f"found {exit_min}..{exit_max}")
 
         embedded = self.family.embed(self.dense, input_ids, token_type_ids)
-        hidden = embedded.reshape(-1, embedded.shape[-1])
-        packed = hidden.index_select(0, plan.order)
+        grid = plan.to_grid(embedded)
         for index in range(1, self.num_layers + 1):
             layer = self.family.layer(self.dense, index - 1)
-            packed = packed_layer(packed, layer, plan, index, training=self.training)
-        states = hidden.index_copy(0, plan.order, packed).view_as(embedded)
-        logits = self.family.head(self.dense, states[:, :1])
+            grid = grid_layer(grid, layer, plan, index, training=self.training)
+        states = plan.from_grid(grid, embedded) if output_token_states else None
+        cls_states = states[:, :1] if states is not None else plan.from_grid(grid, embedded, positions=1)
+        logits = self.family.head(self.dense, cls_states)
         loss = self._loss(logits, labels) if labels is not None else None
         return HashEEOutput(loss=loss, logits=logits, exit_layers=exits,
-                            token_states=states if output_token_states else None)
+                            token_states=states)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Hugging Face's loss conventions: MSE for regression, CE single-label, BCE multi-label."""
