@@ -1,4 +1,4 @@
-"""The ``hashee`` command line: ``hashee hash | train | eval | export | validate``.
+"""The ``hashee`` command line: ``hashee hash | train | eval | export | validate | convert``.
 
 Only the standard library is imported at module level, so ``hashee --help`` answers without torch;
 each subcommand imports what it needs when it runs.  A user error (:class:`hashee.errors.HasheeError`)
@@ -84,8 +84,27 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export(args.run_dir, args.output, target=args.target, opset=args.opset, max_length=args.max_length,
                     token_outputs=args.token_outputs, dense=args.dense, overwrite=args.overwrite,
-                    progress=not args.quiet)
+                    progress=not args.quiet, precision=args.precision)
     print(result.format())
+    fp16 = result.meta.get("precisions", {}).get("fp16")
+    if fp16:
+        print(_precision_line(fp16))
+    return 0
+
+
+def _precision_line(entry: dict) -> str:
+    check = entry["validation"]
+    agreement = "" if check["label_agreement"] is None else f", label agreement {100 * check['label_agreement']:.1f} %"
+    return (f"{entry['file']}: max |difference| vs fp32 {check['max_abs_diff']:.3g}{agreement} "
+            f"({check['reference']})")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from hashee.calibration.fp16 import add_fp16
+
+    meta = add_fp16(args.bundle)
+    print(f"bundle: {args.bundle}")
+    print(_precision_line(meta["precisions"]["fp16"]))
     return 0
 
 
@@ -180,8 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-outputs", action="store_true", help="also output each token's state at its exit layer")
     p.add_argument("--dense", action="store_true", help="export the same weights without early exit (Optimum)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16 also writes model.fp16.onnx (mixed precision, checked against fp32 on ONNX Runtime)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("convert", help="add a mixed-precision fp16 copy (model.fp16.onnx) to a bundle",
+                       description="Convert a bundle's fp32 model.onnx to fp16 (LayerNorm, Softmax, reductions, "
+                                   "exit-mask/index logic and IO stay fp32), check it against fp32 on ONNX "
+                                   "Runtime CPU (exit 1 when they disagree) and record it in hashee.json.")
+    p.add_argument("bundle", help="bundle folder written by `hashee export`")
+    p.add_argument("--precision", choices=("fp16",), default="fp16")
+    p.set_defaults(handler=cmd_convert)
 
     p = sub.add_parser("validate", help="compare a bundle with its PyTorch reference over a data file",
                        description="Run a bundle on ONNX Runtime CPU and the PyTorch model over a data file; "

@@ -84,6 +84,43 @@ def write_meta(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
+def update_bundle(folder: str | Path, files: dict[str, Path], changes: dict[str, Any],
+                  remove: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Add or replace files of an existing bundle and merge ``changes`` into its ``hashee.json``.
+
+    ``files`` maps a bundle-relative name (e.g. ``model.fp16.onnx``) to a finished file written
+    next to the bundle or inside it (moved in with ``os.replace``, so each file appears whole).
+    The bundle is verified first; ``hashee.json`` is rewritten last, also with one rename, with the
+    sha256 of every file recomputed, so the manifest never lists a file that is not there.
+    Top-level keys of ``changes`` replace those of the manifest (``None`` deletes a key).
+    """
+    folder = Path(folder)
+    meta = read_bundle(folder)
+    meta.pop("path", None)
+    for name in remove:
+        target = folder / name
+        if target.is_file():
+            target.unlink()
+    for name, source in files.items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    meta.pop("files", None)
+    meta.pop("format_version", None)
+    meta = {"format_version": FORMAT_VERSION, **meta, "files": file_hashes(folder)}
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{META_FILE}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, folder / META_FILE)
+    return meta
+
+
 def read_bundle(folder: str | Path, verify: bool = True) -> dict[str, Any]:
     """Read ``hashee.json`` of a bundle; with ``verify``, check every listed file's sha256.
 
