@@ -43,3 +43,8 @@ class ValidationError(HasheeError):
 
 class BundleError(HasheeError, ValueError):
     """A bundle folder is missing files, fails its sha256 check, or has a newer format than this hashee reads."""
+
+
+class CalibrationError(HasheeError, ValueError):
+    """INT8 calibration cannot run as asked (method, sample count, saved ranges that do not fit)."""
+

@@ -18,6 +18,7 @@ scatters of rows) become float16.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,13 +55,25 @@ def _weight_names(graph: Any) -> set[str]:
             if i.data_type == TensorProto.FLOAT and not i.name.startswith("const/") and int(np.prod(i.dims)) > 1}
 
 
-def mask_logic_nodes(graph: Any) -> list[str]:
-    """Names of the nodes that no model weight reaches: exit-mask, index and attention-mask logic."""
+def _weight_reached(graph: Any) -> set[str]:
     reached = set(_weight_names(graph))
     for node in graph.node:  # nodes are topologically sorted
         if any(name in reached for name in node.input):
             reached.update(node.output)
+    return reached
+
+
+def mask_logic_nodes(graph: Any) -> list[str]:
+    """Names of the nodes that no model weight reaches: exit-mask, index and attention-mask logic."""
+    reached = _weight_reached(graph)
     return [node.name for node in graph.node if not any(o in reached for o in node.output)]
+
+
+def mask_logic_tensors(graph: Any) -> set[str]:
+    """Every tensor computed without a model weight (graph inputs included): the mask and index path."""
+    reached = _weight_reached(graph)
+    computed = {o for node in graph.node for o in node.output if o not in reached}
+    return computed | {i.name for i in graph.input}
 
 
 def _untie_initializers(graph: Any, blocked: set[str]) -> None:
@@ -122,8 +135,10 @@ def convert_fp16(model: Any) -> tuple[Any, dict[str, Any]]:
     blocked = set(blocked_nodes) | {n.name for n in flat.graph.node if n.op_type in op_block_list}
     _untie_initializers(flat.graph, blocked)
     flat = _declare_contrib_outputs(flat)
-    converted = float16.convert_float_to_float16(flat, keep_io_types=True, op_block_list=op_block_list,
-                                                 node_block_list=blocked_nodes, disable_shape_infer=True)
+    with warnings.catch_warnings():  # one warning per weight below fp16's smallest normal: noise on the CLI
+        warnings.filterwarnings("ignore", category=UserWarning, module="onnxconverter_common")
+        converted = float16.convert_float_to_float16(flat, keep_io_types=True, op_block_list=op_block_list,
+                                                     node_block_list=blocked_nodes, disable_shape_infer=True)
     info = {"method": "onnxconverter-common float16", "functions_inlined": True, "keep_io_types": True,
             "fp32_ops": sorted(set(EXTRA_BLOCKED_OPS) | set(float16.DEFAULT_OP_BLOCK_LIST)),
             "fp32_mask_logic_nodes": len(blocked_nodes)}
