@@ -1,4 +1,4 @@
-"""The ``hashee`` command line: ``hashee hash | train | eval | export | validate | convert | calibrate``.
+"""The ``hashee`` command line: ``hashee hash | train | eval | export | validate | convert | calibrate | build-engine``.
 
 Only the standard library is imported at module level, so ``hashee --help`` answers without torch;
 each subcommand imports what it needs when it runs.  A user error (:class:`hashee.errors.HasheeError`)
@@ -114,6 +114,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     result = calibrate_bundle(args.bundle, args.data, method=args.method, samples=args.samples,
                               eval_samples=args.eval_samples, recalibrate=args.recalibrate, progress=not args.quiet,
                               eval_data=args.eval_data)
+    print(result.format())
+    return 0
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from hashee.exporter.tensorrt_engine import build_engine
+
+    result = build_engine(args.bundle, precision=args.precision, profiles=args.profile,
+                          timing_cache=args.timing_cache, workspace_mb=args.workspace, progress=not args.quiet)
     print(result.format())
     return 0
 
@@ -238,6 +247,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recalibrate", action="store_true", help="ignore the ranges saved in the bundle")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_calibrate)
+
+    p = sub.add_parser("build-engine", help="build a TensorRT engine from a tensorrt-target bundle (needs a GPU)",
+                       description="Parse the bundle's tensorrt-target ONNX (fp32, fp16 or int8 Q/DQ) with the "
+                                   "TensorRT 11 Python API and write a serialized plan to BUNDLE/engines/.")
+    p.add_argument("bundle", help="bundle folder written by `hashee export --target tensorrt`")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument("--profile", action="append",
+                   help="optimisation profile BATCHxSEQ:BATCHxSEQ:BATCHxSEQ (min:opt:max), e.g. 1x8:32x64:128x128; "
+                        "repeat for several (default: 1x2:32xL/2:128xL, L the bundle's max length)")
+    p.add_argument("--timing-cache", help="timing cache file to read and update (reused across builds)")
+    p.add_argument("--workspace", type=int, default=4096, help="builder workspace limit in MiB (default 4096)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=cmd_build_engine)
 
     p = sub.add_parser("validate", help="compare a bundle with its PyTorch reference over a data file",
                        description="Run a bundle on ONNX Runtime CPU and the PyTorch model over a data file; "

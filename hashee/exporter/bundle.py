@@ -3,7 +3,10 @@
 A bundle holds ``hashee.json`` (format version, producer, backbone, task, labels, max length,
 exit-table metadata, ONNX target/precision/opset, input and output names with dynamic axes, and a
 sha256 for every other file), ``exit_table.npy`` (HashEE bundles), ``model.onnx`` and ``tokenizer/``.
-No pickle anywhere.
+Optional, added by later steps with :func:`update_bundle`: ``model.fp16.onnx`` and ``model.int8.onnx``
+(described under ``precisions`` in ``hashee.json``; ``onnx.precision`` always describes ``model.onnx``,
+which stays fp32), ``calibration/int8_ranges.json``, and ``engines/*.plan`` (listed under ``engines``).
+Replacing a precision file drops the engines built from the old one.  No pickle anywhere.
 """
 
 from __future__ import annotations
