@@ -126,3 +126,23 @@ def test_build_engine_profile_error_on_the_command_line(bundles):
     out = _cli("build-engine", str(bundles / "trt"), "--profile", "4x8:2x8:8x8", "--quiet")
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
     assert "batch must satisfy min <= opt <= max" in out.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_cpu(tmp_path):
+    """benchmarks/gpu_check.py end to end on the CPU (a smoke test; the GPU machine runs gpu_check.sh)."""
+    import json
+    import os
+
+    from conftest import REPO_ROOT
+
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path),
+                          "--device", "cpu", "--batch-sizes", "1,4", "--limit", "12", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "HASHEE_ELUE_DIR": str(tmp_path / "none")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert [row["batch"] for row in report["torch"]] == [1, 4] and report["data"].endswith("samples/sst2/dev.tsv")
+    assert report["parity"]["hashee fp32"]["max_abs_diff_vs_hashee_fp32"] == 0.0
+    assert report["tensorrt"].startswith("skipped")
+    assert "| batch | dense fp32 |" in (tmp_path / "gpu_check.md").read_text()
