@@ -1,4 +1,4 @@
-"""The ``hashee`` command line: ``hashee hash | train | eval | export | validate | predict``.
+"""The ``hashee`` command line: ``hashee hash | train | eval | export | validate | predict | convert | calibrate | build-engine``.
 
 Only the standard library is imported at module level, so ``hashee --help`` answers without torch;
 each subcommand imports what it needs when it runs.  A user error (:class:`hashee.errors.HasheeError`)
@@ -84,7 +84,46 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export(args.run_dir, args.output, target=args.target, opset=args.opset, max_length=args.max_length,
                     token_outputs=args.token_outputs, dense=args.dense, overwrite=args.overwrite,
-                    progress=not args.quiet, reference=args.with_reference)
+                    progress=not args.quiet, precision=args.precision,
+                    reference=args.with_reference)
+    print(result.format())
+    fp16 = result.meta.get("precisions", {}).get("fp16")
+    if fp16:
+        print(_precision_line(fp16))
+    return 0
+
+
+def _precision_line(entry: dict) -> str:
+    check = entry["validation"]
+    agreement = "" if check["label_agreement"] is None else f", label agreement {100 * check['label_agreement']:.1f} %"
+    return (f"{entry['file']}: max |difference| vs fp32 {check['max_abs_diff']:.3g}{agreement} "
+            f"({check['reference']})")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from hashee.calibration.fp16 import add_fp16
+
+    meta = add_fp16(args.bundle)
+    print(f"bundle: {args.bundle}")
+    print(_precision_line(meta["precisions"]["fp16"]))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from hashee.calibration.int8 import calibrate_bundle
+
+    result = calibrate_bundle(args.bundle, args.data, method=args.method, samples=args.samples,
+                              eval_samples=args.eval_samples, recalibrate=args.recalibrate, progress=not args.quiet,
+                              eval_data=args.eval_data)
+    print(result.format())
+    return 0
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from hashee.exporter.tensorrt_engine import build_engine
+
+    result = build_engine(args.bundle, precision=args.precision, profiles=args.profile,
+                          timing_cache=args.timing_cache, workspace_mb=args.workspace, progress=not args.quiet)
     print(result.format())
     return 0
 
@@ -191,8 +230,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--with-reference", action="store_true",
                    help="also store the PyTorch weights (reference/, safetensors) for the runtime's torch backend")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16 also writes model.fp16.onnx (mixed precision, checked against fp32 on ONNX Runtime)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("convert", help="add a mixed-precision fp16 copy (model.fp16.onnx) to a bundle",
+                       description="Convert a bundle's fp32 model.onnx to fp16 (LayerNorm, Softmax, reductions, "
+                                   "exit-mask/index logic and IO stay fp32), check it against fp32 on ONNX "
+                                   "Runtime CPU (exit 1 when they disagree) and record it in hashee.json.")
+    p.add_argument("bundle", help="bundle folder written by `hashee export`")
+    p.add_argument("--precision", choices=("fp16",), default="fp16")
+    p.set_defaults(handler=cmd_convert)
+
+    p = sub.add_parser("calibrate", help="calibrate INT8 (Q/DQ) on real sentences: model.int8.onnx in the bundle",
+                       description="Quantise the bundle's MatMul weights per channel and their inputs per tensor "
+                                   "(symmetric int8, explicit QuantizeLinear/DequantizeLinear as TensorRT "
+                                   "expects) with ranges calibrated on real sentences and their exit masks; "
+                                   "the ranges are saved in the bundle so a rebuild does not recalibrate.")
+    p.add_argument("bundle", help="bundle folder written by `hashee export`")
+    p.add_argument("--data", required=True, help="calibration sentences (.tsv/.csv/.jsonl)")
+    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--samples", type=int, default=256, help="calibration sentences to use (default 256)")
+    p.add_argument("--eval-samples", type=int, default=0,
+                   help="also compare INT8 with fp32 (accuracy, agreement, ORT CPU samples/s at batch 32) on this "
+                        "many labelled sentences of --eval-data (0: skip)")
+    p.add_argument("--eval-data", help="labelled data for --eval-samples (default: --data)")
+    p.add_argument("--recalibrate", action="store_true", help="ignore the ranges saved in the bundle")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=cmd_calibrate)
+
+    p = sub.add_parser("build-engine", help="build a TensorRT engine from a tensorrt-target bundle (needs a GPU)",
+                       description="Parse the bundle's tensorrt-target ONNX (fp32, fp16 or int8 Q/DQ) with the "
+                                   "TensorRT 11 Python API and write a serialized plan to BUNDLE/engines/.")
+    p.add_argument("bundle", help="bundle folder written by `hashee export --target tensorrt`")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
+    p.add_argument("--profile", action="append",
+                   help="optimisation profile BATCHxSEQ:BATCHxSEQ:BATCHxSEQ (min:opt:max), e.g. 1x8:32x64:128x128; "
+                        "repeat for several (default: 1x2:32xL/2:128xL, L the bundle's max length)")
+    p.add_argument("--timing-cache", help="timing cache file to read and update (reused across builds)")
+    p.add_argument("--workspace", type=int, default=4096, help="builder workspace limit in MiB (default 4096)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=cmd_build_engine)
 
     p = sub.add_parser("validate", help="compare a bundle with its PyTorch reference over a data file",
                        description="Run a bundle on ONNX Runtime CPU and the PyTorch model over a data file; "

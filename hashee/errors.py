@@ -51,3 +51,15 @@ class InputError(HasheeError, ValueError):
 
 class BackendError(HasheeError, RuntimeError):
     """A runtime backend is unknown, or cannot run here (no GPU, library or engine for it)."""
+
+
+class CalibrationError(HasheeError, ValueError):
+    """INT8 calibration cannot run as asked (method, sample count, saved ranges that do not fit)."""
+
+
+class EngineError(HasheeError):
+    """A TensorRT engine cannot be built or run: TensorRT or a GPU is missing, the bundle does not fit."""
+
+
+class ProfileError(EngineError, ValueError):
+    """An optimisation profile is malformed or does not fit the bundle (min <= opt <= max, max length)."""

@@ -1,10 +1,12 @@
-"""torch -> ONNX export, validation and the bundle writer (issue #3); the TensorRT builder comes with #5.
+"""torch -> ONNX export, validation, the bundle writer (issue #3) and the TensorRT engine builder (#5).
 
 Public API::
 
     from hashee.exporter import export, validate_bundle, read_bundle
     result = export("runs/sst2-hashee", "bundles/sst2", target="onnxruntime")
     print(validate_bundle("bundles/sst2", "dev.tsv").format())
+    # reduced precision lives in hashee.calibration (fp16.add_fp16, int8.calibrate_bundle); engines:
+    from hashee.exporter.tensorrt_engine import build_engine, TensorRTEngine   # needs tensorrt + a GPU
 
 Heavy libraries (onnx, onnxruntime, optimum, torch) are imported inside the functions that use them.
 """

@@ -3,7 +3,10 @@
 A bundle holds ``hashee.json`` (format version, producer, backbone, task, labels, max length,
 exit-table metadata, ONNX target/precision/opset, input and output names with dynamic axes, and a
 sha256 for every other file), ``exit_table.npy`` (HashEE bundles), ``model.onnx`` and ``tokenizer/``.
-No pickle anywhere.
+Optional, added by later steps with :func:`update_bundle`: ``model.fp16.onnx`` and ``model.int8.onnx``
+(described under ``precisions`` in ``hashee.json``; ``onnx.precision`` always describes ``model.onnx``,
+which stays fp32), ``calibration/int8_ranges.json``, and ``engines/*.plan`` (listed under ``engines``).
+Replacing a precision file drops the engines built from the old one.  No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -99,6 +102,43 @@ def write_meta(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """Add the format version and file hashes to ``meta`` and write ``hashee.json``."""
     meta = {"format_version": FORMAT_VERSION, **meta, "files": file_hashes(folder)}
     (folder / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta
+
+
+def update_bundle(folder: str | Path, files: dict[str, Path], changes: dict[str, Any],
+                  remove: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Add or replace files of an existing bundle and merge ``changes`` into its ``hashee.json``.
+
+    ``files`` maps a bundle-relative name (e.g. ``model.fp16.onnx``) to a finished file written
+    next to the bundle or inside it (moved in with ``os.replace``, so each file appears whole).
+    The bundle is verified first; ``hashee.json`` is rewritten last, also with one rename, with the
+    sha256 of every file recomputed, so the manifest never lists a file that is not there.
+    Top-level keys of ``changes`` replace those of the manifest (``None`` deletes a key).
+    """
+    folder = Path(folder)
+    meta = read_bundle(folder)
+    meta.pop("path", None)
+    for name in remove:
+        target = folder / name
+        if target.is_file():
+            target.unlink()
+    for name, source in files.items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, target)
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    meta.pop("files", None)
+    meta.pop("format_version", None)
+    meta = {"format_version": FORMAT_VERSION, **meta, "files": file_hashes(folder)}
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{META_FILE}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, folder / META_FILE)
     return meta
 
 

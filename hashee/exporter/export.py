@@ -15,6 +15,8 @@ from hashee.errors import ExitTableError, ExportError
 from hashee.exporter.bundle import MODEL_FILE, REFERENCE_DIR, TABLE_FILE, TOKENIZER_DIR, staged_folder, write_meta
 from hashee.exporter.targets import MIN_OPSET, TARGETS
 
+EXPORT_PRECISIONS = ("fp32", "fp16")
+
 
 @dataclass
 class ExportResult:
@@ -120,7 +122,8 @@ def describe(model_config: Any, num_layers: int) -> dict[str, Any]:
 
 def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime", opset: int = MIN_OPSET,
            max_length: int | None = None, token_outputs: bool = False, dense: bool = False,
-           overwrite: bool = False, progress: bool = True, reference: bool = False) -> ExportResult:
+           overwrite: bool = False, progress: bool = True, reference: bool = False,
+           precision: str = "fp32") -> ExportResult:
     """Export a run folder to a validated bundle at ``output``.
 
     Args:
@@ -137,6 +140,9 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
         progress: print one line per step on stderr.
         reference: also write the PyTorch weights (``reference/``: config.json + model.safetensors) so
             that ``Session.load(bundle, backend="torch")`` runs the reference model from the bundle alone.
+        precision: ``fp32`` (default) or ``fp16``: also write ``model.fp16.onnx``, a mixed-precision
+            copy checked against the fp32 file (:mod:`hashee.calibration.fp16`); ``model.onnx``
+            stays fp32.
 
     Raises:
         ExportError, ExitTableError, BackboneError: the run folder or the arguments cannot be exported.
@@ -156,6 +162,11 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
     run_dir, output = Path(run_dir), Path(output)
     if target not in TARGETS:
         raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r} for export; choose one of {', '.join(EXPORT_PRECISIONS)} "
+                          f"(int8 needs calibration data: hashee calibrate BUNDLE --data FILE)")
+    if dense and precision != "fp32":
+        raise ExportError("--precision fp16 is for HashEE bundles; the dense baseline is exported in fp32")
     check_output_folder(output.absolute(), overwrite)
     config = _read_config(run_dir)
     if dense:
@@ -207,6 +218,11 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
             "validation": {"tolerance": TOLERANCE, "cases": report},
             **({"reference": REFERENCE_DIR} if reference else {}),
         }
+        if precision == "fp16":
+            from hashee.calibration.fp16 import FP16_FILE, build_fp16
+
+            say("converting to fp16 (inlined copy) and checking it against the fp32 graph on ONNX Runtime CPU")
+            meta["precisions"] = {"fp16": build_fp16(stage, meta, stage / FP16_FILE)}
         meta = write_meta(stage, meta)
         say(f"writing {output}")
     return ExportResult(output, meta, time.perf_counter() - started, report)

@@ -9,7 +9,8 @@ the TensorRT 10.15 revision ("supports operators in the inclusive range of opset
 which TensorRT 11's parser extends; restrictions recorded there and in ../shared/DESIGN.md section 5
 (Slice needs constant axes, ScatterND without reduction, TopK sorted=1 and K < 3840, CumSum with a
 constant axis, Reduce* with initializer axes, NonZero on FP32/FP16 only, LayerNormalization with
-only its first output, no com.microsoft ops).  Only the ops the HashEE exporter can emit, plus a few
+only its first output, Quantize/DequantizeLinear with constant scales and zero zero-points, no
+com.microsoft ops).  Only the ops the HashEE exporter can emit, plus a few
 neighbours, are listed: a new op in the graph must be added here with its restriction, on purpose.
 :func:`tensorrt_violations` checks every node of a model, with local functions inlined.
 """
@@ -53,6 +54,8 @@ TENSORRT_OPS: dict[str, tuple[set[str], str | None]] = {
     "Softmax": (_FP, None), "LayerNormalization": (_FP, "first_output_only"),
     "Erf": (_FP, None), "Tanh": (_FP, None), "Sigmoid": (_FP, None), "Relu": (_FP | _INT, None),
     "Sqrt": (_FP, None), "Pow": (_FP | _INT, None), "Exp": (_FP, None), "Gelu": (_FP, None),
+    # explicit quantisation (INT8 Q/DQ files): build-time constant scales, zero points that are all 0
+    "QuantizeLinear": (_FP, "qdq"), "DequantizeLinear": ({"int8"}, "qdq"),
 }
 
 
@@ -62,9 +65,9 @@ def _type_name(elem_type: int) -> str:
     return {1: "float", 10: "float16", 16: "bfloat16"}.get(elem_type) or helper.tensor_dtype_to_np_dtype(elem_type).name
 
 
-def _restriction(kind: str, node: Any, constants: set[str]) -> str | None:
+def _restriction(kind: str, node: Any, constants: set[str], values: dict[str, Any] | None = None) -> str | None:
     """A message when ``node`` breaks the parser restriction ``kind``, else ``None``."""
-    from onnx import helper
+    from onnx import helper, numpy_helper
 
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     if kind.startswith("constant_input_"):
@@ -78,6 +81,15 @@ def _restriction(kind: str, node: Any, constants: set[str]) -> str | None:
             return "sorted must be 1"
         if len(node.input) < 2 or node.input[1] not in constants:
             return "K must be a build-time constant (< 3840)"
+    elif kind == "qdq":
+        if len(node.input) < 2 or node.input[1] not in constants:
+            return "the scale must be a build-time constant"
+        if len(node.input) > 2 and node.input[2]:
+            zero = (values or {}).get(node.input[2])
+            if zero is None:
+                return "the zero point must be a build-time constant"
+            if numpy_helper.to_array(zero).any():
+                return "the zero point must be 0 (symmetric quantisation)"
     elif kind == "first_output_only" and len([o for o in node.output if o]) > 1:
         return "only the first output Y is supported"
     elif kind == "constant_dense" and any(a in attrs for a in ("sparse_value", "value_string", "value_strings")):
@@ -103,12 +115,16 @@ def tensorrt_violations(model: Any) -> list[str]:
         if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
             types[info.name] = _type_name(info.type.tensor_type.elem_type)
     constants = {init.name for init in flat.graph.initializer}
+    values = {init.name: init for init in flat.graph.initializer}
     for init in flat.graph.initializer:
         types[init.name] = _type_name(init.data_type)
     problems: list[str] = []
     for node in flat.graph.node:
         if node.op_type == "Constant":
             constants.update(node.output)
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                values[node.output[0]] = value
         where = f"{node.name or node.op_type} ({node.domain or 'ai.onnx'}::{node.op_type})"
         if node.domain not in ("", "ai.onnx"):
             problems.append(f"{where}: domain {node.domain!r} is not supported by TensorRT's parser")
@@ -121,7 +137,7 @@ def tensorrt_violations(model: Any) -> list[str]:
         if first and first in types and types[first] not in allowed:
             problems.append(f"{where}: input type {types[first]} not supported (allowed: {', '.join(sorted(allowed))})")
         if restriction:
-            message = _restriction(restriction, node, constants)
+            message = _restriction(restriction, node, constants, values)
             if message:
                 problems.append(f"{where}: {message}")
     return problems
