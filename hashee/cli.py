@@ -84,7 +84,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export(args.run_dir, args.output, target=args.target, opset=args.opset, max_length=args.max_length,
                     token_outputs=args.token_outputs, dense=args.dense, overwrite=args.overwrite,
-                    progress=not args.quiet, reference=args.with_reference)
+                    progress=not args.quiet, reference=args.with_reference, embed_exit_table=args.embed_exit_table)
     print(result.format())
     return 0
 
@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--with-reference", action="store_true",
                    help="also store the PyTorch weights (reference/, safetensors) for the runtime's torch backend")
+    p.add_argument("--embed-exit-table", action="store_true",
+                   help="put the exit table in the graph (masks computed from input_ids): only batch-first inputs, "
+                        "as Triton's dynamic batching needs")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_export)
 

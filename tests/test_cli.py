@@ -36,6 +36,7 @@ def test_help_lists_subcommands_without_importing_torch():
     assert "--chunk-size" in out.stdout and "--with-reference" in out.stdout
     assert "--target-speedup" in out.stdout and "--dense" in out.stdout
     assert "--token-outputs" in out.stdout and "--tolerance" in out.stdout
+    assert "--embed-exit-table" in out.stdout
 
 
 def test_hash_command_writes_a_loadable_table(tmp_path, minilm_path, capsys):
