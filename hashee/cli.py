@@ -1,4 +1,5 @@
-"""The ``hashee`` command line: ``hashee hash | train | eval | export | validate | predict``.
+"""The ``hashee`` command line: ``hash | train | eval | export | validate | predict | export-triton |
+validate-triton``.
 
 Only the standard library is imported at module level, so ``hashee --help`` answers without torch;
 each subcommand imports what it needs when it runs.  A user error (:class:`hashee.errors.HasheeError`)
@@ -110,6 +111,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
                        device=args.device, threads=args.threads, batch_size=args.batch_size,
                        chunk_size=args.chunk_size, text_column=_column(args.text_column),
                        pair_column=_column(args.pair_column), progress=not args.quiet)
+
+
+def cmd_export_triton(args: argparse.Namespace) -> int:
+    from hashee.serve.triton import export_triton
+
+    result = export_triton(args.bundle, args.repo_dir, backend=args.backend, max_batch_size=args.max_batch_size,
+                           buckets=args.buckets, fp16=args.fp16, tokenizer_instances=args.tokenizer_instances,
+                           name=args.name, overwrite=args.overwrite, engine_cache=args.engine_cache)
+    print(result.format())
+    return 0
+
+
+def cmd_validate_triton(args: argparse.Namespace) -> int:
+    from hashee.serve.triton import validate_triton
+
+    problems = validate_triton(args.repo_dir)
+    if problems:
+        print(f"hashee validate-triton: {args.repo_dir}: {len(problems)} problem(s)", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    print(f"{args.repo_dir}: every config.pbtxt parses as Triton's ModelConfig and passes the checks")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -226,6 +250,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-column", help="column or JSON field of the second text, for sentence pairs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("export-triton", help="write a Triton Inference Server model repository for a bundle",
+                       description="Write a Triton model repository (Python-backend tokenizer padding to buckets, "
+                                   "the HashEE model with the exit table embedded and dynamic batching, an ensemble "
+                                   "chaining them) and check it against Triton's ModelConfig schema.")
+    p.add_argument("bundle", help="bundle folder written by `hashee export`")
+    p.add_argument("repo_dir", help="model repository folder to write")
+    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"),
+                   help="onnxruntime (default) or tensorrt (ONNX Runtime's TensorRT accelerator, int32 inputs)")
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--buckets", default="32,64,128", help="widths the tokenizer pads to (default 32,64,128)")
+    p.add_argument("--fp16", action="store_true", help="TensorRT precision FP16 (with --backend tensorrt)")
+    p.add_argument("--tokenizer-instances", type=int, default=1, help="Python-backend tokenizer instances")
+    p.add_argument("--name", default="hashee", help="ensemble name; the parts are NAME_tokenizer and NAME_model")
+    p.add_argument("--engine-cache", default="/tmp/hashee_trt_cache", help="TensorRT engine cache on the server")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty repository folder")
+    p.set_defaults(handler=cmd_export_triton)
+
+    p = sub.add_parser("validate-triton", help="check a Triton model repository (exit 1 listing every problem)",
+                       description="Parse every config.pbtxt as Triton's ModelConfig and run the semantic checks: "
+                                   "names, version folders, ensemble chaining, batch-first inputs, ONNX names, "
+                                   "dtypes and shapes.")
+    p.add_argument("repo_dir", help="Triton model repository folder")
+    p.set_defaults(handler=cmd_validate_triton)
     return parser
 
 

@@ -51,3 +51,15 @@ class InputError(HasheeError, ValueError):
 
 class BackendError(HasheeError, RuntimeError):
     """A runtime backend is unknown, or cannot run here (no GPU, library or engine for it)."""
+
+
+class MissingDependencyError(HasheeError, ImportError):
+    """An optional extra (Ray, tritonclient, pyarrow) is needed for this command but not installed."""
+
+
+class TritonRepositoryError(HasheeError, ValueError):
+    """A Triton model repository fails its checks; ``problems`` lists every one of them."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])
