@@ -1,5 +1,5 @@
 """The ``hashee`` command line: ``hash | train | eval | export | validate | predict | export-triton |
-validate-triton``.
+validate-triton | infer``.
 
 Only the standard library is imported at module level, so ``hashee --help`` answers without torch;
 each subcommand imports what it needs when it runs.  A user error (:class:`hashee.errors.HasheeError`)
@@ -133,6 +133,17 @@ def cmd_validate_triton(args: argparse.Namespace) -> int:
             print(f"  - {problem}", file=sys.stderr)
         return 1
     print(f"{args.repo_dir}: every config.pbtxt parses as Triton's ModelConfig and passes the checks")
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from hashee.serve.infer import run_infer
+
+    result = run_infer(args.bundle, args.input, args.output, engine=args.engine, fmt=args.format,
+                       text_column=args.text_column, pair_column=args.pair_column, id_column=args.id_column,
+                       batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                       address=args.address, backend=args.backend, progress=not args.quiet)
+    print(result.format())
     return 0
 
 
@@ -274,6 +285,26 @@ def build_parser() -> argparse.ArgumentParser:
                                    "dtypes and shapes.")
     p.add_argument("repo_dir", help="Triton model repository folder")
     p.set_defaults(handler=cmd_validate_triton)
+
+    p = sub.add_parser("infer", help="classify a JSONL/CSV/Parquet file, in-process or on a Ray cluster",
+                       description="Batch inference over a file: --engine local streams it through the in-process "
+                                   "runtime; --engine ray reads, predicts (an actor pool, one Session per actor) and "
+                                   "writes with Ray Data. Results carry the id column to match them to inputs.")
+    p.add_argument("bundle", help="bundle folder written by `hashee export`")
+    p.add_argument("input", help="input file (or, for ray, a folder of files) in jsonl, csv or parquet")
+    p.add_argument("output", help="output: a file for local, a folder of part files for ray")
+    p.add_argument("--engine", default="local", choices=("local", "ray"))
+    p.add_argument("--format", choices=("jsonl", "csv", "parquet"), help="input format (default: from the extension)")
+    p.add_argument("--text-column", help="column of the (first) text (default: sentence, text, ...)")
+    p.add_argument("--pair-column", help="column of the second text, for sentence pairs")
+    p.add_argument("--id-column", help="column that identifies rows (default: id; local numbers rows when absent)")
+    p.add_argument("--batch-size", type=int, default=256, help="rows per model call batch (Ray: per map_batches batch)")
+    p.add_argument("--actors", type=int, default=1, help="Ray actors, each holding one Session")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    p.add_argument("--backend", default="auto", help="runtime backend: auto, onnxruntime, tensorrt or torch")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(handler=cmd_infer)
     return parser
 
 

@@ -11,6 +11,7 @@ Ray, pyarrow and tritonclient are optional (``pip install 'hashee[serve]'``) and
 functions that need them.
 """
 
+from hashee.serve.infer import run_infer
 from hashee.serve.triton import export_triton, validate_triton
 
-__all__ = ["export_triton", "validate_triton"]
+__all__ = ["export_triton", "run_infer", "validate_triton"]
