@@ -1,4 +1,5 @@
-"""The ``hashee`` command line: ``hashee hash | train | eval | export | validate | predict | convert | calibrate | build-engine``.
+"""The ``hashee`` command line: ``hash | train | eval | export | validate | predict | convert |
+calibrate | build-engine | export-triton | validate-triton | infer``.
 
 Only the standard library is imported at module level, so ``hashee --help`` answers without torch;
 each subcommand imports what it needs when it runs.  A user error (:class:`hashee.errors.HasheeError`)
@@ -85,7 +86,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export(args.run_dir, args.output, target=args.target, opset=args.opset, max_length=args.max_length,
                     token_outputs=args.token_outputs, dense=args.dense, overwrite=args.overwrite,
                     progress=not args.quiet, precision=args.precision,
-                    reference=args.with_reference)
+                    reference=args.with_reference,
+                    embed_exit_table=args.embed_exit_table)
     print(result.format())
     fp16 = result.meta.get("precisions", {}).get("fp16")
     if fp16:
@@ -149,6 +151,40 @@ def cmd_predict(args: argparse.Namespace) -> int:
                        device=args.device, threads=args.threads, batch_size=args.batch_size,
                        chunk_size=args.chunk_size, text_column=_column(args.text_column),
                        pair_column=_column(args.pair_column), progress=not args.quiet)
+
+
+def cmd_export_triton(args: argparse.Namespace) -> int:
+    from hashee.serve.triton import export_triton
+
+    result = export_triton(args.bundle, args.repo_dir, backend=args.backend, max_batch_size=args.max_batch_size,
+                           buckets=args.buckets, fp16=args.fp16, tokenizer_instances=args.tokenizer_instances,
+                           name=args.name, overwrite=args.overwrite, engine_cache=args.engine_cache)
+    print(result.format())
+    return 0
+
+
+def cmd_validate_triton(args: argparse.Namespace) -> int:
+    from hashee.serve.triton import validate_triton
+
+    problems = validate_triton(args.repo_dir)
+    if problems:
+        print(f"hashee validate-triton: {args.repo_dir}: {len(problems)} problem(s)", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    print(f"{args.repo_dir}: every config.pbtxt parses as Triton's ModelConfig and passes the checks")
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from hashee.serve.infer import run_infer
+
+    result = run_infer(args.bundle, args.input, args.output, engine=args.engine, fmt=args.format,
+                       text_column=args.text_column, pair_column=args.pair_column, id_column=args.id_column,
+                       batch_size=args.batch_size, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                       address=args.address, backend=args.backend, progress=not args.quiet)
+    print(result.format())
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also store the PyTorch weights (reference/, safetensors) for the runtime's torch backend")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="fp16 also writes model.fp16.onnx (mixed precision, checked against fp32 on ONNX Runtime)")
+    p.add_argument("--embed-exit-table", action="store_true",
+                   help="put the exit table in the graph (masks computed from input_ids): only batch-first inputs, "
+                        "as Triton's dynamic batching needs")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_export)
 
@@ -302,6 +341,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-column", help="column or JSON field of the second text, for sentence pairs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_predict)
+
+    p = sub.add_parser("export-triton", help="write a Triton Inference Server model repository for a bundle",
+                       description="Write a Triton model repository (Python-backend tokenizer padding to buckets, "
+                                   "the HashEE model with the exit table embedded and dynamic batching, an ensemble "
+                                   "chaining them) and check it against Triton's ModelConfig schema.")
+    p.add_argument("bundle", help="bundle folder written by `hashee export`")
+    p.add_argument("repo_dir", help="model repository folder to write")
+    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"),
+                   help="onnxruntime (default) or tensorrt (ONNX Runtime's TensorRT accelerator, int32 inputs)")
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--buckets", default="32,64,128", help="widths the tokenizer pads to (default 32,64,128)")
+    p.add_argument("--fp16", action="store_true", help="TensorRT precision FP16 (with --backend tensorrt)")
+    p.add_argument("--tokenizer-instances", type=int, default=1, help="Python-backend tokenizer instances")
+    p.add_argument("--name", default="hashee", help="ensemble name; the parts are NAME_tokenizer and NAME_model")
+    p.add_argument("--engine-cache", default="/tmp/hashee_trt_cache", help="TensorRT engine cache on the server")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty repository folder")
+    p.set_defaults(handler=cmd_export_triton)
+
+    p = sub.add_parser("validate-triton", help="check a Triton model repository (exit 1 listing every problem)",
+                       description="Parse every config.pbtxt as Triton's ModelConfig and run the semantic checks: "
+                                   "names, version folders, ensemble chaining, batch-first inputs, ONNX names, "
+                                   "dtypes and shapes.")
+    p.add_argument("repo_dir", help="Triton model repository folder")
+    p.set_defaults(handler=cmd_validate_triton)
+
+    p = sub.add_parser("infer", help="classify a JSONL/CSV/Parquet file, in-process or on a Ray cluster",
+                       description="Batch inference over a file: --engine local streams it through the in-process "
+                                   "runtime; --engine ray reads, predicts (an actor pool, one Session per actor) and "
+                                   "writes with Ray Data. Results carry the id column to match them to inputs.")
+    p.add_argument("bundle", help="bundle folder written by `hashee export`")
+    p.add_argument("input", help="input file (or, for ray, a folder of files) in jsonl, csv or parquet")
+    p.add_argument("output", help="output: a file for local, a folder of part files for ray")
+    p.add_argument("--engine", default="local", choices=("local", "ray"))
+    p.add_argument("--format", choices=("jsonl", "csv", "parquet"), help="input format (default: from the extension)")
+    p.add_argument("--text-column", help="column of the (first) text (default: sentence, text, ...)")
+    p.add_argument("--pair-column", help="column of the second text, for sentence pairs")
+    p.add_argument("--id-column", help="column that identifies rows (default: id; local numbers rows when absent)")
+    p.add_argument("--batch-size", type=int, default=256, help="rows per model call batch (Ray: per map_batches batch)")
+    p.add_argument("--actors", type=int, default=1, help="Ray actors, each holding one Session")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0)
+    p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    p.add_argument("--backend", default="auto", help="runtime backend: auto, onnxruntime, tensorrt or torch")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(handler=cmd_infer)
     return parser
 
 

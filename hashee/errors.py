@@ -63,3 +63,15 @@ class EngineError(HasheeError):
 
 class ProfileError(EngineError, ValueError):
     """An optimisation profile is malformed or does not fit the bundle (min <= opt <= max, max length)."""
+
+
+class MissingDependencyError(HasheeError, ImportError):
+    """An optional extra (Ray, tritonclient, pyarrow) is needed for this command but not installed."""
+
+
+class TritonRepositoryError(HasheeError, ValueError):
+    """A Triton model repository fails its checks; ``problems`` lists every one of them."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems or [])

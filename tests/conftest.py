@@ -55,6 +55,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.fixturenames.insert(0, "_cuda_or_skip")
+        if item.get_closest_marker("triton") is not None and os.environ.get("HASHEE_TRITON") != "1":
+            item.add_marker(pytest.mark.skip(reason="slow tier: starts a real tritonserver; run with HASHEE_TRITON=1 "
+                                                    "(tritonserver on PATH, in HASHEE_TRITONSERVER or from the "
+                                                    "nvidia-pytriton wheel)"))
 
 
 @pytest.fixture

@@ -22,23 +22,27 @@ def test_help_lists_subcommands_without_importing_torch():
         "import sys\n"
         "from hashee.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "for name in ('hash', 'train', 'eval', 'export', 'validate', 'predict', 'convert', 'calibrate', 'build-engine'):\n"
+        "for name in ('hash', 'train', 'eval', 'export', 'validate', 'predict', 'convert', 'calibrate',"
+        " 'build-engine', 'export-triton', 'validate-triton', 'infer'):\n"
         "    try:\n        main([name, '--help'])\n    except SystemExit:\n        pass\n"
         "heavy = [m for m in ('torch', 'transformers', 'sklearn', 'scipy', 'onnx', 'onnxruntime', 'optimum',"
-        " 'tensorrt', 'onnxconverter_common')"
+        " 'tensorrt', 'onnxconverter_common', 'ray', 'pyarrow', 'tritonclient')"
         " if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
-    for name in ("hash", "train", "eval", "export", "validate", "predict", "convert", "calibrate", "build-engine"):
+    for name in ("hash", "train", "eval", "export", "validate", "predict", "convert", "calibrate", "build-engine",
+                 "export-triton", "validate-triton", "infer"):
         assert name in out.stdout
+    assert "--tokenizer-instances" in out.stdout and "--gpus-per-actor" in out.stdout
     assert "--chunk-size" in out.stdout and "--with-reference" in out.stdout
     assert "--target-speedup" in out.stdout and "--dense" in out.stdout
     assert "--token-outputs" in out.stdout and "--tolerance" in out.stdout
     assert "--precision" in out.stdout and "--method" in out.stdout and "--samples" in out.stdout
     assert "--profile" in out.stdout and "--timing-cache" in out.stdout and "--workspace" in out.stdout
+    assert "--embed-exit-table" in out.stdout
 
 
 def test_hash_command_writes_a_loadable_table(tmp_path, minilm_path, capsys):

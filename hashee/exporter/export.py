@@ -123,7 +123,7 @@ def describe(model_config: Any, num_layers: int) -> dict[str, Any]:
 def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime", opset: int = MIN_OPSET,
            max_length: int | None = None, token_outputs: bool = False, dense: bool = False,
            overwrite: bool = False, progress: bool = True, reference: bool = False,
-           precision: str = "fp32") -> ExportResult:
+           precision: str = "fp32", embed_exit_table: bool = False) -> ExportResult:
     """Export a run folder to a validated bundle at ``output``.
 
     Args:
@@ -143,6 +143,10 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
         precision: ``fp32`` (default) or ``fp16``: also write ``model.fp16.onnx``, a mixed-precision
             copy checked against the fp32 file (:mod:`hashee.calibration.fp16`); ``model.onnx``
             stays fp32.
+        embed_exit_table: put the exit table into the graph as an initializer and compute the masks
+            in-graph, so the only inputs are the batch-first ``input_ids``, ``attention_mask`` (and
+            ``token_type_ids``), as Triton's dynamic batching needs; also checked against the
+            exit-masks graph within 1e-5.
 
     Raises:
         ExportError, ExitTableError, BackboneError: the run folder or the arguments cannot be exported.
@@ -172,6 +176,8 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
     if dense:
         from hashee.exporter.dense import export_dense
 
+        if embed_exit_table:
+            raise ExportError("--embed-exit-table applies to HashEE models; a dense export has no exit table")
         return export_dense(run_dir, output, config, opset=opset, max_length=max_length, overwrite=overwrite,
                             say=say, started=started, reference=reference)
     check_target(target, opset)
@@ -186,6 +192,14 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
     with staged_folder(output, overwrite) as stage:
         say(f"building the graph (target {target}, opset {opset})")
         proto, spec = build_graph(model, target, opset, token_outputs)
+        masks_proto = None
+        if embed_exit_table:
+            from hashee.exporter.embed import embed_exit_table as embed
+
+            say("embedding the exit table in the graph")
+            masks_proto = proto
+            proto = embed(proto, model.exit_table.layers, int(model.num_layers))
+            spec = type(spec)([s for s in spec.inputs if s["name"] != "exit_masks"], spec.outputs)
         (stage / MODEL_FILE).write_bytes(proto.SerializeToString())
         del proto
         say("checking the saved file (onnx.checker, full check)")
@@ -199,6 +213,13 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
                 raise ExportError(f"{len(problems)} nodes would not import into TensorRT: " + "; ".join(problems[:5]))
         say("validating on ONNX Runtime CPU against PyTorch (real text and edge inputs)")
         report = check_export(stage / MODEL_FILE, model, tokenizer, max_length)
+        if masks_proto is not None:
+            from hashee.exporter.validate import check_embedded
+
+            say("checking the embedded-table graph against the exit-masks graph (1e-5)")
+            check_embedded(stage / MODEL_FILE, masks_proto, model.exit_table.layers, int(model.num_layers),
+                           tokenizer, max_length)
+            del masks_proto
         table = model.exit_table
         np.save(stage / TABLE_FILE, table.layers, allow_pickle=False)
         tokenizer.save_pretrained(str(stage / TOKENIZER_DIR))
@@ -213,7 +234,8 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
             "exit_table": {**table.to_meta(), "file": TABLE_FILE, "dtype": str(table.layers.dtype)},
             "onnx": {"file": MODEL_FILE, "target": target, "precision": "fp32", "opset": opset,
                      "inputs": spec.inputs, "outputs": spec.outputs,
-                     "custom_ops": ["hashee.GatherActive", "hashee.ScatterActive"]},
+                     "custom_ops": ["hashee.GatherActive", "hashee.ScatterActive"],
+                     "exit_table": "embedded" if embed_exit_table else "input"},
             "tokenizer": TOKENIZER_DIR,
             "validation": {"tolerance": TOLERANCE, "cases": report},
             **({"reference": REFERENCE_DIR} if reference else {}),

@@ -62,6 +62,33 @@ def pad(rows: list[np.ndarray], index: np.ndarray, pad_id: int) -> tuple[np.ndar
     return values, mask.astype(np.int64)
 
 
+def bucket_width(length: int, buckets: list[int] | tuple[int, ...]) -> int:
+    """The smallest bucket that holds ``length`` tokens (the largest when none does: the caller truncates).
+
+    Triton's dynamic batcher only batches requests whose shapes match, so a serving tokenizer pads to
+    a few fixed widths instead of each request's longest item.
+    """
+    ordered = sorted(int(b) for b in buckets)
+    if not ordered:
+        raise InputError("buckets must name at least one width")
+    for width in ordered:
+        if length <= width:
+            return width
+    return ordered[-1]
+
+
+def pad_to(rows: list[np.ndarray], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(values [len(rows), width], attention_mask)``: every row padded on the right to ``width``."""
+    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    if len(rows) and int(lengths.max()) > width:
+        raise InputError(f"a row of {int(lengths.max())} tokens does not fit width {width}")
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    values = np.full((len(rows), width), pad_id, dtype=np.int64)
+    if len(rows):
+        values[mask] = np.concatenate(rows)
+    return values, mask.astype(np.int64)
+
+
 def check_batch_size(batch_size: object) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")

@@ -50,6 +50,8 @@ class Session:
         runner.activate()
         self.input_names = list(runner.input_names)
         self.uses_token_type_ids = "token_type_ids" in self.input_names
+        # a bundle exported with --embed-exit-table computes its masks in the graph from its own table
+        self.embedded_table = bundle.kind == "hashee" and "exit_masks" not in self.input_names
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -165,6 +167,11 @@ class Session:
                 raise InputError(f"{self.bundle.path} is a dense bundle without early exit; pass exit_masks=None")
             return feed
         layers = self.bundle.num_layers
+        if self.embedded_table:
+            if masks is not None:
+                raise InputError(f"{self.bundle.path} computes its exit masks in the graph from its embedded exit "
+                                 f"table; pass exit_masks=None (or export without --embed-exit-table)")
+            return feed
         if masks is None:
             feed["exit_masks"] = exit_masks(ids, mask, self.bundle.exit_table, layers)
             return feed
@@ -211,7 +218,7 @@ class Session:
             feed = {"input_ids": ids, "attention_mask": mask}
             if self.uses_token_type_ids:
                 feed["token_type_ids"], _ = pad(encoded.types, index, 0)
-            if table is not None:
+            if table is not None and not self.embedded_table:
                 feed["exit_masks"] = exit_masks(ids, mask, table, layers)
             out[index] = self.runner.infer(feed)["logits"]
         return out

@@ -1,0 +1,350 @@
+"""``hashee export-triton``: a bundle -> a validated Triton Inference Server model repository.
+
+::
+
+    REPO/
+      hashee/                 ensemble: TEXT (+ optional TEXT_PAIR) -> logits
+        config.pbtxt
+        1/
+      hashee_tokenizer/       Python backend: tokenise, pad to the smallest bucket, mean-exit-layer metric
+        config.pbtxt
+        1/model.py
+        1/tokenizer/tokenizer.json
+        1/exit_table.npy
+      hashee_model/           onnxruntime backend, dynamic batching, warm-up at the smallest/largest bucket
+        config.pbtxt
+        1/model.onnx          the exit table embedded: inputs input_ids, attention_mask (token_type_ids)
+        warmup/...
+
+The model graph is the bundle's with the exit table embedded (:mod:`hashee.exporter.embed`), since
+Triton's dynamic batching needs every input batch-first; with ``--backend tensorrt`` its integer
+inputs become int32 (TensorRT's native index type; no bool tensors cross the boundary) and the
+config turns on ONNX Runtime's TensorRT execution accelerator with an engine cache and one
+optimisation profile per bucket.  Rewritten graphs are checked against the bundle's own graph
+(1e-5) and the finished repository against Triton's ``ModelConfig`` schema and the semantic checks
+of :mod:`hashee.serve.triton_check`; nothing is written when either fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from hashee.errors import ExportError, TritonRepositoryError
+
+BACKENDS = ("onnxruntime", "tensorrt")
+TOKENIZER_SOURCE = Path(__file__).with_name("triton_tokenizer.py")
+TYPE = {np.dtype("int64"): "TYPE_INT64", np.dtype("int32"): "TYPE_INT32"}
+
+
+@dataclass
+class TritonExport:
+    """What :func:`export_triton` wrote."""
+
+    repo: Path
+    models: dict[str, str]  # role -> model name
+    backend: str
+    buckets: list[int]
+    max_batch_size: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def tree(self) -> str:
+        return repository_tree(self.repo)
+
+    def format(self) -> str:
+        lines = [f"repository: {self.repo} (backend {self.backend}, buckets {','.join(map(str, self.buckets))}, "
+                 f"max_batch_size {self.max_batch_size})",
+                 f"ensemble {self.models['ensemble']}: {self.models['tokenizer']} -> {self.models['model']}",
+                 "checked: every config.pbtxt parses as Triton's ModelConfig and passes the semantic checks",
+                 *self.notes, self.tree(), f"export took {self.seconds:.1f} s"]
+        return "\n".join(lines)
+
+
+def repository_tree(repo: Path) -> str:
+    """The folder as an indented tree (files with their sizes)."""
+    lines = [f"{repo.name}/"]
+
+    def walk(folder: Path, depth: int) -> None:
+        for path in sorted(folder.iterdir(), key=lambda p: (p.is_file(), p.name)):
+            if path.is_dir():
+                lines.append(f"{'  ' * depth}{path.name}/")
+                walk(path, depth + 1)
+            else:
+                lines.append(f"{'  ' * depth}{path.name} ({_size(path.stat().st_size)})")
+
+    walk(repo, 1)
+    return "\n".join(lines)
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return str(count)
+
+
+def parse_buckets(value: str | Sequence[int]) -> list[int]:
+    """``"32,64,128"`` or a sequence -> sorted unique ints >= 2; :class:`ExportError` otherwise."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        buckets = sorted({int(str(b).strip()) for b in items if str(b).strip()})
+    except ValueError:
+        raise ExportError(f"--buckets must be comma-separated integers, got {value!r}") from None
+    if not buckets or buckets[0] < 2:
+        raise ExportError(f"--buckets must be integers >= 2 (room for [CLS] and [SEP]), got {value!r}")
+    return buckets
+
+
+def int32_inputs(model: Any) -> Any:
+    """A copy of ``model`` whose int64 graph inputs are int32 (cast to int64 right inside the graph)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    casts = []
+    renamed: dict[str, str] = {}
+    for value in graph.input:
+        if value.type.tensor_type.elem_type == TensorProto.INT64:
+            inner = f"{value.name}/int64"
+            renamed[value.name] = inner
+            value.type.tensor_type.elem_type = TensorProto.INT32
+            casts.append(helper.make_node("Cast", [value.name], [inner], name=f"inputs/{value.name}/to_int64",
+                                          to=TensorProto.INT64))
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renamed:
+                node.input[i] = renamed[name]
+    old = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + old)
+    return out
+
+
+def _pbtxt_tensor(name: str, dtype: str, dims: Sequence[int], optional: bool = False) -> str:
+    extra = " optional: true" if optional else ""
+    return f'  {{ name: "{name}" data_type: {dtype} dims: [ {", ".join(map(str, dims))} ]{extra} }}'
+
+
+def _pbtxt_list(key: str, items: list[str]) -> str:
+    return f"{key} [\n" + ",\n".join(items) + "\n]\n"
+
+
+def _params(values: dict[str, str]) -> str:
+    return "".join(f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}\n' for k, v in values.items())
+
+
+def tokenizer_config(name: str, max_batch_size: int, instances: int, outputs: list[str], index_type: str,
+                     params: dict[str, str]) -> str:
+    return (
+        "# hashee tokenizer (Python backend): needs numpy and tokenizers in the backend's Python environment\n"
+        f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch_size}\n'
+        + _pbtxt_list("input", [_pbtxt_tensor("TEXT", "TYPE_STRING", [1]),
+                                _pbtxt_tensor("TEXT_PAIR", "TYPE_STRING", [1], optional=True)])
+        + _pbtxt_list("output", [_pbtxt_tensor(o, index_type, [-1]) for o in outputs])
+        + "dynamic_batching { }\n"
+        + f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n"
+        + _params(params)
+    )
+
+
+def model_config(name: str, max_batch_size: int, inputs: list[str], index_type: str, num_labels: int,
+                 warmups: list[str], accelerator: str | None) -> str:
+    text = (
+        f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: {max_batch_size}\n'
+        + _pbtxt_list("input", [_pbtxt_tensor(i, index_type, [-1]) for i in inputs])
+        + _pbtxt_list("output", [_pbtxt_tensor("logits", "TYPE_FP32", [num_labels])])
+        + "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
+    )
+    if accelerator:
+        text += "instance_group [ { count: 1 kind: KIND_GPU } ]\n" + accelerator
+    return text + _pbtxt_list("model_warmup", warmups)
+
+
+def _warmup(sample: str, batch_size: int, inputs: dict[str, str], index_type: str, width: int) -> str:
+    entries = "\n".join(
+        f'    inputs {{ key: "{name}" value {{ data_type: {index_type} dims: [ {width} ] input_data_file: "{file}" }} }}'
+        for name, file in inputs.items())
+    return f'  {{\n    name: "{sample}"\n    batch_size: {batch_size}\n{entries}\n  }}'
+
+
+def _accelerator(inputs: list[str], buckets: list[int], max_batch_size: int, fp16: bool, cache: str) -> str:
+    def shapes(batch: int) -> str:
+        return ",".join(f"{name}:{batch}x{width}" for width in buckets for name in inputs)
+
+    params = {"precision_mode": "FP16" if fp16 else "FP32", "max_workspace_size_bytes": str(4 << 30),
+              "trt_engine_cache_enable": "1", "trt_engine_cache_path": cache,
+              "trt_profile_min_shapes": shapes(1), "trt_profile_opt_shapes": shapes(max_batch_size),
+              "trt_profile_max_shapes": shapes(max_batch_size)}
+    body = "\n".join(f'        parameters {{ key: "{k}" value: "{v}" }}' for k, v in params.items())
+    return ("optimization { execution_accelerators {\n  gpu_execution_accelerator : [ {\n"
+            f'        name : "tensorrt"\n{body}\n  }} ]\n}} }}\n')
+
+
+def ensemble_config(name: str, max_batch_size: int, tokenizer: str, model: str, tensors: list[str],
+                    index_type: str, num_labels: int) -> str:
+    feed = "\n".join(f'      input_map {{ key: "{k}" value: "{k}" }}' for k in ("TEXT", "TEXT_PAIR"))
+    made = "\n".join(f'      output_map {{ key: "{t}" value: "{t}" }}' for t in tensors)
+    used = "\n".join(f'      input_map {{ key: "{t}" value: "{t}" }}' for t in tensors)
+    return (
+        f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {max_batch_size}\n'
+        + _pbtxt_list("input", [_pbtxt_tensor("TEXT", "TYPE_STRING", [1]),
+                                _pbtxt_tensor("TEXT_PAIR", "TYPE_STRING", [1], optional=True)])
+        + _pbtxt_list("output", [_pbtxt_tensor("logits", "TYPE_FP32", [num_labels])])
+        + "ensemble_scheduling {\n  step [\n"
+        + f'    {{\n      model_name: "{tokenizer}"\n      model_version: -1\n{feed}\n{made}\n    }},\n'
+        + f'    {{\n      model_name: "{model}"\n      model_version: -1\n{used}\n'
+        + '      output_map { key: "logits" value: "logits" }\n    }\n  ]\n}\n'
+    )
+
+
+def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxruntime", max_batch_size: int = 64,
+                  buckets: str | Sequence[int] = (32, 64, 128), fp16: bool = False, tokenizer_instances: int = 1,
+                  name: str = "hashee", overwrite: bool = False,
+                  engine_cache: str = "/tmp/hashee_trt_cache") -> TritonExport:
+    """Write a Triton model repository for a HashEE bundle at ``repo`` and check it.
+
+    Args:
+        bundle: a folder written by ``hashee export`` (any target; with or without ``--embed-exit-table``).
+        repo: the repository folder; must not exist or be empty unless ``overwrite``.
+        backend: ``onnxruntime`` (CPU or CUDA, whatever the server has) or ``tensorrt`` (ONNX Runtime's
+            TensorRT accelerator: int32 inputs, engine cache, one profile per bucket).
+        max_batch_size: the most texts Triton batches into one model call.
+        buckets: the widths the tokenizer pads to; the largest is also where texts are truncated and
+            must not exceed the bundle's max length.
+        fp16: TensorRT precision FP16 (``--backend tensorrt`` only).
+        tokenizer_instances: Python-backend tokenizer instances (CPU processes).
+        name: the ensemble's name; the parts are ``NAME_tokenizer`` and ``NAME_model``.
+        engine_cache: where the server keeps TensorRT engines (on the server's file system).
+
+    Raises:
+        ExportError, BundleError: bad arguments or bundle.  ValidationError: a rewritten graph disagrees
+        with the bundle's.  TritonRepositoryError: the written repository fails its checks (every
+        problem listed).  MissingDependencyError: tritonclient is not installed.
+    """
+    import onnx
+    from transformers import AutoTokenizer
+
+    from hashee.exporter.bundle import check_output_folder, staged_folder
+    from hashee.exporter.embed import MASKS, embed_exit_table
+    from hashee.exporter.validate import check_embedded, sample_texts
+    from hashee.runtime.bundle import open_bundle
+    from hashee.runtime.inputs import TextEncoder
+    from hashee.runtime.session import _special
+    from hashee.runtime.bundle import tokenizer_config as read_tokenizer_config
+    from hashee.serve.triton_check import check_repository, format_problems, model_config_pb2
+
+    started = time.perf_counter()
+    if backend not in BACKENDS:
+        raise ExportError(f"unknown Triton backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+        raise ExportError(f"--max-batch-size must be a positive integer, got {max_batch_size!r}")
+    if isinstance(tokenizer_instances, bool) or not isinstance(tokenizer_instances, int) or tokenizer_instances < 1:
+        raise ExportError(f"--tokenizer-instances must be a positive integer, got {tokenizer_instances!r}")
+    if fp16 and backend != "tensorrt":
+        raise ExportError("--fp16 sets TensorRT's precision: use it with --backend tensorrt")
+    if not name or not all(c.isalnum() or c in "_-" for c in name):
+        raise ExportError(f"--name must be letters, digits, '_' or '-', got {name!r}")
+    widths = parse_buckets(buckets)
+    repo = Path(repo)
+    check_output_folder(repo.absolute(), overwrite)
+    model_config_pb2()  # the check at the end needs tritonclient: fail before any work
+    source = open_bundle(bundle)
+    if source.kind != "hashee":
+        raise ExportError(f"{bundle} is a {source.kind} bundle; export-triton serves HashEE bundles")
+    if widths[-1] > source.max_length:
+        raise ExportError(f"bucket {widths[-1]} exceeds the bundle's max length {source.max_length}; use smaller "
+                          f"--buckets or re-export with a larger --max-length")
+    notes = []
+    if widths[-1] < source.max_length:
+        notes.append(f"note: texts longer than {widths[-1]} tokens are truncated to the largest bucket "
+                     f"(the bundle accepts {source.max_length})")
+    target = source.meta.get("onnx", {}).get("target")
+    if backend == "tensorrt" and target != "tensorrt":
+        notes.append(f"note: the bundle was exported for {target}; its com.microsoft attention runs outside TensorRT "
+                     f"(export with --target tensorrt for a graph TensorRT takes whole)")
+    if fp16:
+        notes.append("note: precision_mode FP16 relies on the TensorRT accelerator's precision flag; TensorRT 11 "
+                     "builds strongly typed networks, convert the ONNX to FP16 first there")
+
+    original = onnx.load(str(source.model_file))
+    inputs = [i.name for i in original.graph.input]
+    serving = original
+    if MASKS in inputs:
+        serving = embed_exit_table(serving, source.exit_table, source.num_layers)
+    if backend == "tensorrt":
+        serving = int32_inputs(serving)
+    index_dtype = np.dtype("int32") if backend == "tensorrt" else np.dtype("int64")
+    index_type = TYPE[index_dtype]
+    model_inputs = [i.name for i in serving.graph.input]
+    uses_types = "token_type_ids" in model_inputs
+    pad_token = _special(read_tokenizer_config(source).get("pad_token"))
+    encoder = TextEncoder(source.tokenizer_dir, widths[-1], pad_token)
+    names = {"ensemble": name, "tokenizer": f"{name}_tokenizer", "model": f"{name}_model"}
+    num_labels = len(source.labels)
+
+    with staged_folder(repo, overwrite) as stage:
+        # --- the model
+        model_dir = stage / names["model"]
+        (model_dir / "1").mkdir(parents=True)
+        (model_dir / "warmup").mkdir()
+        (model_dir / "1" / "model.onnx").write_bytes(serving.SerializeToString())
+        if serving is not original:
+            hf_tokenizer = AutoTokenizer.from_pretrained(str(source.tokenizer_dir))
+            check_embedded(model_dir / "1" / "model.onnx", original, source.exit_table, source.num_layers,
+                           hf_tokenizer, min(source.max_length, widths[-1]))
+        text = " ".join(sample_texts(16))
+        warmups = []
+        for sample, width, batch in (("smallest_bucket", widths[0], 1), ("largest_bucket", widths[-1], max_batch_size)):
+            encoder_w = TextEncoder(source.tokenizer_dir, width, pad_token)
+            encoded = encoder_w.encode([text])
+            from hashee.runtime.batching import pad_to
+
+            ids, mask = pad_to(encoded.ids, width, encoder.pad_id)
+            arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            files = {}
+            for tensor in model_inputs:
+                file = f"{tensor}_{width}"
+                (model_dir / "warmup" / file).write_bytes(arrays[tensor][0].astype(index_dtype).tobytes())
+                files[tensor] = file
+            warmups.append(_warmup(sample, batch, files, index_type, width))
+        accelerator = (_accelerator(model_inputs, widths, max_batch_size, fp16, f"{engine_cache}/{names['model']}")
+                       if backend == "tensorrt" else None)
+        (model_dir / "config.pbtxt").write_text(model_config(names["model"], max_batch_size, model_inputs, index_type,
+                                                             num_labels, warmups, accelerator))
+        # --- the tokenizer
+        tok_dir = stage / names["tokenizer"]
+        (tok_dir / "1" / "tokenizer").mkdir(parents=True)
+        shutil.copyfile(TOKENIZER_SOURCE, tok_dir / "1" / "model.py")
+        shutil.copyfile(source.tokenizer_dir / "tokenizer.json", tok_dir / "1" / "tokenizer" / "tokenizer.json")
+        np.save(tok_dir / "1" / "exit_table.npy", np.asarray(source.exit_table, dtype=np.int16), allow_pickle=False)
+        params = {"buckets": ",".join(map(str, widths)), "max_length": str(widths[-1]), "pad_id": str(encoder.pad_id),
+                  "token_type_ids": "true" if uses_types else "false", "index_dtype": index_dtype.name,
+                  "tokenizer_file": "tokenizer/tokenizer.json", "exit_table_file": "exit_table.npy",
+                  "num_layers": str(source.num_layers)}
+        (tok_dir / "config.pbtxt").write_text(tokenizer_config(names["tokenizer"], max_batch_size, tokenizer_instances,
+                                                               model_inputs, index_type, params))
+        # --- the ensemble
+        ens_dir = stage / names["ensemble"]
+        (ens_dir / "1").mkdir(parents=True)
+        (ens_dir / "config.pbtxt").write_text(ensemble_config(names["ensemble"], max_batch_size, names["tokenizer"],
+                                                              names["model"], model_inputs, index_type, num_labels))
+        problems = check_repository(stage)
+        if problems:
+            raise TritonRepositoryError(format_problems(repo, problems), problems)
+    return TritonExport(repo, names, backend, widths, max_batch_size, time.perf_counter() - started, notes)
+
+
+def validate_triton(repo: str | Path) -> list[str]:
+    """Every problem of a Triton model repository (see :mod:`hashee.serve.triton_check`)."""
+    from hashee.serve.triton_check import check_repository
+
+    return check_repository(repo)

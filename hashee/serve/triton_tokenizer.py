@@ -1,0 +1,134 @@
+"""Triton Python-backend tokenizer of a hashee model repository (copied as ``<tokenizer>/1/model.py``).
+
+Written by ``hashee export-triton``; standalone on purpose: the Triton server's Python stub needs only
+``numpy`` and ``tokenizers`` (the Rust Hugging Face tokenizer), not hashee.
+
+Per request: decode ``TEXT`` (and the optional ``TEXT_PAIR``) [batch, 1] strings, tokenise them with the
+bundle's ``tokenizer.json`` (special tokens added, truncated longest-first to the largest bucket), pad
+every row on the right to the **smallest bucket that holds the request's longest item** (Triton's
+dynamic batcher only batches requests whose shapes match, so few distinct widths keep batches full),
+and return ``input_ids``, ``attention_mask`` (and ``token_type_ids``) of that width.  It also reports
+custom metrics: the mean exit layer of the real tokens served (gauge, over the model's lifetime) and
+the running totals it is computed from (counters), so a dashboard sees how much early exit saves.
+
+The same tokenisation and bucketing as ``hashee.runtime`` (``TextEncoder`` and
+``batching.bucket_width``); tests check the two agree.
+"""
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def bucket_width(length, buckets):
+    """The smallest bucket that holds ``length`` (the largest when none does)."""
+    for width in buckets:
+        if length <= width:
+            return width
+    return buckets[-1]
+
+
+def _decode(value):
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8")
+    return str(value)
+
+
+class TritonPythonModel:
+    """Text in, bucket-padded token arrays out."""
+
+    def initialize(self, args):
+        from tokenizers import Tokenizer
+
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        folder = os.path.join(args["model_repository"], str(args["model_version"]))
+        self.buckets = sorted(int(b) for b in params["buckets"].split(","))
+        self.max_length = int(params["max_length"])
+        self.pad_id = int(params["pad_id"])
+        self.token_types = params.get("token_type_ids", "false") == "true"
+        self.dtype = np.int32 if params.get("index_dtype", "int64") == "int32" else np.int64
+        tokenizer = Tokenizer.from_file(os.path.join(folder, params.get("tokenizer_file", "tokenizer/tokenizer.json")))
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(self.max_length, strategy="longest_first")
+        self.tokenizer = tokenizer
+        self.table = np.load(os.path.join(folder, params.get("exit_table_file", "exit_table.npy")),
+                             allow_pickle=False).astype(np.int64)
+        self.tokens_seen = 0
+        self.layers_seen = 0
+        labels = {"model": args.get("model_name", config.get("name", "tokenizer")),
+                  "version": str(args.get("model_version", "1"))}
+        self.mean_exit = self.tokens_total = self.layers_total = None
+        if hasattr(pb_utils, "MetricFamily"):  # custom metrics: Triton 23.04 and later
+            gauge = pb_utils.MetricFamily(name="hashee_mean_exit_layer",
+                                          description="Mean exit layer of the real tokens tokenised so far",
+                                          kind=pb_utils.MetricFamily.GAUGE)
+            counter = pb_utils.MetricFamily(name="hashee_tokens_total", description="Real tokens tokenised",
+                                            kind=pb_utils.MetricFamily.COUNTER)
+            layers = pb_utils.MetricFamily(name="hashee_exit_layers_total",
+                                           description="Sum of the exit layers of the real tokens tokenised",
+                                           kind=pb_utils.MetricFamily.COUNTER)
+            self.families = (gauge, counter, layers)  # keep the families alive with their metrics
+            self.mean_exit = gauge.Metric(labels=labels)
+            self.tokens_total = counter.Metric(labels=labels)
+            self.layers_total = layers.Metric(labels=labels)
+
+    def encode(self, texts, pairs=None):
+        """``{name: array [len(texts), bucket]}`` for one request's texts (and pairs)."""
+        inputs = list(zip(texts, pairs)) if pairs is not None else list(texts)
+        encodings = self.tokenizer.encode_batch(inputs, add_special_tokens=True) if inputs else []
+        rows = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+        width = bucket_width(max((len(r) for r in rows), default=1), self.buckets)
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        mask = np.arange(width)[None, :] < lengths[:, None]
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        types = np.zeros((len(rows), width), dtype=np.int64)
+        if rows:
+            ids[mask] = np.concatenate(rows)
+            types[mask] = np.concatenate([np.asarray(e.type_ids, dtype=np.int64) for e in encodings])
+        out = {"input_ids": ids.astype(self.dtype), "attention_mask": mask.astype(self.dtype)}
+        if self.token_types:
+            out["token_type_ids"] = types.astype(self.dtype)
+        self._count(ids[mask])
+        return out
+
+    def _count(self, real_ids):
+        if real_ids.size == 0:
+            return
+        layers = int(self.table[real_ids].sum())
+        self.tokens_seen += int(real_ids.size)
+        self.layers_seen += layers
+        if self.mean_exit is not None:
+            self.tokens_total.increment(float(real_ids.size))
+            self.layers_total.increment(float(layers))
+            self.mean_exit.set(self.layers_seen / self.tokens_seen)
+
+    @property
+    def mean_exit_layer(self):
+        return self.layers_seen / self.tokens_seen if self.tokens_seen else 0.0
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                text = pb_utils.get_input_tensor_by_name(request, "TEXT")
+                if text is None:
+                    raise ValueError("the request has no TEXT input")
+                texts = [_decode(v) for v in text.as_numpy().reshape(-1)]
+                pair = pb_utils.get_input_tensor_by_name(request, "TEXT_PAIR")
+                pairs = None
+                if pair is not None:
+                    pairs = [_decode(v) for v in pair.as_numpy().reshape(-1)]
+                    if len(pairs) != len(texts):
+                        raise ValueError(f"TEXT has {len(texts)} items but TEXT_PAIR has {len(pairs)}")
+                arrays = self.encode(texts, pairs)
+                tensors = [pb_utils.Tensor(name, value) for name, value in arrays.items()]
+                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            except Exception as exc:  # noqa: BLE001 - one bad request must not fail the others
+                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
+        return responses
+
+    def finalize(self):
+        self.tokenizer = None

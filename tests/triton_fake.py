@@ -1,0 +1,100 @@
+"""A small fake of ``triton_python_backend_utils`` (Triton's Python-backend module): just what a
+``TritonPythonModel`` touches, so the tokenizer ``model.py`` runs in-process.  Only Triton's module is
+faked; tokenisation and ONNX Runtime are real."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+
+
+class Tensor:
+    def __init__(self, name, array):
+        self._name, self._array = name, np.asarray(array)
+
+    def name(self):
+        return self._name
+
+    def as_numpy(self):
+        return self._array
+
+
+class TritonError(Exception):
+    def __init__(self, message):
+        super().__init__(message)
+        self._message = message
+
+    def message(self):
+        return self._message
+
+
+class InferenceResponse:
+    def __init__(self, output_tensors, error=None):
+        self.output_tensors, self.error = list(output_tensors), error
+
+    def as_dict(self):
+        return {t.name(): t.as_numpy() for t in self.output_tensors}
+
+
+class InferenceRequest:
+    def __init__(self, **arrays):
+        self.inputs = {name: Tensor(name, value) for name, value in arrays.items()}
+
+
+def get_input_tensor_by_name(request, name):
+    return request.inputs.get(name)
+
+
+class Metric:
+    def __init__(self, labels):
+        self.labels, self.value = labels, 0.0
+
+    def set(self, value):
+        self.value = float(value)
+
+    def increment(self, value):
+        self.value += float(value)
+
+
+class MetricFamily:
+    GAUGE, COUNTER = "gauge", "counter"
+    registry: dict = {}
+
+    def __init__(self, name, description, kind):
+        self.name, self.description, self.kind = name, description, kind
+        self.metrics = []
+        MetricFamily.registry[name] = self
+
+    def Metric(self, labels):  # noqa: N802 - Triton's spelling
+        metric = Metric(labels)
+        self.metrics.append(metric)
+        return metric
+
+
+def fake_module() -> types.ModuleType:
+    module = types.ModuleType("triton_python_backend_utils")
+    for name, value in dict(Tensor=Tensor, TritonError=TritonError, InferenceResponse=InferenceResponse,
+                            get_input_tensor_by_name=get_input_tensor_by_name, MetricFamily=MetricFamily).items():
+        setattr(module, name, value)
+    return module
+
+
+def load_model_py(path: Path):
+    """Import ``model.py`` with the fake installed as ``triton_python_backend_utils``."""
+    sys.modules["triton_python_backend_utils"] = fake_module()
+    try:
+        spec = importlib.util.spec_from_file_location(f"triton_model_{abs(hash(str(path)))}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop("triton_python_backend_utils", None)
+    return module
+
+
+def strings(values) -> np.ndarray:
+    """Texts as Triton hands them to a Python model with max_batch_size > 0: bytes objects, [batch, 1]."""
+    return np.array([[v.encode("utf-8")] for v in values], dtype=object)
