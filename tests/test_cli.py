@@ -22,7 +22,7 @@ def test_help_lists_subcommands_without_importing_torch():
         "import sys\n"
         "from hashee.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "for name in ('hash', 'train', 'eval', 'export', 'validate', 'predict'):\n"
+        "for name in ('hash', 'train', 'eval', 'export', 'validate', 'predict', 'bench', 'demo'):\n"
         "    try:\n        main([name, '--help'])\n    except SystemExit:\n        pass\n"
         "heavy = [m for m in ('torch', 'transformers', 'sklearn', 'scipy', 'onnx', 'onnxruntime', 'optimum')"
         " if m in sys.modules]\n"
@@ -31,8 +31,9 @@ def test_help_lists_subcommands_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
-    for name in ("hash", "train", "eval", "export", "validate", "predict"):
+    for name in ("hash", "train", "eval", "export", "validate", "predict", "bench", "demo"):
         assert name in out.stdout
+    assert "--batch-sizes" in out.stdout and "--quick" in out.stdout
     assert "--chunk-size" in out.stdout and "--with-reference" in out.stdout
     assert "--target-speedup" in out.stdout and "--dense" in out.stdout
     assert "--token-outputs" in out.stdout and "--tolerance" in out.stdout
