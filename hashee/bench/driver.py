@@ -262,10 +262,10 @@ def data_statistics(encoded: Any, table: Any, layers: int, dims: Any, plans: dic
     lengths = encoded.lengths
     flops = batch_flops([table[ids] for ids in encoded.ids], dims)
     padding = {}
-    for size, plan in plans.items():
+    for size, plan in plans.items():  # the timed batches (all of them, or the spread subset)
         slots = sum(len(index) * int(lengths[index].max()) for index in plan)
-        padding[str(size)] = {"padded_slots": int(slots), "real_tokens": int(lengths.sum()),
-                              "waste": 1 - float(lengths.sum()) / slots}
+        real = sum(int(lengths[index].sum()) for index in plan)
+        padding[str(size)] = {"padded_slots": int(slots), "real_tokens": real, "waste": 1 - real / slots}
     return {
         "examples": int(len(lengths)),
         "tokens": {"total": int(lengths.sum()), "mean": float(lengths.mean()), "min": int(lengths.min()),
