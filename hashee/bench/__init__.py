@@ -14,7 +14,7 @@ from hashee.bench.configs import CONFIGS, BenchConfig
 __all__ = ["CONFIGS", "BenchConfig", "run_bench"]
 
 
-def run_bench(*args, **kwargs):  # noqa: D103 - documented in hashee.bench.driver.run_bench
+def run_bench(*args, **kwargs):
     from hashee.bench.driver import run_bench as run
 
     return run(*args, **kwargs)

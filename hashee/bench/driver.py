@@ -304,8 +304,6 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
     """
     import multiprocessing
 
-    import numpy as np
-
     from hashee import __version__
     from hashee.bench.configs import resolve_data
     from hashee.bench.report import write_markdown, write_plot
