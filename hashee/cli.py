@@ -1,5 +1,5 @@
 """The ``hashee`` command line: ``hash | train | eval | export | validate | predict | convert |
-calibrate | build-engine | export-triton | validate-triton | infer``.
+calibrate | build-engine | export-triton | validate-triton | infer | bench | demo``.
 
 Only the standard library is imported at module level, so ``hashee --help`` answers without torch;
 each subcommand imports what it needs when it runs.  A user error (:class:`hashee.errors.HasheeError`)
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from typing import Callable, Sequence
 
@@ -185,6 +186,28 @@ def cmd_infer(args: argparse.Namespace) -> int:
                        address=args.address, backend=args.backend, progress=not args.quiet)
     print(result.format())
     return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from hashee.bench.driver import parse_list, run_bench
+
+    result = run_bench(args.bundle, args.data, args.output, backends=parse_list(args.backends, str, "--backends"),
+                       batch_sizes=parse_list(args.batch_sizes, int, "--batch-sizes"), dense=args.dense,
+                       repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device,
+                       limit=args.limit, optimize_dense_graph=not args.no_dense_optimization,
+                       max_batches=args.max_batches,
+                       progress=not args.quiet, command="hashee " + " ".join(shlex.quote(a) for a in args.argv))
+    with open(os.path.join(args.output, "results.md"), encoding="utf-8") as handle:
+        print(handle.read().rstrip())
+    print(f"\nresults: {os.path.join(args.output, 'results.json')}\nplot: {result['plot']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from hashee.bench.demo import run_demo
+
+    return run_demo(args.output, quick=args.quick, epochs=args.epochs, max_steps=args.max_steps,
+                    progress=not args.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -385,6 +408,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", help="runtime backend: auto, onnxruntime, tensorrt or torch")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(handler=cmd_infer)
+
+
+    p = sub.add_parser("bench", help="benchmark a HashEE bundle against dense: PyTorch, ONNX Runtime, TensorRT",
+                       description="Throughput (median samples/s), p50/p99 latency per batch, peak RSS, FLOPs "
+                                   "speed-up (ideal vs realised), task metric and parity with PyTorch, for dense and "
+                                   "HashEE on every backend, side by side. Writes results.json, results.md and "
+                                   "throughput.png to -o.")
+    p.add_argument("bundle", help="HashEE bundle folder written by `hashee export`")
+    p.add_argument("--data", required=True, help="data file (.tsv/.csv/.jsonl) or a named configuration: sst2-dev, "
+                                                 "snli-dev (pairs), long (256-512 tokens)")
+    p.add_argument("--backends", default="torch,onnxruntime,tensorrt",
+                   help="comma-separated: torch, onnxruntime, tensorrt (one that cannot run is reported as skipped)")
+    p.add_argument("--batch-sizes", default="1,8,32,128", help="comma-separated batch sizes (default 1,8,32,128)")
+    p.add_argument("--dense", help="dense baseline: a dense bundle (hashee export --dense) or a run folder (exported "
+                                   "with Optimum here); default: the HashEE model's own weights without early exit")
+    p.add_argument("--repeats", type=int, default=5, help="timed passes per backend and batch size (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="warm-up passes before timing (default 1)")
+    p.add_argument("--limit", type=int, help="use only the first N examples")
+    p.add_argument("--max-batches", type=int, help="time at most N batches per pass, evenly spread over the "
+                                                   "length-sorted batches (accuracy still covers every example)")
+    p.add_argument("--threads", type=int, help="intra-op threads for every backend (default: the libraries')")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the best available)")
+    p.add_argument("--no-dense-optimization", action="store_true",
+                   help="measure the plain Optimum export instead of the ONNX Runtime-optimised (fused) dense graph")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("-o", "--output", required=True, help="folder for results.json, results.md and throughput.png")
+    p.set_defaults(handler=cmd_bench)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the bundled SST-2 sample: train, export, validate, bench",
+                       description="Fine-tune MiniLM (frequency hash) on the bundled SST-2 sample, export HashEE and "
+                                   "dense bundles, validate, benchmark against dense and print the table.")
+    p.add_argument("-o", "--output", default="runs/demo", help="folder for the run, bundles and results "
+                                                               "(default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="reduced mode: a few training steps, small batches")
+    p.add_argument("--epochs", type=float, help="training epochs (default 1; --quick: a few steps)")
+    p.add_argument("--max-steps", type=int, help="stop training after this many optimiser steps")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.set_defaults(handler=cmd_demo)
     return parser
 
 
@@ -392,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hashee`` console script; returns the exit status."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if extra:  # predict's texts may follow its options: `hashee predict B --backend onnxruntime "text"`
         if getattr(args, "command", None) != "predict" or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -23,7 +23,7 @@ def test_help_lists_subcommands_without_importing_torch():
         "from hashee.cli import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
         "for name in ('hash', 'train', 'eval', 'export', 'validate', 'predict', 'convert', 'calibrate',"
-        " 'build-engine', 'export-triton', 'validate-triton', 'infer'):\n"
+        " 'build-engine', 'export-triton', 'validate-triton', 'infer', 'bench', 'demo'):\n"
         "    try:\n        main([name, '--help'])\n    except SystemExit:\n        pass\n"
         "heavy = [m for m in ('torch', 'transformers', 'sklearn', 'scipy', 'onnx', 'onnxruntime', 'optimum',"
         " 'tensorrt', 'onnxconverter_common', 'ray', 'pyarrow', 'tritonclient')"
@@ -34,9 +34,10 @@ def test_help_lists_subcommands_without_importing_torch():
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
     for name in ("hash", "train", "eval", "export", "validate", "predict", "convert", "calibrate", "build-engine",
-                 "export-triton", "validate-triton", "infer"):
+                 "export-triton", "validate-triton", "infer", "bench", "demo"):
         assert name in out.stdout
     assert "--tokenizer-instances" in out.stdout and "--gpus-per-actor" in out.stdout
+    assert "--batch-sizes" in out.stdout and "--quick" in out.stdout
     assert "--chunk-size" in out.stdout and "--with-reference" in out.stdout
     assert "--target-speedup" in out.stdout and "--dense" in out.stdout
     assert "--token-outputs" in out.stdout and "--tolerance" in out.stdout
