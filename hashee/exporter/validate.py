@@ -116,11 +116,7 @@ def check_embedded(embedded_file: Path, masks_model: Any, table: np.ndarray, num
             continue
         mine = dict(zip(outputs, embedded.run(outputs, feed_for(embedded, encoded))))
         report[name] = compare(masked, feed_for(masked, encoded), mine)
-    failures = [f"{case}: {output} differs by {diff:.3g}" for case, diffs in report.items()
-                for output, diff in diffs.items() if not diff <= tolerance]
-    if failures:
-        raise ValidationError(f"the rewritten graph disagrees with the graph it was made from beyond {tolerance:g}: "
-                              + "; ".join(failures))
+    _raise_on_excess(report, tolerance, "the rewritten graph disagrees with the graph it was made from")
     return report
 
 
@@ -151,12 +147,16 @@ def check_export(model_file: Path, model: Any, tokenizer: Any, max_length: int, 
             feed, reference = hashee_reference(model, encoded, input_names, exits)
             feed = {k: v for k, v in feed.items() if k in input_names}
         report[name] = compare(session, feed, reference)
+    _raise_on_excess(report, tolerance, "the exported graph disagrees with the PyTorch reference")
+    return report
+
+
+def _raise_on_excess(report: dict[str, dict[str, float]], tolerance: float, what: str) -> None:
+    """Raise :class:`ValidationError` listing every case/output whose difference exceeds ``tolerance``."""
     failures = [f"{case}: {output} differs by {diff:.3g}" for case, diffs in report.items()
                 for output, diff in diffs.items() if not diff <= tolerance]
     if failures:
-        raise ValidationError(f"the exported graph disagrees with the PyTorch reference beyond {tolerance:g}: "
-                              + "; ".join(failures))
-    return report
+        raise ValidationError(f"{what} beyond {tolerance:g}: " + "; ".join(failures))
 
 
 @dataclass

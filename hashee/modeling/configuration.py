@@ -38,9 +38,3 @@ class HashEEConfig(PretrainedConfig):
         fields = {k: v for k, v in self.backbone.items() if k not in ("model_type", "transformers_version")}
         fields.update(id2label=self.id2label, label2id=self.label2id, problem_type=self.problem_type)
         return AutoConfig.for_model(self.backbone["model_type"], **fields)
-
-    @property
-    def num_hidden_layers(self) -> int:  # type: ignore[override]
-        """Depth of the backbone (L): exit layers run from 1 to this."""
-        return int(self.exit_table.get("num_layers") or self.backbone.get("num_hidden_layers")
-                   or self.backbone.get("n_layers") or 0)
