@@ -61,16 +61,16 @@ def _model(train_file: Path, run: str | None = None):
     return model, tokenizer
 
 
-def _order(tokenizer, texts) -> list[int]:
+def _order(tokenizer, texts, max_length=MAX_LENGTH) -> list[int]:
     """Indices of ``texts`` longest first (the order of :func:`_batches`)."""
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
     return sorted(range(len(texts)), key=lambda i: -lengths[i])
 
 
-def _batches(tokenizer, texts, batch_size, limit_single=200):
-    order = _order(tokenizer, texts)
+def _batches(tokenizer, texts, batch_size, limit_single=200, max_length=MAX_LENGTH):
+    order = _order(tokenizer, texts, max_length)
     batches = [tokenizer([texts[i] for i in order[s:s + batch_size]], padding=True, truncation=True,
-                         max_length=MAX_LENGTH, return_tensors="pt") for s in range(0, len(order), batch_size)]
+                         max_length=max_length, return_tensors="pt") for s in range(0, len(order), batch_size)]
     if batch_size == 1:
         batches = batches[:: max(1, len(batches) // limit_single)]
     return batches
