@@ -37,6 +37,7 @@ class ExitPlan:
     rank: torch.Tensor  # [batch, seq] grid slot of each token (its rank in its sequence's exit order)
     row_batch: torch.Tensor  # [N_1] batch index of each packed row (global exit order)
     row_rank: torch.Tensor  # [N_1] grid slot of each packed row
+    key_rows: torch.Tensor  # [N_1] flat index of each packed row in the [batch, K] grid
     active: tuple[int, ...]  # N_l for l = 1..L: packed rows active in layer l
     query_width: tuple[int, ...]  # Q_l for l = 1..L: most active tokens in one sequence
     key_mask: torch.Tensor  # [batch, 1, 1, K] bool, True where a grid slot holds a real token
@@ -48,7 +49,9 @@ class ExitPlan:
 
     def grid_index(self, width: int, rows: int) -> torch.Tensor:
         """Flat index into a ``[batch, width]`` grid for the first ``rows`` packed rows."""
-        return self.row_batch[:rows] * width + self.row_rank[:rows]
+        if width == self.key_width:
+            return self.key_rows[:rows]
+        return torch.add(self.row_rank[:rows], self.row_batch[:rows], alpha=width)  # one kernel
 
     def to_grid(self, hidden: torch.Tensor) -> torch.Tensor:
         """[batch, seq, hidden] in token order -> the [batch, K, hidden] grid."""
@@ -94,8 +97,9 @@ def build_plan(exit_layers: torch.Tensor, num_layers: int,
     # no active queries, so nothing it computes is kept.
     lengths = at_least[:, :1].clamp(min=1)
     key_mask = torch.arange(key_width, device=exits.device)[None, :] < lengths
-    plan = ExitPlan(batch, seq, within[:, :key_width], rank, order // seq, rank.reshape(-1)[order],
-                    active, widths, key_mask[:, None, None, :])
+    row_batch, row_rank = order // seq, rank.reshape(-1)[order]
+    plan = ExitPlan(batch, seq, within[:, :key_width], rank, row_batch, row_rank,
+                    torch.add(row_rank, row_batch, alpha=key_width), active, widths, key_mask[:, None, None, :])
     return plan, host[2 * num_layers:]
 
 
@@ -119,13 +123,18 @@ def grid_layer(grid: torch.Tensor, layer: LayerModules, plan: ExitPlan, index: i
     q_width = plan.query_width[index - 1]
     query_index = plan.grid_index(q_width, n_active)
     queries = layer.query(active_rows)
-    queries = queries.new_zeros(batch * q_width, hidden).index_copy(0, query_index, queries)
+    queries = queries.new_zeros(batch * q_width, hidden).index_copy_(0, query_index, queries)
     queries = queries.view(batch, q_width, heads, -1).transpose(1, 2)
     dropout = layer.attn_probs_dropout if training else 0.0
     context = F.scaled_dot_product_attention(queries, keys, values, attn_mask=plan.key_mask, dropout_p=dropout)
     context = context.transpose(1, 2).reshape(batch * q_width, hidden).index_select(0, query_index)
-    attended = layer.attn_norm(layer.attn_output_dropout(layer.attn_output(context)) + active_rows)
-    ffn = layer.ffn_output_dropout(layer.ffn_out(layer.activation(layer.ffn_in(attended))))
+    projected = layer.attn_output(context)
+    if training:  # dropout is the identity otherwise: skip the calls (this loop is launch-bound on GPUs)
+        projected = layer.attn_output_dropout(projected)
+    attended = layer.attn_norm(projected + active_rows)
+    ffn = layer.ffn_out(layer.activation(layer.ffn_in(attended)))
+    if training:
+        ffn = layer.ffn_output_dropout(ffn)
     updated = layer.ffn_norm(ffn + attended)
     if torch.is_grad_enabled():
         return flat.index_copy(0, rows, updated).view(batch, width, hidden)
