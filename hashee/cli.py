@@ -151,7 +151,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return run_predict(args.bundle, args.texts, input_file=args.input, output_file=args.output, backend=args.backend,
                        device=args.device, threads=args.threads, batch_size=args.batch_size,
                        chunk_size=args.chunk_size, text_column=_column(args.text_column),
-                       pair_column=_column(args.pair_column), progress=not args.quiet)
+                       pair_column=_column(args.pair_column), progress=not args.quiet, precision=args.precision)
 
 
 def cmd_export_triton(args: argparse.Namespace) -> int:
@@ -356,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    ".jsonl; - reads lines from standard input")
     p.add_argument("--output", help="JSON lines file to write, one result per input in order (default: stdout)")
     p.add_argument("--backend", default="auto", help="auto (default), onnxruntime, tensorrt or torch")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
+                   help="the TensorRT engine of this precision (default: fp32, else fp16, else int8)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the best available)")
     p.add_argument("--threads", type=int, help="intra-op threads (default: the library's)")
     p.add_argument("--batch-size", type=int, default=32)

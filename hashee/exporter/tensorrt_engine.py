@@ -9,8 +9,8 @@ writes the serialized plan to ``BUNDLE/engines/`` under a name holding the preci
 compute capability, the TensorRT version and the profiles; ``hashee.json`` lists it with its sha256.
 
 :class:`TensorRTEngine` / :func:`run_engine` execute a plan on torch CUDA tensors (pick the profile
-that fits, set input shapes, bind device buffers, run on a stream, copy out): the small helper the GPU
-tests use and that ``hashee.runtime``'s TensorRT runner can wrap.
+that fits, set input shapes, bind device buffers, run on a stream, copy out): the helper the GPU tests
+use and that ``hashee.runtime``'s TensorRT runner (:mod:`hashee.runtime.runners.tensorrt`) wraps.
 
 ``tensorrt`` and CUDA torch are imported only inside the functions that need them; without either,
 :func:`require_tensorrt` raises :class:`~hashee.errors.EngineError` naming what is missing.
@@ -274,6 +274,8 @@ class TensorRTEngine:
             raise EngineError("TensorRT could not deserialize the plan: it was built for another GPU or TensorRT "
                               "version; rebuild it with hashee build-engine on this machine")
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise EngineError("TensorRT could not create an execution context for the plan (out of GPU memory?)")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
@@ -300,13 +302,22 @@ class TensorRTEngine:
         raise EngineError(f"no optimisation profile of the engine accepts input shapes {shapes}; rebuild with a "
                           f"--profile that covers them")
 
-    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch; returns every output as a numpy array."""
+    def infer(self, feed: dict[str, np.ndarray], profile: int | None = None) -> dict[str, np.ndarray]:
+        """Run one batch; returns every output as a numpy array.
+
+        ``profile`` is the optimisation profile to run under (default: :meth:`pick_profile`).  Not
+        thread-safe: one execution context serves one call at a time (the runtime's TensorRT runner
+        holds a lock around it).
+        """
         torch = self._torch
         missing = [n for n in self.inputs if n not in feed]
         if missing:
             raise EngineError(f"the engine needs inputs {missing}")
-        profile = self.pick_profile({n: tuple(np.shape(feed[n])) for n in self.inputs})
+        if profile is None:
+            profile = self.pick_profile({n: tuple(np.shape(feed[n])) for n in self.inputs})
+        elif not 0 <= profile < self.engine.num_optimization_profiles:
+            raise EngineError(f"profile {profile} does not exist: the engine has "
+                              f"{self.engine.num_optimization_profiles} optimisation profile(s)")
         if profile != self._profile:
             self.context.set_optimization_profile_async(profile, self.stream.cuda_stream)
             self._profile = profile
@@ -316,7 +327,9 @@ class TensorRTEngine:
                 tensor = torch.as_tensor(np.ascontiguousarray(feed[name])).to("cuda", self._dtype(name),
                                                                                non_blocking=False).contiguous()
                 keep.append(tensor)
-                self.context.set_input_shape(name, tuple(tensor.shape))
+                if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                    raise EngineError(f"TensorRT refused shape {tuple(tensor.shape)} for input {name!r} under "
+                                      f"optimisation profile {profile}; rebuild with a --profile that covers it")
                 self.context.set_tensor_address(name, tensor.data_ptr())
             results = {}
             for name in self.outputs:
@@ -328,6 +341,20 @@ class TensorRTEngine:
         self.stream.synchronize()
         return {name: out.float().cpu().numpy() if out.is_floating_point() else out.cpu().numpy()
                 for name, out in results.items()}
+
+    def profile_ranges(self, name: str) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """``(min shape, max shape)`` of input ``name`` under each optimisation profile."""
+        ranges = []
+        for index in range(self.engine.num_optimization_profiles):
+            low, _, high = self.engine.get_tensor_profile_shape(name, index)
+            ranges.append((tuple(int(x) for x in low), tuple(int(x) for x in high)))
+        return ranges
+
+    def close(self) -> None:
+        """Free the execution context, the engine and the runtime, in that order."""
+        for attribute in ("context", "engine", "runtime"):
+            if hasattr(self, attribute):
+                delattr(self, attribute)
 
 
 def run_engine(plan: str | Path | bytes, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

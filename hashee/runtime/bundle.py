@@ -44,7 +44,8 @@ class Bundle:
 
     @property
     def engines(self) -> list[dict[str, Any]]:
-        """TensorRT engines listed in the manifest (written by the TensorRT builder, issue #5)."""
+        """TensorRT engines listed in the manifest (``hashee build-engine``; entry keys: see
+        :mod:`hashee.runtime.runners.tensorrt`)."""
         return [e for e in self.meta.get("engines", []) if isinstance(e, dict)]
 
 

@@ -23,7 +23,7 @@ def _line(result: dict[str, Any], item: Any) -> str:
 def run_predict(bundle: str, texts: Sequence[str], input_file: str | None = None, output_file: str | None = None,
                 backend: str = "auto", device: str | None = None, threads: int | None = None, batch_size: int = 32,
                 chunk_size: int = 4096, text_column: Any = None, pair_column: Any = None,
-                progress: bool = True) -> int:
+                progress: bool = True, precision: str | None = None) -> int:
     """Print ``label<TAB>score<TAB>text`` per text, or stream ``input_file`` to JSON lines; returns 0."""
     from hashee.runtime.session import Session
 
@@ -39,7 +39,7 @@ def run_predict(bundle: str, texts: Sequence[str], input_file: str | None = None
         if not Path(input_file).is_file():
             raise DataError(f"input file {input_file} does not exist")
         input_format(Path(input_file))
-    session = Session.load(bundle, backend=backend, device=device, threads=threads)
+    session = Session.load(bundle, backend=backend, device=device, threads=threads, precision=precision)
     print(f"hashee predict: backend {session.backend}", file=sys.stderr)
     if texts:
         for result, item in zip(session.predict(list(texts), batch_size=batch_size), texts):

@@ -56,25 +56,30 @@ class Session:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, bundle_dir: str | Path, backend: str = "auto", device: str | None = None,
-             threads: int | None = None, *, reference: str | Path | None = None, verify: bool = True) -> "Session":
+             threads: int | None = None, *, reference: str | Path | None = None, verify: bool = True,
+             precision: str | None = None) -> "Session":
         """Open ``bundle_dir`` (hashes checked) and start a backend.
 
         Args:
             bundle_dir: a folder written by ``hashee export``.
             backend: ``auto`` (a TensorRT engine built for this GPU, else ONNX Runtime CUDA, else ONNX
-                Runtime CPU), ``onnxruntime``, ``tensorrt`` or ``torch`` (the PyTorch reference).
+                Runtime CPU), ``onnxruntime``, ``tensorrt`` (an engine from ``hashee build-engine``, see
+                :mod:`hashee.runtime.runners.tensorrt`) or ``torch`` (the PyTorch reference).
             device: ``None`` (best available), ``cpu``, ``cuda`` or ``cuda:N``.
             threads: intra-op threads (ONNX Runtime; process-wide for torch); ``None`` = library default.
             reference: for ``backend="torch"``, a run folder to take the weights from when the bundle
                 has no ``reference/`` folder.
             verify: check every file's sha256 (a few hundred ms for a 90 MB model).
+            precision: ``fp32``, ``fp16`` or ``int8``: the TensorRT engine of that precision (``tensorrt``
+                refuses when there is none for this GPU; ``auto`` then falls back to ONNX Runtime, which
+                runs the fp32 model).  ``None``: the first of fp32 > fp16 > int8 engines that runs here.
 
         Raises:
             BundleError, ExitTableError: the bundle is incomplete, corrupted or too new.
             BackendError: unknown backend or device, or the backend cannot run here (says what is missing).
         """
         bundle = open_bundle(bundle_dir, verify=verify)
-        return cls(bundle, make_runner(bundle, backend, device, threads, reference))
+        return cls(bundle, make_runner(bundle, backend, device, threads, reference, precision))
 
     @property
     def backend(self) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-from hashee.errors import BackendError, InputError
+from hashee.errors import BackendError, HasheeError, InputError
 from hashee.runtime.bundle import Bundle
 from hashee.runtime.runners.base import Runner
 
@@ -32,11 +33,24 @@ def check_threads(threads: object) -> int | None:
 
 
 def make_runner(bundle: Bundle, backend: str = "auto", device: object = None, threads: object = None,
-                reference: str | Path | None = None) -> Runner:
-    """The runner for ``backend``; ``auto`` tries a TensorRT engine, then ONNX Runtime (CUDA, else CPU)."""
+                reference: str | Path | None = None, precision: str | None = None) -> Runner:
+    """The runner for ``backend``; ``auto`` tries a TensorRT engine, then ONNX Runtime (CUDA, else CPU).
+
+    ``precision`` (``fp32``, ``fp16``, ``int8``) picks the TensorRT engine of that precision; ONNX
+    Runtime and torch run the fp32 model, so they accept only ``None`` or ``fp32``.  With ``auto``, a
+    TensorRT engine is activated here, and any reason it cannot run (no GPU, no tensorrt, no engine
+    for this GPU or precision, a plan that does not load) falls back to ONNX Runtime; a matching
+    engine that fails to load also warns.
+    """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     device, threads = check_device(device), check_threads(threads)
+    from hashee.runtime.runners.tensorrt import check_precision
+
+    precision = check_precision(precision)
+    if backend in ("onnxruntime", "torch") and precision not in (None, "fp32"):
+        raise BackendError(f"precision={precision!r} selects a TensorRT engine, but backend {backend!r} runs the fp32 "
+                           f"model; use backend='tensorrt' (or 'auto'), or precision=None")
     if backend == "torch":
         from hashee.runtime.runners.torch import TorchRunner
 
@@ -44,11 +58,18 @@ def make_runner(bundle: Bundle, backend: str = "auto", device: object = None, th
     if backend == "tensorrt" or device != "cpu":
         from hashee.runtime.runners.tensorrt import TensorRTRunner
 
+        if backend == "tensorrt":
+            return TensorRTRunner(bundle, device, threads, precision)
         try:
-            return TensorRTRunner(bundle, device, threads)
+            runner = TensorRTRunner(bundle, device, threads, precision)
         except BackendError:
-            if backend == "tensorrt":
-                raise
+            runner = None
+        if runner is not None:
+            try:
+                return runner.activate()
+            except HasheeError as exc:
+                warnings.warn(f"backend='auto': the TensorRT engine {runner.entry['file']} could not be loaded "
+                              f"({exc}); using ONNX Runtime", RuntimeWarning, stacklevel=3)
     from hashee.runtime.runners.onnxruntime import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(bundle, device, threads)
