@@ -159,7 +159,8 @@ def cmd_export_triton(args: argparse.Namespace) -> int:
 
     result = export_triton(args.bundle, args.repo_dir, backend=args.backend, max_batch_size=args.max_batch_size,
                            buckets=args.buckets, fp16=args.fp16, tokenizer_instances=args.tokenizer_instances,
-                           name=args.name, overwrite=args.overwrite, engine_cache=args.engine_cache)
+                           name=args.name, overwrite=args.overwrite, engine_cache=args.engine_cache,
+                           python_env=args.python_env)
     print(result.format())
     return 0
 
@@ -379,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-instances", type=int, default=1, help="Python-backend tokenizer instances")
     p.add_argument("--name", default="hashee", help="ensemble name; the parts are NAME_tokenizer and NAME_model")
     p.add_argument("--engine-cache", default="/tmp/hashee_trt_cache", help="TensorRT engine cache on the server")
+    p.add_argument("--python-env", help="EXECUTION_ENV_PATH of the tokenizer: absolute path (on the server) of a "
+                                        "venv/conda environment with numpy and tokenizers for the Python backend")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty repository folder")
     p.set_defaults(handler=cmd_export_triton)
 

@@ -5,6 +5,7 @@ slow tier against a real tritonserver."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -14,9 +15,10 @@ pytest.importorskip("tritonclient", reason="tritonclient is not installed (pip i
 pytest.importorskip("onnxruntime")
 
 from export_helpers import tiny_run  # noqa: E402
-from triton_fake import InferenceRequest, MetricFamily, load_model_py, strings  # noqa: E402
+from triton_fake import InferenceRequest, Logger, MetricFamily, load_model_py, strings  # noqa: E402
 
 from hashee.cli import main  # noqa: E402
+from hashee.errors import ExportError  # noqa: E402
 from hashee.exporter import export  # noqa: E402
 from hashee.runtime import Session  # noqa: E402
 from hashee.runtime.batching import bucket_width, pad_to  # noqa: E402
@@ -111,7 +113,11 @@ def test_tokenizer_model_matches_the_runtime_tokenisation_and_bucketing(repos, w
     bundle = repos["bundle-roberta" if which == "roberta" else "bundle-bert"]
     name = "rob_tokenizer" if which == "roberta" else "hashee_tokenizer"
     MetricFamily.registry.clear()
+    Logger.messages.clear()
     model = _tokenizer(repo, name)
+    # numpy 2 here: the stub-compatibility warning is logged once at load (numpy 1: nothing)
+    warned = [m for level, m in Logger.messages if level == "warn" and "numpy<2" in m]
+    assert len(warned) == (1 if int(np.__version__.split(".")[0]) >= 2 else 0)
     with Session.load(bundle, backend="onnxruntime") as runtime:
         encoder = TextEncoder(runtime.bundle.tokenizer_dir, BUCKETS[-1], None)
         encoder.pad_id = runtime.encoder.pad_id
@@ -188,6 +194,17 @@ def _plant_dtype_mismatch(repo, bundle):
           '{ name: "attention_mask" data_type: TYPE_INT32')
 
 
+def _plant_relative_python_env(repo, bundle):
+    path = repo / "hashee_tokenizer" / "config.pbtxt"
+    path.write_text(path.read_text() + 'parameters { key: "EXECUTION_ENV_PATH" value { string_value: "envs/py311" } }\n')
+
+
+def _plant_missing_packed_env(repo, bundle):
+    path = repo / "hashee_tokenizer" / "config.pbtxt"
+    path.write_text(path.read_text() + 'parameters { key: "EXECUTION_ENV_PATH" value { string_value: '
+                                       '"$$TRITON_MODEL_DIRECTORY/py311.tar.gz" } }\n')
+
+
 def _plant_unparsable(repo, bundle):
     _edit(repo / "hashee_model" / "config.pbtxt", "max_batch_size: 8", "max_batch_size: eight")
 
@@ -199,6 +216,8 @@ FAULTS = {
     "non-batch-first input": (_plant_non_batch_first, "not batch-first"),
     "dtype mismatch": (_plant_dtype_mismatch, "TYPE_INT32 in config.pbtxt but INT64"),
     "not a ModelConfig": (_plant_unparsable, "does not parse as Triton's ModelConfig"),
+    "relative EXECUTION_ENV_PATH": (_plant_relative_python_env, "must be an absolute path on the server"),
+    "missing packed environment": (_plant_missing_packed_env, "py311.tar.gz, which does not exist"),
 }
 
 
@@ -237,25 +256,58 @@ def test_export_triton_command_and_argument_errors(repos, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_python_env_becomes_execution_env_path(repos, tmp_path):
+    repo = export_triton(repos["bundle-bert"], tmp_path / "r", buckets=BUCKETS, max_batch_size=4,
+                         python_env="/opt/envs/hashee-py311").repo
+    config = parse_config(repo / "hashee_tokenizer" / "config.pbtxt")
+    assert config.parameters["EXECUTION_ENV_PATH"].string_value == "/opt/envs/hashee-py311"
+    assert check_repository(repo) == []  # the environment lives on the server: not looked for here
+    with pytest.raises(ExportError, match="absolute path on the server"):
+        export_triton(repos["bundle-bert"], tmp_path / "x", buckets=BUCKETS, python_env="envs/py311")
+    assert not (tmp_path / "x").exists()
+
+
 # ---------------------------------------------------------------- slow tier: a real tritonserver
 @pytest.mark.triton
-def test_real_tritonserver_runs_the_tokenizer_and_the_ensemble(repos):
-    from triton_server import has_backend, running_server
+def test_real_tritonserver_runs_the_tokenizer_and_the_ensemble(repos, tmp_path):
+    from triton_server import find_tritonserver, has_backend, python_env, running_server
 
-    full = has_backend("onnxruntime")  # the nvidia-pytriton wheel brings only the Python backend
+    binary = find_tritonserver()
+    if binary is None:
+        pytest.skip("no tritonserver found (set HASHEE_TRITONSERVER, put it on PATH, or install nvidia-pytriton)")
+    env = python_env(binary)  # skips with the reason when no environment suits the Python-backend stub
+    repo = tmp_path / "repo"
+    export_triton(repos["bundle-bert"], repo, buckets=BUCKETS, max_batch_size=8, python_env=str(env.path))
+    # the nvidia-pytriton wheel brings only the Python backend: then the tokenizer model is served alone
+    full = has_backend("onnxruntime")
     models = None if full else ["hashee_tokenizer"]
     with Session.load(repos["bundle-bert"], backend="onnxruntime") as runtime:
         want = runtime.predict_logits(TEXTS)
         encoder = TextEncoder(runtime.bundle.tokenizer_dir, BUCKETS[-1], None)
         encoder.pad_id = runtime.encoder.pad_id
-    with running_server(repos["onnxruntime"], models) as server:
+        table = runtime.bundle.exit_table
+    tokens = layers = 0
+    with running_server(repo, env, models) as server:
         for text in TEXTS:
             got = server.infer("hashee_tokenizer", [text])
             encoded = encoder.encode([text])
             ids, mask = pad_to(encoded.ids, bucket_width(int(encoded.lengths.max()), BUCKETS), encoder.pad_id)
             np.testing.assert_array_equal(got["input_ids"], ids)
             np.testing.assert_array_equal(got["attention_mask"], mask)
+            tokens += int(mask.sum())
+            layers += int(table[ids[mask.astype(bool)]].sum())
+        batch = server.infer("hashee_tokenizer", TEXTS[:3])  # one request of three texts: one bucket for all
+        encoded = encoder.encode(TEXTS[:3])
+        ids, mask = pad_to(encoded.ids, bucket_width(int(encoded.lengths.max()), BUCKETS), encoder.pad_id)
+        np.testing.assert_array_equal(batch["input_ids"], ids)
+        tokens += int(mask.sum())
+        layers += int(table[ids[mask.astype(bool)]].sum())
         if full:
             logits = np.stack([server.infer("hashee", [t])["logits"][0] for t in TEXTS]).astype(np.float32)
             np.testing.assert_allclose(logits, want, atol=1e-4)
-        assert "hashee_mean_exit_layer" in server.metrics()
+        metrics = server.metrics()
+        log = server.log_tail(10**7)
+    gauge = re.search(r'^hashee_mean_exit_layer\{model="hashee_tokenizer",version="1"\} (\S+)$', metrics, re.MULTILINE)
+    assert gauge is not None, metrics[-2000:]
+    assert float(gauge.group(1)) == pytest.approx(layers / tokens)
+    assert f"source {env.path}/bin/activate" in log  # the stub ran in the environment EXECUTION_ENV_PATH names

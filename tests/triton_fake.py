@@ -8,6 +8,7 @@ import importlib.util
 import sys
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -62,7 +63,7 @@ class Metric:
 
 class MetricFamily:
     GAUGE, COUNTER = "gauge", "counter"
-    registry: dict = {}
+    registry: ClassVar[dict] = {}
 
     def __init__(self, name, description, kind):
         self.name, self.description, self.kind = name, description, kind
@@ -75,10 +76,29 @@ class MetricFamily:
         return metric
 
 
+class Logger:
+    """``pb_utils.Logger``: the messages are kept as (level, text)."""
+
+    messages: ClassVar[list] = []
+
+    @classmethod
+    def log_info(cls, message):
+        cls.messages.append(("info", message))
+
+    @classmethod
+    def log_warn(cls, message):
+        cls.messages.append(("warn", message))
+
+    @classmethod
+    def log_error(cls, message):
+        cls.messages.append(("error", message))
+
+
 def fake_module() -> types.ModuleType:
     module = types.ModuleType("triton_python_backend_utils")
     for name, value in dict(Tensor=Tensor, TritonError=TritonError, InferenceResponse=InferenceResponse,
-                            get_input_tensor_by_name=get_input_tensor_by_name, MetricFamily=MetricFamily).items():
+                            get_input_tensor_by_name=get_input_tensor_by_name, MetricFamily=MetricFamily,
+                            Logger=Logger).items():
         setattr(module, name, value)
     return module
 

@@ -146,6 +146,7 @@ def tokenizer_config(name: str, max_batch_size: int, instances: int, outputs: li
                      params: dict[str, str]) -> str:
     return (
         "# hashee tokenizer (Python backend): needs numpy and tokenizers in the backend's Python environment\n"
+        "# (EXECUTION_ENV_PATH below when set: export-triton --python-env; tritonserver 2.51's stub needs numpy<2)\n"
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch_size}\n'
         + _pbtxt_list("input", [_pbtxt_tensor("TEXT", "TYPE_STRING", [1]),
                                 _pbtxt_tensor("TEXT_PAIR", "TYPE_STRING", [1], optional=True)])
@@ -209,7 +210,7 @@ def ensemble_config(name: str, max_batch_size: int, tokenizer: str, model: str, 
 def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxruntime", max_batch_size: int = 64,
                   buckets: str | Sequence[int] = (32, 64, 128), fp16: bool = False, tokenizer_instances: int = 1,
                   name: str = "hashee", overwrite: bool = False,
-                  engine_cache: str = "/tmp/hashee_trt_cache") -> TritonExport:
+                  engine_cache: str = "/tmp/hashee_trt_cache", python_env: str | None = None) -> TritonExport:
     """Write a Triton model repository for a HashEE bundle at ``repo`` and check it.
 
     Args:
@@ -224,6 +225,10 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
         tokenizer_instances: Python-backend tokenizer instances (CPU processes).
         name: the ensemble's name; the parts are ``NAME_tokenizer`` and ``NAME_model``.
         engine_cache: where the server keeps TensorRT engines (on the server's file system).
+        python_env: the Python environment the tokenizer's backend stub runs in (Triton's
+            ``EXECUTION_ENV_PATH``: the absolute path of a venv/conda folder or conda-pack ``.tar.gz`` on the
+            server); it needs numpy and tokenizers for the stub's Python (numpy < 2 for tritonserver 2.51's
+            stub).  None: whatever environment the stub's embedded Python finds.
 
     Raises:
         ExportError, BundleError: bad arguments or bundle.  ValidationError: a rewritten graph disagrees
@@ -253,6 +258,9 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
         raise ExportError("--fp16 sets TensorRT's precision: use it with --backend tensorrt")
     if not name or not all(c.isalnum() or c in "_-" for c in name):
         raise ExportError(f"--name must be letters, digits, '_' or '-', got {name!r}")
+    if python_env is not None and not python_env.startswith("/"):
+        raise ExportError(f"--python-env must be an absolute path on the server, got {python_env!r} (an environment "
+                          f"inside the model folder is named with $$TRITON_MODEL_DIRECTORY/...: edit config.pbtxt)")
     widths = parse_buckets(buckets)
     repo = Path(repo)
     check_output_folder(repo.absolute(), overwrite)
@@ -330,6 +338,8 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
                   "token_type_ids": "true" if uses_types else "false", "index_dtype": index_dtype.name,
                   "tokenizer_file": "tokenizer/tokenizer.json", "exit_table_file": "exit_table.npy",
                   "num_layers": str(source.num_layers)}
+        if python_env is not None:
+            params["EXECUTION_ENV_PATH"] = python_env
         (tok_dir / "config.pbtxt").write_text(tokenizer_config(names["tokenizer"], max_batch_size, tokenizer_instances,
                                                                model_inputs, index_type, params))
         # --- the ensemble

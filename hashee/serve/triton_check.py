@@ -37,6 +37,7 @@ DTYPES = {
 DEFAULT_FILES = {"onnxruntime": "model.onnx", "python": "model.py", "tensorrt": "model.plan",
                  "tensorrt_plan": "model.plan", "pytorch": "model.pt", "libtorch": "model.pt"}
 
+MODEL_DIRECTORY = "$$TRITON_MODEL_DIRECTORY"  # Triton puts the model's folder here in EXECUTION_ENV_PATH
 _PB2: Any = None
 
 
@@ -192,6 +193,21 @@ def _check_python(model: _Model, path: Path, problems: list[str]) -> None:
         problems.append(f"{model.folder.name}: {path} defines no class TritonPythonModel")
     elif "execute" not in {f.name for f in classes["TritonPythonModel"].body if isinstance(f, ast.FunctionDef)}:
         problems.append(f"{model.folder.name}: TritonPythonModel in {path} has no execute method")
+
+
+def _check_execution_env(model: _Model, problems: list[str]) -> None:
+    """``EXECUTION_ENV_PATH`` (the Python backend's environment) is absolute or inside the model's folder."""
+    value = model.config.parameters.get("EXECUTION_ENV_PATH")
+    if value is None:
+        return
+    path, where = value.string_value, model.folder.name
+    if path.startswith(MODEL_DIRECTORY):
+        local = model.folder / path[len(MODEL_DIRECTORY):].lstrip("/")
+        if not local.exists():
+            problems.append(f"{where}: EXECUTION_ENV_PATH {path} names {local}, which does not exist")
+    elif not path.startswith("/"):
+        problems.append(f"{where}: EXECUTION_ENV_PATH {path!r} must be an absolute path on the server or start with "
+                        f"{MODEL_DIRECTORY}")
 
 
 def _check_warmup(model: _Model, problems: list[str]) -> None:
@@ -371,6 +387,8 @@ def check_repository(repo: str | Path) -> list[str]:
                     _check_onnx(model, path, problems)
                 elif backend == "python":
                     _check_python(model, path, problems)
+            if backend == "python":
+                _check_execution_env(model, problems)
             for version in versions:  # files the python model's parameters point at
                 for key, value in config.parameters.items():
                     if key.endswith("_file") and not (version / value.string_value).is_file():
