@@ -168,13 +168,17 @@ def cmd_export_triton(args: argparse.Namespace) -> int:
 def cmd_validate_triton(args: argparse.Namespace) -> int:
     from hashee.serve.triton import validate_triton
 
-    problems = validate_triton(args.repo_dir)
+    warnings: list[str] = []
+    problems = validate_triton(args.repo_dir, allow_unbuilt_plans=args.allow_unbuilt_plans, warnings=warnings)
+    for warning in warnings:
+        print(f"hashee validate-triton: warning: {warning}", file=sys.stderr)
     if problems:
         print(f"hashee validate-triton: {args.repo_dir}: {len(problems)} problem(s)", file=sys.stderr)
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
         return 1
-    print(f"{args.repo_dir}: every config.pbtxt parses as Triton's ModelConfig and passes the checks")
+    print(f"{args.repo_dir}: every config.pbtxt parses as Triton's ModelConfig and passes the checks"
+          + (f" ({len(warnings)} warning(s) above)" if warnings else ""))
     return 0
 
 
@@ -372,8 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "chaining them) and check it against Triton's ModelConfig schema.")
     p.add_argument("bundle", help="bundle folder written by `hashee export`")
     p.add_argument("repo_dir", help="model repository folder to write")
-    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"),
-                   help="onnxruntime (default) or tensorrt (ONNX Runtime's TensorRT accelerator, int32 inputs)")
+    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt", "tensorrt-plan"),
+                   help="onnxruntime (default), tensorrt (ONNX Runtime's TensorRT accelerator, int32 inputs) or "
+                        "tensorrt-plan (a tensorrt_plan model plus build_plans.py to run on the serving GPU)")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--buckets", default="32,64,128", help="widths the tokenizer pads to (default 32,64,128)")
     p.add_argument("--fp16", action="store_true", help="TensorRT precision FP16 (with --backend tensorrt)")
@@ -390,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "names, version folders, ensemble chaining, batch-first inputs, ONNX names, "
                                    "dtypes and shapes.")
     p.add_argument("repo_dir", help="Triton model repository folder")
+    p.add_argument("--allow-unbuilt-plans", action="store_true",
+                   help="a tensorrt_plan model whose build_plans.py has not run yet is a warning, not a problem")
     p.set_defaults(handler=cmd_validate_triton)
 
     p = sub.add_parser("infer", help="classify a JSONL/CSV/Parquet file, in-process or on a Ray cluster",

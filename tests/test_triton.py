@@ -4,9 +4,13 @@ slow tier against a real tritonserver."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +18,7 @@ import pytest
 pytest.importorskip("tritonclient", reason="tritonclient is not installed (pip install 'hashee[serve]')")
 pytest.importorskip("onnxruntime")
 
+import triton_fake  # noqa: E402
 from export_helpers import tiny_run  # noqa: E402
 from triton_fake import InferenceRequest, Logger, MetricFamily, load_model_py, strings  # noqa: E402
 
@@ -24,7 +29,7 @@ from hashee.runtime import Session  # noqa: E402
 from hashee.runtime.batching import bucket_width, pad_to  # noqa: E402
 from hashee.runtime.inputs import TextEncoder  # noqa: E402
 from hashee.serve.triton import export_triton  # noqa: E402
-from hashee.serve.triton_check import check_repository, parse_config  # noqa: E402
+from hashee.serve.triton_check import check_repository, parse_config, read_plan_spec  # noqa: E402
 
 BUCKETS = [16, 32, 48]
 TEXTS = ["a fine film .", "", "dull and slow , but the cast is good and the music is even better than that",
@@ -42,6 +47,10 @@ def repos(tmp_path_factory):
     for backend in ("onnxruntime", "tensorrt"):
         export_triton(out["bundle-bert"], root / f"repo-{backend}", backend=backend, buckets=BUCKETS, max_batch_size=8)
         out[backend] = root / f"repo-{backend}"
+    export(root / "run-bert", root / "bundle-bert-trt", progress=False, max_length=48, target="tensorrt")
+    out["bundle-bert-trt"] = root / "bundle-bert-trt"
+    export_triton(out["bundle-bert-trt"], root / "repo-plan", backend="tensorrt-plan", buckets=BUCKETS, max_batch_size=8)
+    out["tensorrt-plan"] = root / "repo-plan"
     export_triton(out["bundle-roberta"], root / "repo-roberta", buckets=BUCKETS, max_batch_size=4, name="rob")
     out["roberta"] = root / "repo-roberta"
     return out
@@ -264,6 +273,197 @@ def test_python_env_becomes_execution_env_path(repos, tmp_path):
     assert check_repository(repo) == []  # the environment lives on the server: not looked for here
     with pytest.raises(ExportError, match="absolute path on the server"):
         export_triton(repos["bundle-bert"], tmp_path / "x", buckets=BUCKETS, python_env="envs/py311")
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- --backend tensorrt-plan
+def test_plan_repository_parses_and_passes_the_checks(repos):
+    import onnx
+
+    repo = repos["tensorrt-plan"]
+    script = repo / "hashee_model" / "build_plans.py"
+    warnings = []
+    assert check_repository(repo, allow_unbuilt_plans=True, warnings=warnings) == []
+    (warning,) = warnings  # the plan is not built here: a warning that names the build script
+    assert "no model.plan yet" in warning and str(script) in warning
+    (problem,) = check_repository(repo)  # without the allowance the unbuilt plan is the one problem
+    assert "no model.plan yet" in problem and "--allow-unbuilt-plans" in problem
+    assert sorted(p.name for p in repo.iterdir()) == ["hashee", "hashee_model", "hashee_tokenizer"]
+    from hashee.serve.triton_check import model_config_pb2
+
+    pb2 = model_config_pb2()
+    model = parse_config(repo / "hashee_model" / "config.pbtxt")
+    assert model.platform == "tensorrt_plan" and model.max_batch_size == 8 and model.HasField("dynamic_batching")
+    assert [(i.name, pb2.DataType.Name(i.data_type), list(i.dims)) for i in model.input] == [
+        (name, "TYPE_INT32", [-1]) for name in ("input_ids", "attention_mask", "token_type_ids")]
+    (group,) = model.instance_group
+    assert pb2.ModelInstanceGroup.Kind.Name(group.kind) == "KIND_GPU" and list(group.profile) == ["0", "1", "2"]
+    assert [(w.name, w.batch_size, list(w.inputs["input_ids"].dims)) for w in model.model_warmup] == [
+        ("smallest_bucket", 1, [16]), ("largest_bucket", 8, [48])]
+    assert not (repo / "hashee_model" / "1" / "model.onnx").exists()  # Triton loads only model.plan from 1/
+    # the build script: executable, its SPEC (read with ast) names the graph, the plan and one profile per bucket
+    assert os.access(script, os.X_OK) and script.read_text().startswith("#!/usr/bin/env python3\n")
+    spec = read_plan_spec(script)
+    assert (spec["model"], spec["onnx"], spec["plan"], spec["strongly_typed"]) == (
+        "hashee_model", "onnx/model.onnx", "1/model.plan", True)
+    assert [p["bucket"] for p in spec["profiles"]] == BUCKETS
+    for width, profile in zip(BUCKETS, spec["profiles"]):
+        assert profile["shapes"] == {name: [[1, width], [8, width], [8, width]]
+                                     for name in ("input_ids", "attention_mask", "token_type_ids")}
+    proto = onnx.load(str(repo / "hashee_model" / spec["onnx"]))
+    graph = proto.graph
+    assert [(i.name, i.type.tensor_type.elem_type, len(i.type.tensor_type.shape.dim)) for i in graph.input] == [
+        (name, onnx.TensorProto.INT32, 2) for name in ("input_ids", "attention_mask", "token_type_ids")]
+    ops = {n.op_type for n in graph.node} | {n.op_type for f in proto.functions for n in f.node}
+    assert not any(n.domain == "com.microsoft" for n in graph.node) and "Attention" not in ops
+
+
+def test_plan_graph_serves_the_runtime_logits(repos):
+    """The plan's ONNX (int32, table embedded) on ONNX Runtime CPU gives the runtime's logits."""
+    import onnxruntime as ort
+
+    repo = repos["tensorrt-plan"]
+    tokenizer = _tokenizer(repo)
+    session = ort.InferenceSession(str(repo / "hashee_model" / "onnx" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    with Session.load(repos["bundle-bert-trt"], backend="onnxruntime") as runtime:
+        want = runtime.predict_logits(TEXTS)
+    (response,) = tokenizer.execute([InferenceRequest(TEXT=strings(TEXTS))])
+    np.testing.assert_allclose(session.run(["logits"], response.as_dict())[0], want, atol=1e-4)
+
+
+def _load_script(path):
+    spec = importlib.util.spec_from_file_location(f"build_plans_{abs(hash(str(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_build_script_dry_run_and_a_build_against_a_fake_tensorrt(repos, tmp_path, monkeypatch, capsys):
+    repo = tmp_path / "repo"
+    shutil.copytree(repos["tensorrt-plan"], repo)
+    script = repo / "hashee_model" / "build_plans.py"
+    # --dry-run needs neither TensorRT nor a GPU (nor hashee: run it in a clean interpreter)
+    out = subprocess.run([sys.executable, "-I", str(script), "--dry-run"], capture_output=True, text=True,
+                         timeout=60, check=True, cwd=tmp_path).stdout
+    assert "onnx/model.onnx -> 1/model.plan" in out
+    assert [line.split(":")[0] for line in out.splitlines()[1:]] == [f"profile {i} (bucket {w})"
+                                                                   for i, w in enumerate(BUCKETS)]
+    fake = triton_fake.FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
+    assert _load_script(script).main(["--timing-cache", str(tmp_path / "cache.bin")]) == 0
+    calls = {name: value for name, value, *_ in fake.calls}
+    assert calls["network"] == 1 << 0  # STRONGLY_TYPED
+    assert calls["parse"] == str(repo / "hashee_model" / "onnx" / "model.onnx")
+    assert calls["workspace"] == 4096 << 20
+    assert calls["build"] == [{name: ((1, w), (8, w), (8, w)) for name in ("input_ids", "attention_mask",
+                                                                          "token_type_ids")} for w in BUCKETS]
+    assert (repo / "hashee_model" / "1" / "model.plan").read_bytes() == b"fake plan"
+    assert (tmp_path / "cache.bin").read_bytes() == b"cache"
+    assert check_repository(repo) == []  # built: no warning, no problem
+    assert main(["validate-triton", str(repo)]) == 0
+
+
+def test_plan_fp16_takes_the_bundles_fp16_graph(repos, tmp_path):
+    """Strongly typed plans take precision from the graph: --fp16 serves model.fp16.onnx, table embedded."""
+    import onnx
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(repos["bundle-bert-trt"], bundle)
+    assert main(["convert", str(bundle)]) == 0
+    repo = export_triton(bundle, tmp_path / "repo", backend="tensorrt-plan", buckets=BUCKETS, max_batch_size=8,
+                         fp16=True).repo
+    spec = read_plan_spec(repo / "hashee_model" / "build_plans.py")
+    assert spec["precision"] == "fp16"
+    graph = onnx.load(str(repo / "hashee_model" / spec["onnx"])).graph
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
+    assert [i.type.tensor_type.elem_type for i in graph.input] == [onnx.TensorProto.INT32] * 3
+    assert check_repository(repo, allow_unbuilt_plans=True) == []
+
+
+def _rewrite_spec(repo, change):
+    from hashee.serve.triton import write_plan_script
+
+    script = repo / "hashee_model" / "build_plans.py"
+    spec = read_plan_spec(script)
+    change(spec)
+    write_plan_script(script, spec)
+
+
+def _plant_profile_batch(repo):
+    _rewrite_spec(repo, lambda spec: spec["profiles"][1]["shapes"]["input_ids"].__setitem__(2, [16, 32]))
+
+
+def _plant_missing_profile(repo):
+    _rewrite_spec(repo, lambda spec: spec["profiles"].pop())
+
+
+def _plant_plan_onnx_gone(repo):
+    (repo / "hashee_model" / "onnx" / "model.onnx").unlink()
+
+
+def _plant_plan_dtype(repo):
+    _edit(repo / "hashee_model" / "config.pbtxt", '{ name: "attention_mask" data_type: TYPE_INT32',
+          '{ name: "attention_mask" data_type: TYPE_INT64')
+
+
+def _plant_not_executable(repo):
+    (repo / "hashee_model" / "build_plans.py").chmod(0o644)
+
+
+def _plant_tokenizer_buckets(repo):
+    _edit(repo / "hashee_tokenizer" / "config.pbtxt", 'string_value: "16,32,48"', 'string_value: "16,32,64"')
+
+
+def _plant_unlisted_profiles(repo):
+    _edit(repo / "hashee_model" / "config.pbtxt", 'profile: [ "0", "1", "2" ]', 'profile: [ "0" ]')
+
+
+def _plant_empty_plan(repo):
+    (repo / "hashee_model" / "1" / "model.plan").write_bytes(b"")
+
+
+PLAN_FAULTS = {
+    "profile batch over max_batch_size": (_plant_profile_batch, "batch 16 > max_batch_size 8"),
+    "a bucket without a profile": (_plant_missing_profile, "serves bucket 48"),
+    "ONNX file missing": (_plant_plan_onnx_gone, "builds from 'onnx/model.onnx', which is not in"),
+    "config dtype vs ONNX": (_plant_plan_dtype, "TYPE_INT64 in config.pbtxt but INT32"),
+    "script not executable": (_plant_not_executable, "is not executable"),
+    "tokenizer buckets differ": (_plant_tokenizer_buckets, "pads to buckets [16, 32, 64]"),
+    "profiles not listed": (_plant_unlisted_profiles, "instance_group lists profiles ['0']"),
+    "empty plan": (_plant_empty_plan, "model.plan is empty"),
+}
+
+
+@pytest.mark.parametrize("fault", list(PLAN_FAULTS))
+def test_each_plan_check_catches_a_planted_fault(repos, fault, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(repos["tensorrt-plan"], repo)
+    plant, message = PLAN_FAULTS[fault]
+    plant(repo)
+    problems = check_repository(repo, allow_unbuilt_plans=True)
+    assert any(message in p for p in problems), problems
+
+
+def test_plan_commands(repos, tmp_path, capsys):
+    repo = repos["tensorrt-plan"]
+    assert main(["validate-triton", str(repo)]) == 1
+    err = capsys.readouterr().err
+    assert "build_plans.py" in err and "--allow-unbuilt-plans" in err
+    assert main(["validate-triton", str(repo), "--allow-unbuilt-plans"]) == 0
+    captured = capsys.readouterr()
+    assert "warning:" in captured.err and "1 warning(s)" in captured.out
+    assert main(["export-triton", str(repos["bundle-bert-trt"]), str(tmp_path / "p"), "--backend", "tensorrt-plan",
+                 "--buckets", "16,48", "--max-batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "build_plans.py" in out and "model.plan is not built yet" in out
+    assert [p["bucket"] for p in read_plan_spec(tmp_path / "p" / "hashee_model" / "build_plans.py")["profiles"]] == [
+        16, 48]
+    for bundle, args, message in ((repos["bundle-bert"], [], "--target tensorrt"),
+                                  (repos["bundle-bert-trt"], ["--fp16"], "hashee convert")):
+        assert main(["export-triton", str(bundle), str(tmp_path / "x"), "--backend", "tensorrt-plan", "--buckets", "16,48",
+                     *args]) == 1
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
