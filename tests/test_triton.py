@@ -419,6 +419,12 @@ def _plant_unlisted_profiles(repo):
     _edit(repo / "hashee_model" / "config.pbtxt", 'profile: [ "0", "1", "2" ]', 'profile: [ "0" ]')
 
 
+def _plant_unfilled_script(repo):
+    from hashee.serve.triton import PLAN_SCRIPT_SOURCE
+
+    shutil.copyfile(PLAN_SCRIPT_SOURCE, repo / "hashee_model" / "build_plans.py")  # the template: SPEC = {}
+
+
 def _plant_empty_plan(repo):
     (repo / "hashee_model" / "1" / "model.plan").write_bytes(b"")
 
@@ -432,6 +438,7 @@ PLAN_FAULTS = {
     "tokenizer buckets differ": (_plant_tokenizer_buckets, "pads to buckets [16, 32, 64]"),
     "profiles not listed": (_plant_unlisted_profiles, "instance_group lists profiles ['0']"),
     "empty plan": (_plant_empty_plan, "model.plan is empty"),
+    "SPEC not filled in": (_plant_unfilled_script, "has no readable SPEC (SPEC is empty)"),
 }
 
 

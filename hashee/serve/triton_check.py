@@ -215,6 +215,16 @@ def read_plan_spec(script: Path) -> dict[str, Any]:
     raise ValueError("no top-level SPEC = {...} assignment")
 
 
+def _serves(profile: Any, width: int, max_batch_size: int) -> bool:
+    """Whether every input's [batch, sequence] range of ``profile`` holds batch 1..max_batch_size at ``width``."""
+    try:
+        return bool(profile["shapes"]) and all(
+            low[0] <= 1 and high[0] >= max_batch_size and low[1] <= width <= high[1]
+            for low, _, high in profile["shapes"].values())
+    except (IndexError, KeyError, TypeError, ValueError):
+        return False
+
+
 def _check_plan_build(model: _Model, script: Path, problems: list[str]) -> dict[str, Any] | None:
     """The build script of a ``tensorrt_plan`` model against its config (see the module docstring)."""
     where, config = model.folder.name, model.config
@@ -243,7 +253,7 @@ def _check_plan_build(model: _Model, script: Path, problems: list[str]) -> dict[
     if not spec.get("strongly_typed"):
         problems.append(f"{where}: {script.name} builds a weakly typed network; TensorRT 11 only builds strongly "
                         f"typed ones (precision from the ONNX file)")
-    rank = len(next(iter(model.inputs.values())).dims) + 1 if model.inputs else 2
+    batch_axis = 1 if config.max_batch_size > 0 else 0
     for number, profile in enumerate(profiles):
         label = f"{where}: {script.name} profile {number}"
         shapes = profile.get("shapes", {}) if isinstance(profile, dict) else {}
@@ -255,6 +265,7 @@ def _check_plan_build(model: _Model, script: Path, problems: list[str]) -> dict[
             except (TypeError, ValueError):
                 problems.append(f"{label}: {name} needs (min, opt, max) shapes, got {triple!r}")
                 continue
+            rank = len(model.inputs[name].dims) + batch_axis if name in model.inputs else len(low)
             if not len(low) == len(opt) == len(high) == rank:
                 problems.append(f"{label}: {name} shapes {low}/{opt}/{high} are not of rank {rank}")
             elif low[0] < 1 or not all(a <= b <= c for a, b, c in zip(low, opt, high)):
@@ -262,10 +273,7 @@ def _check_plan_build(model: _Model, script: Path, problems: list[str]) -> dict[
             elif config.max_batch_size > 0 and high[0] > config.max_batch_size:
                 problems.append(f"{label}: {name} batch {high[0]} > max_batch_size {config.max_batch_size}")
     for width in spec.get("buckets", []):
-        fits = [n for n, p in enumerate(profiles) if isinstance(p, dict) and all(
-            s[0][0] <= 1 and s[2][0] >= config.max_batch_size and s[0][1] <= width <= s[2][1]
-            for s in p.get("shapes", {}).values())]
-        if not fits:
+        if not any(_serves(p, width, config.max_batch_size) for p in profiles):
             problems.append(f"{where}: no profile of {script.name} serves bucket {width} at batch 1.."
                             f"{config.max_batch_size}")
     listed = [p for group in config.instance_group for p in group.profile]
