@@ -159,7 +159,8 @@ def cmd_export_triton(args: argparse.Namespace) -> int:
 
     result = export_triton(args.bundle, args.repo_dir, backend=args.backend, max_batch_size=args.max_batch_size,
                            buckets=args.buckets, fp16=args.fp16, tokenizer_instances=args.tokenizer_instances,
-                           name=args.name, overwrite=args.overwrite, engine_cache=args.engine_cache)
+                           name=args.name, overwrite=args.overwrite, engine_cache=args.engine_cache,
+                           python_env=args.python_env)
     print(result.format())
     return 0
 
@@ -167,13 +168,17 @@ def cmd_export_triton(args: argparse.Namespace) -> int:
 def cmd_validate_triton(args: argparse.Namespace) -> int:
     from hashee.serve.triton import validate_triton
 
-    problems = validate_triton(args.repo_dir)
+    warnings: list[str] = []
+    problems = validate_triton(args.repo_dir, allow_unbuilt_plans=args.allow_unbuilt_plans, warnings=warnings)
+    for warning in warnings:
+        print(f"hashee validate-triton: warning: {warning}", file=sys.stderr)
     if problems:
         print(f"hashee validate-triton: {args.repo_dir}: {len(problems)} problem(s)", file=sys.stderr)
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
         return 1
-    print(f"{args.repo_dir}: every config.pbtxt parses as Triton's ModelConfig and passes the checks")
+    print(f"{args.repo_dir}: every config.pbtxt parses as Triton's ModelConfig and passes the checks"
+          + (f" ({len(warnings)} warning(s) above)" if warnings else ""))
     return 0
 
 
@@ -373,14 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "chaining them) and check it against Triton's ModelConfig schema.")
     p.add_argument("bundle", help="bundle folder written by `hashee export`")
     p.add_argument("repo_dir", help="model repository folder to write")
-    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"),
-                   help="onnxruntime (default) or tensorrt (ONNX Runtime's TensorRT accelerator, int32 inputs)")
+    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt", "tensorrt-plan"),
+                   help="onnxruntime (default), tensorrt (ONNX Runtime's TensorRT accelerator, int32 inputs) or "
+                        "tensorrt-plan (a tensorrt_plan model plus build_plans.py to run on the serving GPU)")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--buckets", default="32,64,128", help="widths the tokenizer pads to (default 32,64,128)")
     p.add_argument("--fp16", action="store_true", help="TensorRT precision FP16 (with --backend tensorrt)")
     p.add_argument("--tokenizer-instances", type=int, default=1, help="Python-backend tokenizer instances")
     p.add_argument("--name", default="hashee", help="ensemble name; the parts are NAME_tokenizer and NAME_model")
     p.add_argument("--engine-cache", default="/tmp/hashee_trt_cache", help="TensorRT engine cache on the server")
+    p.add_argument("--python-env", help="EXECUTION_ENV_PATH of the tokenizer: absolute path (on the server) of a "
+                                        "venv/conda environment with numpy and tokenizers for the Python backend")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty repository folder")
     p.set_defaults(handler=cmd_export_triton)
 
@@ -389,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "names, version folders, ensemble chaining, batch-first inputs, ONNX names, "
                                    "dtypes and shapes.")
     p.add_argument("repo_dir", help="Triton model repository folder")
+    p.add_argument("--allow-unbuilt-plans", action="store_true",
+                   help="a tensorrt_plan model whose build_plans.py has not run yet is a warning, not a problem")
     p.set_defaults(handler=cmd_validate_triton)
 
     p = sub.add_parser("infer", help="classify a JSONL/CSV/Parquet file, in-process or on a Ray cluster",

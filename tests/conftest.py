@@ -58,7 +58,8 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("triton") is not None and os.environ.get("HASHEE_TRITON") != "1":
             item.add_marker(pytest.mark.skip(reason="slow tier: starts a real tritonserver; run with HASHEE_TRITON=1 "
                                                     "(tritonserver on PATH, in HASHEE_TRITONSERVER or from the "
-                                                    "nvidia-pytriton wheel)"))
+                                                    "nvidia-pytriton wheel; HASHEE_TRITON_PYTHON_ENV: a venv with "
+                                                    "numpy<2 and tokenizers for the Python-backend stub)"))
 
 
 @pytest.fixture

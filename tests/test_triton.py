@@ -4,8 +4,13 @@ slow tier against a real tritonserver."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,16 +18,18 @@ import pytest
 pytest.importorskip("tritonclient", reason="tritonclient is not installed (pip install 'hashee[serve]')")
 pytest.importorskip("onnxruntime")
 
+import triton_fake  # noqa: E402
 from export_helpers import tiny_run  # noqa: E402
-from triton_fake import InferenceRequest, MetricFamily, load_model_py, strings  # noqa: E402
+from triton_fake import InferenceRequest, Logger, MetricFamily, load_model_py, strings  # noqa: E402
 
 from hashee.cli import main  # noqa: E402
+from hashee.errors import ExportError  # noqa: E402
 from hashee.exporter import export  # noqa: E402
 from hashee.runtime import Session  # noqa: E402
 from hashee.runtime.batching import bucket_width, pad_to  # noqa: E402
 from hashee.runtime.inputs import TextEncoder  # noqa: E402
 from hashee.serve.triton import export_triton  # noqa: E402
-from hashee.serve.triton_check import check_repository, parse_config  # noqa: E402
+from hashee.serve.triton_check import check_repository, parse_config, read_plan_spec  # noqa: E402
 
 BUCKETS = [16, 32, 48]
 TEXTS = ["a fine film .", "", "dull and slow , but the cast is good and the music is even better than that",
@@ -40,6 +47,10 @@ def repos(tmp_path_factory):
     for backend in ("onnxruntime", "tensorrt"):
         export_triton(out["bundle-bert"], root / f"repo-{backend}", backend=backend, buckets=BUCKETS, max_batch_size=8)
         out[backend] = root / f"repo-{backend}"
+    export(root / "run-bert", root / "bundle-bert-trt", progress=False, max_length=48, target="tensorrt")
+    out["bundle-bert-trt"] = root / "bundle-bert-trt"
+    export_triton(out["bundle-bert-trt"], root / "repo-plan", backend="tensorrt-plan", buckets=BUCKETS, max_batch_size=8)
+    out["tensorrt-plan"] = root / "repo-plan"
     export_triton(out["bundle-roberta"], root / "repo-roberta", buckets=BUCKETS, max_batch_size=4, name="rob")
     out["roberta"] = root / "repo-roberta"
     return out
@@ -111,7 +122,11 @@ def test_tokenizer_model_matches_the_runtime_tokenisation_and_bucketing(repos, w
     bundle = repos["bundle-roberta" if which == "roberta" else "bundle-bert"]
     name = "rob_tokenizer" if which == "roberta" else "hashee_tokenizer"
     MetricFamily.registry.clear()
+    Logger.messages.clear()
     model = _tokenizer(repo, name)
+    # numpy 2 here: the stub-compatibility warning is logged once at load (numpy 1: nothing)
+    warned = [m for level, m in Logger.messages if level == "warn" and "numpy<2" in m]
+    assert len(warned) == (1 if int(np.__version__.split(".")[0]) >= 2 else 0)
     with Session.load(bundle, backend="onnxruntime") as runtime:
         encoder = TextEncoder(runtime.bundle.tokenizer_dir, BUCKETS[-1], None)
         encoder.pad_id = runtime.encoder.pad_id
@@ -188,6 +203,17 @@ def _plant_dtype_mismatch(repo, bundle):
           '{ name: "attention_mask" data_type: TYPE_INT32')
 
 
+def _plant_relative_python_env(repo, bundle):
+    path = repo / "hashee_tokenizer" / "config.pbtxt"
+    path.write_text(path.read_text() + 'parameters { key: "EXECUTION_ENV_PATH" value { string_value: "envs/py311" } }\n')
+
+
+def _plant_missing_packed_env(repo, bundle):
+    path = repo / "hashee_tokenizer" / "config.pbtxt"
+    path.write_text(path.read_text() + 'parameters { key: "EXECUTION_ENV_PATH" value { string_value: '
+                                       '"$$TRITON_MODEL_DIRECTORY/py311.tar.gz" } }\n')
+
+
 def _plant_unparsable(repo, bundle):
     _edit(repo / "hashee_model" / "config.pbtxt", "max_batch_size: 8", "max_batch_size: eight")
 
@@ -199,6 +225,8 @@ FAULTS = {
     "non-batch-first input": (_plant_non_batch_first, "not batch-first"),
     "dtype mismatch": (_plant_dtype_mismatch, "TYPE_INT32 in config.pbtxt but INT64"),
     "not a ModelConfig": (_plant_unparsable, "does not parse as Triton's ModelConfig"),
+    "relative EXECUTION_ENV_PATH": (_plant_relative_python_env, "must be an absolute path on the server"),
+    "missing packed environment": (_plant_missing_packed_env, "py311.tar.gz, which does not exist"),
 }
 
 
@@ -237,25 +265,256 @@ def test_export_triton_command_and_argument_errors(repos, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_python_env_becomes_execution_env_path(repos, tmp_path):
+    repo = export_triton(repos["bundle-bert"], tmp_path / "r", buckets=BUCKETS, max_batch_size=4,
+                         python_env="/opt/envs/hashee-py311").repo
+    config = parse_config(repo / "hashee_tokenizer" / "config.pbtxt")
+    assert config.parameters["EXECUTION_ENV_PATH"].string_value == "/opt/envs/hashee-py311"
+    assert check_repository(repo) == []  # the environment lives on the server: not looked for here
+    with pytest.raises(ExportError, match="absolute path on the server"):
+        export_triton(repos["bundle-bert"], tmp_path / "x", buckets=BUCKETS, python_env="envs/py311")
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------- --backend tensorrt-plan
+def test_plan_repository_parses_and_passes_the_checks(repos):
+    import onnx
+
+    repo = repos["tensorrt-plan"]
+    script = repo / "hashee_model" / "build_plans.py"
+    warnings = []
+    assert check_repository(repo, allow_unbuilt_plans=True, warnings=warnings) == []
+    (warning,) = warnings  # the plan is not built here: a warning that names the build script
+    assert "no model.plan yet" in warning and str(script) in warning
+    (problem,) = check_repository(repo)  # without the allowance the unbuilt plan is the one problem
+    assert "no model.plan yet" in problem and "--allow-unbuilt-plans" in problem
+    assert sorted(p.name for p in repo.iterdir()) == ["hashee", "hashee_model", "hashee_tokenizer"]
+    from hashee.serve.triton_check import model_config_pb2
+
+    pb2 = model_config_pb2()
+    model = parse_config(repo / "hashee_model" / "config.pbtxt")
+    assert model.platform == "tensorrt_plan" and model.max_batch_size == 8 and model.HasField("dynamic_batching")
+    assert [(i.name, pb2.DataType.Name(i.data_type), list(i.dims)) for i in model.input] == [
+        (name, "TYPE_INT32", [-1]) for name in ("input_ids", "attention_mask", "token_type_ids")]
+    (group,) = model.instance_group
+    assert pb2.ModelInstanceGroup.Kind.Name(group.kind) == "KIND_GPU" and list(group.profile) == ["0", "1", "2"]
+    assert [(w.name, w.batch_size, list(w.inputs["input_ids"].dims)) for w in model.model_warmup] == [
+        ("smallest_bucket", 1, [16]), ("largest_bucket", 8, [48])]
+    assert not (repo / "hashee_model" / "1" / "model.onnx").exists()  # Triton loads only model.plan from 1/
+    # the build script: executable, its SPEC (read with ast) names the graph, the plan and one profile per bucket
+    assert os.access(script, os.X_OK) and script.read_text().startswith("#!/usr/bin/env python3\n")
+    spec = read_plan_spec(script)
+    assert (spec["model"], spec["onnx"], spec["plan"], spec["strongly_typed"]) == (
+        "hashee_model", "onnx/model.onnx", "1/model.plan", True)
+    assert [p["bucket"] for p in spec["profiles"]] == BUCKETS
+    for width, profile in zip(BUCKETS, spec["profiles"]):
+        assert profile["shapes"] == {name: [[1, width], [8, width], [8, width]]
+                                     for name in ("input_ids", "attention_mask", "token_type_ids")}
+    proto = onnx.load(str(repo / "hashee_model" / spec["onnx"]))
+    graph = proto.graph
+    assert [(i.name, i.type.tensor_type.elem_type, len(i.type.tensor_type.shape.dim)) for i in graph.input] == [
+        (name, onnx.TensorProto.INT32, 2) for name in ("input_ids", "attention_mask", "token_type_ids")]
+    ops = {n.op_type for n in graph.node} | {n.op_type for f in proto.functions for n in f.node}
+    assert not any(n.domain == "com.microsoft" for n in graph.node) and "Attention" not in ops
+
+
+def test_plan_graph_serves_the_runtime_logits(repos):
+    """The plan's ONNX (int32, table embedded) on ONNX Runtime CPU gives the runtime's logits."""
+    import onnxruntime as ort
+
+    repo = repos["tensorrt-plan"]
+    tokenizer = _tokenizer(repo)
+    session = ort.InferenceSession(str(repo / "hashee_model" / "onnx" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    with Session.load(repos["bundle-bert-trt"], backend="onnxruntime") as runtime:
+        want = runtime.predict_logits(TEXTS)
+    (response,) = tokenizer.execute([InferenceRequest(TEXT=strings(TEXTS))])
+    np.testing.assert_allclose(session.run(["logits"], response.as_dict())[0], want, atol=1e-4)
+
+
+def _load_script(path):
+    spec = importlib.util.spec_from_file_location(f"build_plans_{abs(hash(str(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_build_script_dry_run_and_a_build_against_a_fake_tensorrt(repos, tmp_path, monkeypatch, capsys):
+    repo = tmp_path / "repo"
+    shutil.copytree(repos["tensorrt-plan"], repo)
+    script = repo / "hashee_model" / "build_plans.py"
+    # --dry-run needs neither TensorRT nor a GPU (nor hashee: run it in a clean interpreter)
+    out = subprocess.run([sys.executable, "-I", str(script), "--dry-run"], capture_output=True, text=True,
+                         timeout=60, check=True, cwd=tmp_path).stdout
+    assert "onnx/model.onnx -> 1/model.plan" in out
+    assert [line.split(":")[0] for line in out.splitlines()[1:]] == [f"profile {i} (bucket {w})"
+                                                                   for i, w in enumerate(BUCKETS)]
+    fake = triton_fake.FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
+    assert _load_script(script).main(["--timing-cache", str(tmp_path / "cache.bin")]) == 0
+    calls = {name: value for name, value, *_ in fake.calls}
+    assert calls["network"] == 1 << 0  # STRONGLY_TYPED
+    assert calls["parse"] == str(repo / "hashee_model" / "onnx" / "model.onnx")
+    assert calls["workspace"] == 4096 << 20
+    assert calls["build"] == [{name: ((1, w), (8, w), (8, w)) for name in ("input_ids", "attention_mask",
+                                                                          "token_type_ids")} for w in BUCKETS]
+    assert (repo / "hashee_model" / "1" / "model.plan").read_bytes() == b"fake plan"
+    assert (tmp_path / "cache.bin").read_bytes() == b"cache"
+    assert check_repository(repo) == []  # built: no warning, no problem
+    assert main(["validate-triton", str(repo)]) == 0
+
+
+def test_plan_fp16_takes_the_bundles_fp16_graph(repos, tmp_path):
+    """Strongly typed plans take precision from the graph: --fp16 serves model.fp16.onnx, table embedded."""
+    import onnx
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(repos["bundle-bert-trt"], bundle)
+    assert main(["convert", str(bundle)]) == 0
+    repo = export_triton(bundle, tmp_path / "repo", backend="tensorrt-plan", buckets=BUCKETS, max_batch_size=8,
+                         fp16=True).repo
+    spec = read_plan_spec(repo / "hashee_model" / "build_plans.py")
+    assert spec["precision"] == "fp16"
+    graph = onnx.load(str(repo / "hashee_model" / spec["onnx"])).graph
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)
+    assert [i.type.tensor_type.elem_type for i in graph.input] == [onnx.TensorProto.INT32] * 3
+    assert check_repository(repo, allow_unbuilt_plans=True) == []
+
+
+def _rewrite_spec(repo, change):
+    from hashee.serve.triton import write_plan_script
+
+    script = repo / "hashee_model" / "build_plans.py"
+    spec = read_plan_spec(script)
+    change(spec)
+    write_plan_script(script, spec)
+
+
+def _plant_profile_batch(repo):
+    _rewrite_spec(repo, lambda spec: spec["profiles"][1]["shapes"]["input_ids"].__setitem__(2, [16, 32]))
+
+
+def _plant_missing_profile(repo):
+    _rewrite_spec(repo, lambda spec: spec["profiles"].pop())
+
+
+def _plant_plan_onnx_gone(repo):
+    (repo / "hashee_model" / "onnx" / "model.onnx").unlink()
+
+
+def _plant_plan_dtype(repo):
+    _edit(repo / "hashee_model" / "config.pbtxt", '{ name: "attention_mask" data_type: TYPE_INT32',
+          '{ name: "attention_mask" data_type: TYPE_INT64')
+
+
+def _plant_not_executable(repo):
+    (repo / "hashee_model" / "build_plans.py").chmod(0o644)
+
+
+def _plant_tokenizer_buckets(repo):
+    _edit(repo / "hashee_tokenizer" / "config.pbtxt", 'string_value: "16,32,48"', 'string_value: "16,32,64"')
+
+
+def _plant_unlisted_profiles(repo):
+    _edit(repo / "hashee_model" / "config.pbtxt", 'profile: [ "0", "1", "2" ]', 'profile: [ "0" ]')
+
+
+def _plant_unfilled_script(repo):
+    from hashee.serve.triton import PLAN_SCRIPT_SOURCE
+
+    shutil.copyfile(PLAN_SCRIPT_SOURCE, repo / "hashee_model" / "build_plans.py")  # the template: SPEC = {}
+
+
+def _plant_empty_plan(repo):
+    (repo / "hashee_model" / "1" / "model.plan").write_bytes(b"")
+
+
+PLAN_FAULTS = {
+    "profile batch over max_batch_size": (_plant_profile_batch, "batch 16 > max_batch_size 8"),
+    "a bucket without a profile": (_plant_missing_profile, "serves bucket 48"),
+    "ONNX file missing": (_plant_plan_onnx_gone, "builds from 'onnx/model.onnx', which is not in"),
+    "config dtype vs ONNX": (_plant_plan_dtype, "TYPE_INT64 in config.pbtxt but INT32"),
+    "script not executable": (_plant_not_executable, "is not executable"),
+    "tokenizer buckets differ": (_plant_tokenizer_buckets, "pads to buckets [16, 32, 64]"),
+    "profiles not listed": (_plant_unlisted_profiles, "instance_group lists profiles ['0']"),
+    "empty plan": (_plant_empty_plan, "model.plan is empty"),
+    "SPEC not filled in": (_plant_unfilled_script, "has no readable SPEC (SPEC is empty)"),
+}
+
+
+@pytest.mark.parametrize("fault", list(PLAN_FAULTS))
+def test_each_plan_check_catches_a_planted_fault(repos, fault, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(repos["tensorrt-plan"], repo)
+    plant, message = PLAN_FAULTS[fault]
+    plant(repo)
+    problems = check_repository(repo, allow_unbuilt_plans=True)
+    assert any(message in p for p in problems), problems
+
+
+def test_plan_commands(repos, tmp_path, capsys):
+    repo = repos["tensorrt-plan"]
+    assert main(["validate-triton", str(repo)]) == 1
+    err = capsys.readouterr().err
+    assert "build_plans.py" in err and "--allow-unbuilt-plans" in err
+    assert main(["validate-triton", str(repo), "--allow-unbuilt-plans"]) == 0
+    captured = capsys.readouterr()
+    assert "warning:" in captured.err and "1 warning(s)" in captured.out
+    assert main(["export-triton", str(repos["bundle-bert-trt"]), str(tmp_path / "p"), "--backend", "tensorrt-plan",
+                 "--buckets", "16,48", "--max-batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "build_plans.py" in out and "model.plan is not built yet" in out
+    assert [p["bucket"] for p in read_plan_spec(tmp_path / "p" / "hashee_model" / "build_plans.py")["profiles"]] == [
+        16, 48]
+    for bundle, args, message in ((repos["bundle-bert"], [], "--target tensorrt"),
+                                  (repos["bundle-bert-trt"], ["--fp16"], "hashee convert")):
+        assert main(["export-triton", str(bundle), str(tmp_path / "x"), "--backend", "tensorrt-plan", "--buckets", "16,48",
+                     *args]) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 # ---------------------------------------------------------------- slow tier: a real tritonserver
 @pytest.mark.triton
-def test_real_tritonserver_runs_the_tokenizer_and_the_ensemble(repos):
-    from triton_server import has_backend, running_server
+def test_real_tritonserver_runs_the_tokenizer_and_the_ensemble(repos, tmp_path):
+    from triton_server import find_tritonserver, has_backend, python_env, running_server
 
-    full = has_backend("onnxruntime")  # the nvidia-pytriton wheel brings only the Python backend
+    binary = find_tritonserver()
+    if binary is None:
+        pytest.skip("no tritonserver found (set HASHEE_TRITONSERVER, put it on PATH, or install nvidia-pytriton)")
+    env = python_env(binary)  # skips with the reason when no environment suits the Python-backend stub
+    repo = tmp_path / "repo"
+    export_triton(repos["bundle-bert"], repo, buckets=BUCKETS, max_batch_size=8, python_env=str(env.path))
+    # the nvidia-pytriton wheel brings only the Python backend: then the tokenizer model is served alone
+    full = has_backend("onnxruntime")
     models = None if full else ["hashee_tokenizer"]
     with Session.load(repos["bundle-bert"], backend="onnxruntime") as runtime:
         want = runtime.predict_logits(TEXTS)
         encoder = TextEncoder(runtime.bundle.tokenizer_dir, BUCKETS[-1], None)
         encoder.pad_id = runtime.encoder.pad_id
-    with running_server(repos["onnxruntime"], models) as server:
+        table = runtime.bundle.exit_table
+    tokens = layers = 0
+    with running_server(repo, env, models) as server:
         for text in TEXTS:
             got = server.infer("hashee_tokenizer", [text])
             encoded = encoder.encode([text])
             ids, mask = pad_to(encoded.ids, bucket_width(int(encoded.lengths.max()), BUCKETS), encoder.pad_id)
             np.testing.assert_array_equal(got["input_ids"], ids)
             np.testing.assert_array_equal(got["attention_mask"], mask)
+            tokens += int(mask.sum())
+            layers += int(table[ids[mask.astype(bool)]].sum())
+        batch = server.infer("hashee_tokenizer", TEXTS[:3])  # one request of three texts: one bucket for all
+        encoded = encoder.encode(TEXTS[:3])
+        ids, mask = pad_to(encoded.ids, bucket_width(int(encoded.lengths.max()), BUCKETS), encoder.pad_id)
+        np.testing.assert_array_equal(batch["input_ids"], ids)
+        tokens += int(mask.sum())
+        layers += int(table[ids[mask.astype(bool)]].sum())
         if full:
             logits = np.stack([server.infer("hashee", [t])["logits"][0] for t in TEXTS]).astype(np.float32)
             np.testing.assert_allclose(logits, want, atol=1e-4)
-        assert "hashee_mean_exit_layer" in server.metrics()
+        metrics = server.metrics()
+        log = server.log_tail(10**7)
+    gauge = re.search(r'^hashee_mean_exit_layer\{model="hashee_tokenizer",version="1"\} (\S+)$', metrics, re.MULTILINE)
+    assert gauge is not None, metrics[-2000:]
+    assert float(gauge.group(1)) == pytest.approx(layers / tokens)
+    assert f"source {env.path}/bin/activate" in log  # the stub ran in the environment EXECUTION_ENV_PATH names

@@ -8,6 +8,7 @@ import importlib.util
 import sys
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -62,7 +63,7 @@ class Metric:
 
 class MetricFamily:
     GAUGE, COUNTER = "gauge", "counter"
-    registry: dict = {}
+    registry: ClassVar[dict] = {}
 
     def __init__(self, name, description, kind):
         self.name, self.description, self.kind = name, description, kind
@@ -75,10 +76,29 @@ class MetricFamily:
         return metric
 
 
+class Logger:
+    """``pb_utils.Logger``: the messages are kept as (level, text)."""
+
+    messages: ClassVar[list] = []
+
+    @classmethod
+    def log_info(cls, message):
+        cls.messages.append(("info", message))
+
+    @classmethod
+    def log_warn(cls, message):
+        cls.messages.append(("warn", message))
+
+    @classmethod
+    def log_error(cls, message):
+        cls.messages.append(("error", message))
+
+
 def fake_module() -> types.ModuleType:
     module = types.ModuleType("triton_python_backend_utils")
     for name, value in dict(Tensor=Tensor, TritonError=TritonError, InferenceResponse=InferenceResponse,
-                            get_input_tensor_by_name=get_input_tensor_by_name, MetricFamily=MetricFamily).items():
+                            get_input_tensor_by_name=get_input_tensor_by_name, MetricFamily=MetricFamily,
+                            Logger=Logger).items():
         setattr(module, name, value)
     return module
 
@@ -98,3 +118,93 @@ def load_model_py(path: Path):
 def strings(values) -> np.ndarray:
     """Texts as Triton hands them to a Python model with max_batch_size > 0: bytes objects, [batch, 1]."""
     return np.array([[v.encode("utf-8")] for v in values], dtype=object)
+
+
+class FakeTensorRT:
+    """Just what ``build_plans.py`` touches of the ``tensorrt`` module; records the calls it gets."""
+
+    __version__ = "10.99-fake"
+
+    def __init__(self):
+        self.calls = []
+        fake = self
+
+        class Flag:
+            STRONGLY_TYPED = 0
+
+        class Network:
+            def __init__(self, flags):
+                self.flags, self.inputs = flags, []
+
+            @property
+            def num_inputs(self):
+                return len(self.inputs)
+
+            def get_input(self, index):
+                return types.SimpleNamespace(name=self.inputs[index])
+
+        class Parser:
+            def __init__(self, network, logger):
+                self.network, self.num_errors = network, 0
+
+            def parse_from_file(self, path):
+                import onnx
+
+                fake.calls.append(("parse", path))
+                self.network.inputs = [i.name for i in onnx.load(path, load_external_data=False).graph.input]
+                return True
+
+        class Profile:
+            def __init__(self):
+                self.shapes = {}
+
+            def set_shape(self, name, low, opt, high):
+                self.shapes[name] = (tuple(low), tuple(opt), tuple(high))
+
+        class Cache:
+            def serialize(self):
+                return b"cache"
+
+        class Config:
+            def __init__(self):
+                self.profiles, self.cache = [], None
+
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls.append(("workspace", size))
+
+            def add_optimization_profile(self, profile):
+                self.profiles.append(profile.shapes)
+
+            def create_timing_cache(self, blob):
+                return Cache()
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                self.cache = cache
+
+            def get_timing_cache(self):
+                return self.cache
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                fake.calls.append(("network", flags))
+                return Network(flags)
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                fake.calls.append(("build", config.profiles))
+                return b"fake plan"
+
+        self.module = types.ModuleType("tensorrt")
+        self.module.__version__ = self.__version__
+        self.module.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+        self.module.NetworkDefinitionCreationFlag = Flag
+        self.module.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
+        self.module.Builder, self.module.OnnxParser = Builder, Parser

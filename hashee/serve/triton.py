@@ -16,6 +16,15 @@
         1/model.onnx          the exit table embedded: inputs input_ids, attention_mask (token_type_ids)
         warmup/...
 
+With ``--backend tensorrt-plan`` the model is a ``tensorrt_plan`` model instead::
+
+      hashee_model/           platform tensorrt_plan, dynamic batching, one profile per bucket in instance_group
+        config.pbtxt
+        build_plans.py        run on the serving GPU: builds 1/model.plan (strongly typed, profiles = buckets)
+        onnx/model.onnx       the tensorrt-target graph, exit table embedded, int32 inputs
+        1/                    model.plan goes here (plans only run on the compute capability they were built for)
+        warmup/...
+
 The model graph is the bundle's with the exit table embedded (:mod:`hashee.exporter.embed`), since
 Triton's dynamic batching needs every input batch-first; with ``--backend tensorrt`` its integer
 inputs become int32 (TensorRT's native index type; no bool tensors cross the boundary) and the
@@ -37,8 +46,11 @@ import numpy as np
 
 from hashee.errors import ExportError, TritonRepositoryError
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-plan")
 TOKENIZER_SOURCE = Path(__file__).with_name("triton_tokenizer.py")
+PLAN_SCRIPT_SOURCE = Path(__file__).with_name("triton_plan_build.py")
+PLAN_SCRIPT = "build_plans.py"  # next to the plan model's config.pbtxt
+PLAN_ONNX = "onnx/model.onnx"  # the graph the plan is built from, outside the version folders
 TYPE = {np.dtype("int64"): "TYPE_INT64", np.dtype("int32"): "TYPE_INT32"}
 
 
@@ -146,6 +158,7 @@ def tokenizer_config(name: str, max_batch_size: int, instances: int, outputs: li
                      params: dict[str, str]) -> str:
     return (
         "# hashee tokenizer (Python backend): needs numpy and tokenizers in the backend's Python environment\n"
+        "# (EXECUTION_ENV_PATH below when set: export-triton --python-env; tritonserver 2.51's stub needs numpy<2)\n"
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch_size}\n'
         + _pbtxt_list("input", [_pbtxt_tensor("TEXT", "TYPE_STRING", [1]),
                                 _pbtxt_tensor("TEXT_PAIR", "TYPE_STRING", [1], optional=True)])
@@ -189,6 +202,45 @@ def _accelerator(inputs: list[str], buckets: list[int], max_batch_size: int, fp1
             f'        name : "tensorrt"\n{body}\n  }} ]\n}} }}\n')
 
 
+def plan_config(name: str, max_batch_size: int, inputs: list[str], num_labels: int, warmups: list[str],
+                profiles: int) -> str:
+    listed = ", ".join(f'"{i}"' for i in range(profiles))
+    return (
+        f"# {PLAN_SCRIPT} (next to this file) builds 1/model.plan on the serving GPU; one optimisation profile per\n"
+        "# tokenizer bucket, all listed in instance_group so Triton picks the one that fits each batch\n"
+        f'name: "{name}"\nplatform: "tensorrt_plan"\nmax_batch_size: {max_batch_size}\n'
+        + _pbtxt_list("input", [_pbtxt_tensor(i, "TYPE_INT32", [-1]) for i in inputs])
+        + _pbtxt_list("output", [_pbtxt_tensor("logits", "TYPE_FP32", [num_labels])])
+        + "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
+        + f"instance_group [ {{ count: 1 kind: KIND_GPU profile: [ {listed} ] }} ]\n"
+        + _pbtxt_list("model_warmup", warmups)
+    )
+
+
+def plan_spec(model: str, inputs: list[str], buckets: list[int], max_batch_size: int, precision: str,
+              workspace_mb: int = 4096) -> dict[str, Any]:
+    """What ``build_plans.py`` builds: one profile per bucket, ``[1, width]`` to ``[max_batch_size, width]``."""
+    return {"model": model, "onnx": PLAN_ONNX, "plan": "1/model.plan", "strongly_typed": True,
+            "precision": precision, "workspace_mb": workspace_mb, "max_batch_size": max_batch_size,
+            "inputs": list(inputs), "buckets": list(buckets),
+            "profiles": [{"bucket": width, "shapes": {name: [[1, width], [max_batch_size, width],
+                                                            [max_batch_size, width]] for name in inputs}}
+                         for width in buckets]}
+
+
+def write_plan_script(path: Path, spec: dict[str, Any]) -> None:
+    """Copy the build script template with ``SPEC`` filled in (a literal: tools read it with ``ast``)."""
+    import pprint
+
+    template = PLAN_SCRIPT_SOURCE.read_text(encoding="utf-8")
+    marker = "SPEC = {}\n"
+    if template.count(marker) != 1:
+        raise ExportError(f"{PLAN_SCRIPT_SOURCE} lost its 'SPEC = {{}}' line")
+    path.write_text(template.replace(marker, f"SPEC = {pprint.pformat(spec, width=100, sort_dicts=False)}\n"),
+                    encoding="utf-8")
+    path.chmod(0o755)
+
+
 def ensemble_config(name: str, max_batch_size: int, tokenizer: str, model: str, tensors: list[str],
                     index_type: str, num_labels: int) -> str:
     feed = "\n".join(f'      input_map {{ key: "{k}" value: "{k}" }}' for k in ("TEXT", "TEXT_PAIR"))
@@ -209,21 +261,29 @@ def ensemble_config(name: str, max_batch_size: int, tokenizer: str, model: str, 
 def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxruntime", max_batch_size: int = 64,
                   buckets: str | Sequence[int] = (32, 64, 128), fp16: bool = False, tokenizer_instances: int = 1,
                   name: str = "hashee", overwrite: bool = False,
-                  engine_cache: str = "/tmp/hashee_trt_cache") -> TritonExport:
+                  engine_cache: str = "/tmp/hashee_trt_cache", python_env: str | None = None) -> TritonExport:
     """Write a Triton model repository for a HashEE bundle at ``repo`` and check it.
 
     Args:
         bundle: a folder written by ``hashee export`` (any target; with or without ``--embed-exit-table``).
         repo: the repository folder; must not exist or be empty unless ``overwrite``.
-        backend: ``onnxruntime`` (CPU or CUDA, whatever the server has) or ``tensorrt`` (ONNX Runtime's
-            TensorRT accelerator: int32 inputs, engine cache, one profile per bucket).
+        backend: ``onnxruntime`` (CPU or CUDA, whatever the server has), ``tensorrt`` (ONNX Runtime's
+            TensorRT accelerator: int32 inputs, engine cache, one profile per bucket) or ``tensorrt-plan``
+            (a ``tensorrt_plan`` model: the tensorrt-target graph with int32 inputs and ``build_plans.py``,
+            which the user runs on the serving GPU to build ``1/model.plan``, one profile per bucket;
+            needs a bundle exported with ``--target tensorrt``).
         max_batch_size: the most texts Triton batches into one model call.
         buckets: the widths the tokenizer pads to; the largest is also where texts are truncated and
             must not exceed the bundle's max length.
-        fp16: TensorRT precision FP16 (``--backend tensorrt`` only).
+        fp16: TensorRT precision FP16 (``--backend tensorrt``: the accelerator's flag; ``tensorrt-plan``:
+            the bundle's ``model.fp16.onnx``, since strongly typed networks take precision from the graph).
         tokenizer_instances: Python-backend tokenizer instances (CPU processes).
         name: the ensemble's name; the parts are ``NAME_tokenizer`` and ``NAME_model``.
         engine_cache: where the server keeps TensorRT engines (on the server's file system).
+        python_env: the Python environment the tokenizer's backend stub runs in (Triton's
+            ``EXECUTION_ENV_PATH``: the absolute path of a venv/conda folder or conda-pack ``.tar.gz`` on the
+            server); it needs numpy and tokenizers for the stub's Python (numpy < 2 for tritonserver 2.51's
+            stub).  None: whatever environment the stub's embedded Python finds.
 
     Raises:
         ExportError, BundleError: bad arguments or bundle.  ValidationError: a rewritten graph disagrees
@@ -249,10 +309,14 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
         raise ExportError(f"--max-batch-size must be a positive integer, got {max_batch_size!r}")
     if isinstance(tokenizer_instances, bool) or not isinstance(tokenizer_instances, int) or tokenizer_instances < 1:
         raise ExportError(f"--tokenizer-instances must be a positive integer, got {tokenizer_instances!r}")
-    if fp16 and backend != "tensorrt":
-        raise ExportError("--fp16 sets TensorRT's precision: use it with --backend tensorrt")
+    uses_tensorrt = backend in ("tensorrt", "tensorrt-plan")
+    if fp16 and not uses_tensorrt:
+        raise ExportError("--fp16 sets TensorRT's precision: use it with --backend tensorrt or tensorrt-plan")
     if not name or not all(c.isalnum() or c in "_-" for c in name):
         raise ExportError(f"--name must be letters, digits, '_' or '-', got {name!r}")
+    if python_env is not None and not python_env.startswith("/"):
+        raise ExportError(f"--python-env must be an absolute path on the server, got {python_env!r} (an environment "
+                          f"inside the model folder is named with $$TRITON_MODEL_DIRECTORY/...: edit config.pbtxt)")
     widths = parse_buckets(buckets)
     repo = Path(repo)
     check_output_folder(repo.absolute(), overwrite)
@@ -268,21 +332,30 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
         notes.append(f"note: texts longer than {widths[-1]} tokens are truncated to the largest bucket "
                      f"(the bundle accepts {source.max_length})")
     target = source.meta.get("onnx", {}).get("target")
+    if backend == "tensorrt-plan" and target != "tensorrt":
+        raise ExportError(f"{bundle} was exported for {target}; a TensorRT plan is parsed whole by TensorRT: export "
+                          f"with --target tensorrt (hashee export RUN -o DIR --target tensorrt)")
+    model_file = source.model_file
+    if backend == "tensorrt-plan" and fp16:
+        if "model.fp16.onnx" not in source.meta.get("files", {}):
+            raise ExportError(f"{bundle} has no model.fp16.onnx; strongly typed TensorRT plans take their precision "
+                              f"from the graph: create it first with hashee convert {bundle}")
+        model_file = source.path / "model.fp16.onnx"
     if backend == "tensorrt" and target != "tensorrt":
         notes.append(f"note: the bundle was exported for {target}; its com.microsoft attention runs outside TensorRT "
                      f"(export with --target tensorrt for a graph TensorRT takes whole)")
-    if fp16:
+    if fp16 and backend == "tensorrt":
         notes.append("note: precision_mode FP16 relies on the TensorRT accelerator's precision flag; TensorRT 11 "
                      "builds strongly typed networks, convert the ONNX to FP16 first there")
 
-    original = onnx.load(str(source.model_file))
+    original = onnx.load(str(model_file))
     inputs = [i.name for i in original.graph.input]
     serving = original
     if MASKS in inputs:
         serving = embed_exit_table(serving, source.exit_table, source.num_layers)
-    if backend == "tensorrt":
+    if uses_tensorrt:
         serving = int32_inputs(serving)
-    index_dtype = np.dtype("int32") if backend == "tensorrt" else np.dtype("int64")
+    index_dtype = np.dtype("int32") if uses_tensorrt else np.dtype("int64")
     index_type = TYPE[index_dtype]
     model_inputs = [i.name for i in serving.graph.input]
     uses_types = "token_type_ids" in model_inputs
@@ -296,10 +369,12 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
         model_dir = stage / names["model"]
         (model_dir / "1").mkdir(parents=True)
         (model_dir / "warmup").mkdir()
-        (model_dir / "1" / "model.onnx").write_bytes(serving.SerializeToString())
+        graph_file = model_dir / (PLAN_ONNX if backend == "tensorrt-plan" else "1/model.onnx")
+        graph_file.parent.mkdir(parents=True, exist_ok=True)
+        graph_file.write_bytes(serving.SerializeToString())
         if serving is not original:
             hf_tokenizer = AutoTokenizer.from_pretrained(str(source.tokenizer_dir))
-            check_embedded(model_dir / "1" / "model.onnx", original, source.exit_table, source.num_layers,
+            check_embedded(graph_file, original, source.exit_table, source.num_layers,
                            hf_tokenizer, min(source.max_length, widths[-1]))
         text = " ".join(sample_texts(16))
         warmups = []
@@ -316,10 +391,19 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
                 (model_dir / "warmup" / file).write_bytes(arrays[tensor][0].astype(index_dtype).tobytes())
                 files[tensor] = file
             warmups.append(_warmup(sample, batch, files, index_type, width))
-        accelerator = (_accelerator(model_inputs, widths, max_batch_size, fp16, f"{engine_cache}/{names['model']}")
-                       if backend == "tensorrt" else None)
-        (model_dir / "config.pbtxt").write_text(model_config(names["model"], max_batch_size, model_inputs, index_type,
-                                                             num_labels, warmups, accelerator))
+        if backend == "tensorrt-plan":
+            spec = plan_spec(names["model"], model_inputs, widths, max_batch_size, "fp16" if fp16 else "fp32")
+            write_plan_script(model_dir / PLAN_SCRIPT, spec)
+            (model_dir / "config.pbtxt").write_text(plan_config(names["model"], max_batch_size, model_inputs,
+                                                                num_labels, warmups, len(spec["profiles"])))
+            notes.append(f"note: {names['model']}/1/model.plan is not built yet: on the serving GPU, with the TensorRT "
+                         f"its tritonserver uses, run python3 {repo / names['model'] / PLAN_SCRIPT} (plans only run "
+                         f"on the compute capability they were built for)")
+        else:
+            accelerator = (_accelerator(model_inputs, widths, max_batch_size, fp16,
+                                        f"{engine_cache}/{names['model']}") if backend == "tensorrt" else None)
+            (model_dir / "config.pbtxt").write_text(model_config(names["model"], max_batch_size, model_inputs,
+                                                                 index_type, num_labels, warmups, accelerator))
         # --- the tokenizer
         tok_dir = stage / names["tokenizer"]
         (tok_dir / "1" / "tokenizer").mkdir(parents=True)
@@ -330,6 +414,8 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
                   "token_type_ids": "true" if uses_types else "false", "index_dtype": index_dtype.name,
                   "tokenizer_file": "tokenizer/tokenizer.json", "exit_table_file": "exit_table.npy",
                   "num_layers": str(source.num_layers)}
+        if python_env is not None:
+            params["EXECUTION_ENV_PATH"] = python_env
         (tok_dir / "config.pbtxt").write_text(tokenizer_config(names["tokenizer"], max_batch_size, tokenizer_instances,
                                                                model_inputs, index_type, params))
         # --- the ensemble
@@ -337,14 +423,17 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
         (ens_dir / "1").mkdir(parents=True)
         (ens_dir / "config.pbtxt").write_text(ensemble_config(names["ensemble"], max_batch_size, names["tokenizer"],
                                                               names["model"], model_inputs, index_type, num_labels))
-        problems = check_repository(stage)
+        problems = check_repository(stage, allow_unbuilt_plans=True)
         if problems:
             raise TritonRepositoryError(format_problems(repo, problems), problems)
     return TritonExport(repo, names, backend, widths, max_batch_size, time.perf_counter() - started, notes)
 
 
-def validate_triton(repo: str | Path) -> list[str]:
-    """Every problem of a Triton model repository (see :mod:`hashee.serve.triton_check`)."""
+def validate_triton(repo: str | Path, allow_unbuilt_plans: bool = False,
+                    warnings: list[str] | None = None) -> list[str]:
+    """Every problem of a Triton model repository (see :mod:`hashee.serve.triton_check`); with
+    ``allow_unbuilt_plans`` a ``tensorrt_plan`` model whose plan its build script has not yet built is a
+    warning (appended to ``warnings``) instead of a problem."""
     from hashee.serve.triton_check import check_repository
 
-    return check_repository(repo)
+    return check_repository(repo, allow_unbuilt_plans=allow_unbuilt_plans, warnings=warnings)

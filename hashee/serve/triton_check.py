@@ -12,7 +12,13 @@ Every ``config.pbtxt`` must parse as Triton's ``ModelConfig`` protobuf (tritoncl
 * ensembles: every step's model exists, input maps name that model's inputs and read ensemble inputs
   or outputs of earlier steps, output maps name its outputs, every ensemble output is produced, the
   dtypes agree along the chain, and no step batches less than the ensemble;
-* warm-up samples name real inputs with the right dtype and shape, and their data files exist.
+* warm-up samples name real inputs with the right dtype and shape, and their data files exist;
+* ``tensorrt_plan`` models written by ``export-triton --backend tensorrt-plan``: the build script
+  (``build_plans.py``) is executable and its ``SPEC`` (read with ``ast``, never run) names this model, an
+  ONNX file that matches the config like any ONNX model, a plan path inside a version folder, and one
+  valid profile per tokenizer bucket; ``instance_group`` lists every profile.  A plan not built yet is a
+  problem naming the script, or a warning with ``allow_unbuilt_plans`` (export-triton itself writes
+  the repository on a machine without the serving GPU).
 
 :func:`check_repository` returns every problem found (an empty list: the repository is sound).
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,8 @@ DTYPES = {
 DEFAULT_FILES = {"onnxruntime": "model.onnx", "python": "model.py", "tensorrt": "model.plan",
                  "tensorrt_plan": "model.plan", "pytorch": "model.pt", "libtorch": "model.pt"}
 
+PLAN_SCRIPT = "build_plans.py"
+MODEL_DIRECTORY = "$$TRITON_MODEL_DIRECTORY"  # Triton puts the model's folder here in EXECUTION_ENV_PATH
 _PB2: Any = None
 
 
@@ -194,6 +203,102 @@ def _check_python(model: _Model, path: Path, problems: list[str]) -> None:
         problems.append(f"{model.folder.name}: TritonPythonModel in {path} has no execute method")
 
 
+def read_plan_spec(script: Path) -> dict[str, Any]:
+    """The ``SPEC = {...}`` literal of a ``build_plans.py`` (parsed, never executed); ValueError when absent."""
+    tree = ast.parse(script.read_text(encoding="utf-8"), filename=str(script))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["SPEC"]:
+            spec = ast.literal_eval(node.value)
+            if not isinstance(spec, dict) or not spec:
+                raise ValueError("SPEC is empty")
+            return spec
+    raise ValueError("no top-level SPEC = {...} assignment")
+
+
+def _serves(profile: Any, width: int, max_batch_size: int) -> bool:
+    """Whether every input's [batch, sequence] range of ``profile`` holds batch 1..max_batch_size at ``width``."""
+    try:
+        return bool(profile["shapes"]) and all(
+            low[0] <= 1 and high[0] >= max_batch_size and low[1] <= width <= high[1]
+            for low, _, high in profile["shapes"].values())
+    except (IndexError, KeyError, TypeError, ValueError):
+        return False
+
+
+def _check_plan_build(model: _Model, script: Path, problems: list[str]) -> dict[str, Any] | None:
+    """The build script of a ``tensorrt_plan`` model against its config (see the module docstring)."""
+    where, config = model.folder.name, model.config
+    if not os.access(script, os.X_OK):
+        problems.append(f"{where}: {script} is not executable (chmod +x it; users run it on the serving GPU)")
+    try:
+        spec = read_plan_spec(script)
+        profiles, inputs = list(spec["profiles"]), list(spec["inputs"])
+    except (SyntaxError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        problems.append(f"{where}: {script.name} has no readable SPEC ({exc})")
+        return None
+    if spec.get("model") != where:
+        problems.append(f"{where}: {script.name} builds the plan of {spec.get('model')!r}, not of {where!r}")
+    if sorted(inputs) != sorted(model.inputs):
+        problems.append(f"{where}: {script.name} builds for inputs {inputs}, config.pbtxt declares "
+                        f"{list(model.inputs)}")
+    filename = config.default_model_filename or DEFAULT_FILES["tensorrt"]
+    plan = Path(str(spec.get("plan", "")))
+    if len(plan.parts) != 2 or not plan.parts[0].isdigit() or plan.name != filename:
+        problems.append(f"{where}: {script.name} writes {plan}, but Triton loads VERSION/{filename}")
+    onnx_file = model.folder / str(spec.get("onnx", ""))
+    if not onnx_file.is_file():
+        problems.append(f"{where}: {script.name} builds from {spec.get('onnx')!r}, which is not in {model.folder}")
+    else:
+        _check_onnx(model, onnx_file, problems)
+    if not spec.get("strongly_typed"):
+        problems.append(f"{where}: {script.name} builds a weakly typed network; TensorRT 11 only builds strongly "
+                        f"typed ones (precision from the ONNX file)")
+    batch_axis = 1 if config.max_batch_size > 0 else 0
+    for number, profile in enumerate(profiles):
+        label = f"{where}: {script.name} profile {number}"
+        shapes = profile.get("shapes", {}) if isinstance(profile, dict) else {}
+        if sorted(shapes) != sorted(model.inputs):
+            problems.append(f"{label} gives shapes for {sorted(shapes)}, the model takes {sorted(model.inputs)}")
+        for name, triple in shapes.items():
+            try:
+                low, opt, high = (list(map(int, s)) for s in triple)
+            except (TypeError, ValueError):
+                problems.append(f"{label}: {name} needs (min, opt, max) shapes, got {triple!r}")
+                continue
+            rank = len(model.inputs[name].dims) + batch_axis if name in model.inputs else len(low)
+            if not len(low) == len(opt) == len(high) == rank:
+                problems.append(f"{label}: {name} shapes {low}/{opt}/{high} are not of rank {rank}")
+            elif low[0] < 1 or not all(a <= b <= c for a, b, c in zip(low, opt, high)):
+                problems.append(f"{label}: {name} min {low} / opt {opt} / max {high} are out of order")
+            elif config.max_batch_size > 0 and high[0] > config.max_batch_size:
+                problems.append(f"{label}: {name} batch {high[0]} > max_batch_size {config.max_batch_size}")
+    for width in spec.get("buckets", []):
+        if not any(_serves(p, width, config.max_batch_size) for p in profiles):
+            problems.append(f"{where}: no profile of {script.name} serves bucket {width} at batch 1.."
+                            f"{config.max_batch_size}")
+    listed = [p for group in config.instance_group for p in group.profile]
+    if len(profiles) > 1 and sorted(listed) != sorted(str(i) for i in range(len(profiles))):
+        problems.append(f"{where}: instance_group lists profiles {listed} but {script.name} builds "
+                        f"{len(profiles)} (list \"0\"..\"{len(profiles) - 1}\": Triton only picks among listed "
+                        f"profiles, and uses profile 0 alone when none is listed)")
+    return spec
+
+
+def _check_execution_env(model: _Model, problems: list[str]) -> None:
+    """``EXECUTION_ENV_PATH`` (the Python backend's environment) is absolute or inside the model's folder."""
+    value = model.config.parameters.get("EXECUTION_ENV_PATH")
+    if value is None:
+        return
+    path, where = value.string_value, model.folder.name
+    if path.startswith(MODEL_DIRECTORY):
+        local = model.folder / path[len(MODEL_DIRECTORY):].lstrip("/")
+        if not local.exists():
+            problems.append(f"{where}: EXECUTION_ENV_PATH {path} names {local}, which does not exist")
+    elif not path.startswith("/"):
+        problems.append(f"{where}: EXECUTION_ENV_PATH {path!r} must be an absolute path on the server or start with "
+                        f"{MODEL_DIRECTORY}")
+
+
 def _check_warmup(model: _Model, problems: list[str]) -> None:
     import numpy as np
 
@@ -302,8 +407,13 @@ def _check_ensemble(model: _Model, models: dict[str, _Model], problems: list[str
                             f"{available[name][1]} is {_dtype(available[name][0])}")
 
 
-def check_repository(repo: str | Path) -> list[str]:
-    """Every problem of the Triton model repository ``repo`` (empty list: it passes)."""
+def check_repository(repo: str | Path, allow_unbuilt_plans: bool = False,
+                     warnings: list[str] | None = None) -> list[str]:
+    """Every problem of the Triton model repository ``repo`` (empty list: it passes).
+
+    With ``allow_unbuilt_plans`` a ``tensorrt_plan`` model whose build script has not yet built its plan
+    is appended to ``warnings`` (when given) instead of being a problem.
+    """
     from google.protobuf import text_format
 
     repo = Path(repo)
@@ -312,6 +422,7 @@ def check_repository(repo: str | Path) -> list[str]:
     model_config_pb2()  # fail early with the install hint
     problems: list[str] = []
     models: dict[str, _Model] = {}
+    plan_specs: dict[str, dict[str, Any]] = {}
     folders = sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         return [f"{repo} holds no model folders"]
@@ -363,14 +474,31 @@ def check_repository(repo: str | Path) -> list[str]:
             filename = config.default_model_filename or DEFAULT_FILES.get(backend)
             if filename is None:
                 problems.append(f"{name}: unknown backend/platform {backend!r}")
+            script = model.folder / PLAN_SCRIPT
+            spec = _check_plan_build(model, script, problems) if backend == "tensorrt" and script.is_file() else None
+            if spec is not None:
+                plan_specs[name] = spec
             for version in versions:
                 path = version / (filename or "")
-                if filename and not path.exists():
+                if filename and not path.exists() and spec is not None:
+                    message = (f"{name}: version {version.name} has no {filename} yet: build it on the serving GPU "
+                               f"with python3 {script} (plans only run on the compute capability they were built "
+                               f"for)")
+                    if allow_unbuilt_plans:
+                        if warnings is not None:
+                            warnings.append(message)
+                    else:
+                        problems.append(message + "; validate-triton --allow-unbuilt-plans accepts it")
+                elif filename and not path.exists():
                     problems.append(f"{name}: version {version.name} has no {filename}")
+                elif backend == "tensorrt" and path.stat().st_size == 0:
+                    problems.append(f"{name}: {path} is empty")
                 elif backend == "onnxruntime":
                     _check_onnx(model, path, problems)
                 elif backend == "python":
                     _check_python(model, path, problems)
+            if backend == "python":
+                _check_execution_env(model, problems)
             for version in versions:  # files the python model's parameters point at
                 for key, value in config.parameters.items():
                     if key.endswith("_file") and not (version / value.string_value).is_file():
@@ -379,11 +507,34 @@ def check_repository(repo: str | Path) -> list[str]:
         if config.model_warmup:
             _check_warmup(model, problems)
         _check_accelerator(model, problems)
+    _check_plan_buckets(models, plan_specs, problems)
     return problems
+
+
+def _check_plan_buckets(models: dict[str, _Model], plan_specs: dict[str, dict[str, Any]],
+                        problems: list[str]) -> None:
+    """In an ensemble, the plan's profiles are built for the buckets its tokenizer step pads to."""
+    for model in {m.folder.name: m for m in models.values()}.values():
+        if model.config.platform != "ensemble":
+            continue
+        steps = [s.model_name for s in model.config.ensemble_scheduling.step]
+        padders = {n: models[n].config.parameters["buckets"].string_value for n in steps
+                   if n in models and "buckets" in models[n].config.parameters}
+        for plan in (n for n in steps if n in plan_specs):
+            built = sorted(int(w) for w in plan_specs[plan].get("buckets", []))
+            for padder, value in padders.items():
+                try:
+                    widths = sorted(int(w) for w in value.split(","))
+                except ValueError:
+                    problems.append(f"{padder}: parameter buckets {value!r} is not a list of integers")
+                    continue
+                if widths != built:
+                    problems.append(f"{model.folder.name}: {padder} pads to buckets {widths} but {plan}'s "
+                                    f"{PLAN_SCRIPT} builds profiles for {built}")
 
 
 def format_problems(repo: Path, problems: list[str]) -> str:
     return f"{repo}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems)
 
 
-__all__ = ["check_repository", "model_config_pb2", "parse_config", "format_problems"]
+__all__ = ["check_repository", "format_problems", "model_config_pb2", "parse_config", "read_plan_spec"]

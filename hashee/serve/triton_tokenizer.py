@@ -1,7 +1,10 @@
 """Triton Python-backend tokenizer of a hashee model repository (copied as ``<tokenizer>/1/model.py``).
 
 Written by ``hashee export-triton``; standalone on purpose: the Triton server's Python stub needs only
-``numpy`` and ``tokenizers`` (the Rust Hugging Face tokenizer), not hashee.
+``numpy`` and ``tokenizers`` (the Rust Hugging Face tokenizer), not hashee.  The stub ignores
+``PYTHONPATH``: it imports from the environment named by the config's ``EXECUTION_ENV_PATH`` (``hashee
+export-triton --python-env``) or from the one its embedded Python finds on its own, and that
+environment must suit the stub (tritonserver 2.51's needs numpy < 2; a warning is logged otherwise).
 
 Per request: decode ``TEXT`` (and the optional ``TEXT_PAIR``) [batch, 1] strings, tokenise them with the
 bundle's ``tokenizer.json`` (special tokens added, truncated longest-first to the largest bucket), pad
@@ -20,6 +23,13 @@ import os
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+
+NUMPY2_WARNING = (
+    "hashee tokenizer: numpy %s in the Python backend's environment. Stubs built for numpy 1 (tritonserver 2.51, "
+    "nvidia-pytriton 0.7.0) misread string inputs under numpy 2 and die on the first request ('unpack_from requires "
+    "a buffer of at least ...', then \"Stub process ... is not healthy\"); if that happens, point EXECUTION_ENV_PATH "
+    "at an environment with numpy<2 and tokenizers (hashee export-triton --python-env)")
 
 
 def bucket_width(length, buckets):
@@ -42,6 +52,8 @@ class TritonPythonModel:
     def initialize(self, args):
         from tokenizers import Tokenizer
 
+        if int(np.__version__.split(".")[0]) >= 2 and hasattr(pb_utils, "Logger"):
+            pb_utils.Logger.log_warn(NUMPY2_WARNING % np.__version__)
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         folder = os.path.join(args["model_repository"], str(args["model_version"]))
