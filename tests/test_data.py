@@ -26,7 +26,7 @@ def test_sst2_train_loads_as_is(elue_dir, sst2_sentences):
     assert ex.label_names == ["0", "1"]
     assert ex.columns == {"text": "sentence", "pair": None, "label": "label"}
     # same rows as an independent csv-module read
-    assert [(t, int(l)) for t, l in zip(ex.texts[:400], ex.labels[:400])] == sst2_sentences
+    assert [(t, int(label)) for t, label in zip(ex.texts[:400], ex.labels[:400])] == sst2_sentences
     ids = ex.label_ids()
     assert ids.dtype == np.int64 and set(ids.tolist()) == {0, 1}
     assert ex.source == elue_dir / "SST-2" / "train.tsv"

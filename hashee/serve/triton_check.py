@@ -181,11 +181,10 @@ def _check_onnx(model: _Model, path: Path, problems: list[str]) -> None:
                 problems.append(f"{where}: {what} is not batch-first: its first axis is {symbol!r} but the batch "
                                 f"axis is {batch!r}; Triton's dynamic batching needs the batch first in every input "
                                 f"(export with --embed-exit-table for a graph without exit_masks)")
-        for name, spec, value, kind in pairs:
+        for name, _spec, value, kind in pairs:
             later = _onnx_dims(value)[1:]
-            if batch in later and batch_symbols.get(f"{kind} {name!r}") != batch:
-                pass  # already reported above
-            elif batch in later:
+            # a tensor whose first axis is not the batch was reported above
+            if batch in later and batch_symbols.get(f"{kind} {name!r}") == batch:
                 problems.append(f"{where}: {kind} {name!r} has the batch axis {batch!r} again at axis "
                                 f"{1 + later.index(batch)}")
 

@@ -57,8 +57,8 @@ class Runner(ABC):
     @abstractmethod
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
-    def _deactivate(self) -> None:
-        pass
+    def _deactivate(self) -> None:  # noqa: B027 - optional hook: runners with nothing to free keep it
+        """Free what :meth:`_activate` loaded (optional)."""
 
     def __enter__(self) -> "Runner":
         return self.activate()
