@@ -47,13 +47,15 @@ def test_export_fp16_bundle(runs, family, target, tmp_path):
     fp32 = onnx.load(str(bundle / "model.onnx"))
     assert io == {v.name: v.type.tensor_type.elem_type for v in list(fp32.graph.input) + list(fp32.graph.output)}
     weights = {i.name: i.data_type for i in model.graph.initializer}
+    norms = ("LayerNormalization", "SkipLayerNormalization")
+    norm_inputs = {name for node in model.graph.node if node.op_type in norms for name in node.input}
     big = [i for i in model.graph.initializer if np.prod(i.dims) >= 32]
-    assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big if "LayerNorm" not in i.name)
-    assert all(weights[n] == onnx.TensorProto.FLOAT for n in weights if "LayerNorm" in n)
+    assert big and all(i.data_type == onnx.TensorProto.FLOAT16 for i in big if i.name not in norm_inputs)
+    assert all(weights[n] == onnx.TensorProto.FLOAT for n in weights if n in norm_inputs or "LayerNorm" in n)
     # LayerNorm, Softmax, reductions and the NonZero of the activity mask compute in fp32
     types = {v.name: v.type.tensor_type.elem_type for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
     for node in model.graph.node:
-        if node.op_type in ("LayerNormalization", "Softmax", "ReduceSum", "ReduceMax", "NonZero", "CumSum"):
+        if node.op_type in norms + ("Softmax", "ReduceSum", "ReduceMax", "NonZero", "CumSum"):
             assert types.get(node.input[0], onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT, node.name
     if target == "tensorrt":
         assert tensorrt_violations(model) == []

@@ -29,7 +29,7 @@ from hashee.errors import ExportError, ValidationError
 
 FP16_FILE = "model.fp16.onnx"
 EXTRA_BLOCKED_OPS = ["LayerNormalization", "Softmax", "ReduceSum", "ReduceMax", "ReduceMean", "ReduceMin",
-                     "NonZero", "MultiHeadAttention"]
+                     "NonZero", "MultiHeadAttention", "SkipLayerNormalization", "Gelu", "FastGelu"]
 # logits of an fp16 graph vs the fp32 graph: absolute, scaled by max(1, largest |fp32 logit|)
 FP16_TOLERANCE = 2e-2
 FP16_MIN_AGREEMENT = 0.99

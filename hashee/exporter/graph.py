@@ -90,6 +90,38 @@ def _attention_ort(b: GraphBuilder, queries: str, keys: str, values: str, key_pa
     return b.op("Reshape", [context, b.const([-1, hidden])], hint="context_rows")
 
 
+def _exit_plan(b: GraphBuilder, env: dict[str, str]) -> None:
+    """Bookkeeping of every layer at once, from the [L, B, S] exit masks: once per batch, not per layer.
+
+    Adds to ``env``: ``active`` [L, B, S] float (1 where a real token computes in layer l),
+    ``slot`` [L, B, S] int64 (its row in layer l's [B * Q_l] query grid: b * Q_l + rank within its
+    sequence) and ``grid_rows`` [L, 1] int64 (B * Q_l), with Q_l the most active tokens of one sequence
+    (at least 1).
+    """
+    b.scope = "plan"
+    keep = b.op("Unsqueeze", [env["keep"], b.const([0])], hint="keep_all")
+    active = b.op("Cast", [b.op("And", [env["exit_masks"], keep])], to=FLOAT, hint="active")
+    counts = b.reduce("ReduceSum", active, [2])
+    widest = b.op("Max", [b.reduce("ReduceMax", counts, [1], keepdims=1), b.const([1.0], np.float32)])
+    width = b.op("Cast", [widest], to=INT64, hint="query_width")
+    rank = b.op("Sub", [b.op("Cast", [b.op("CumSum", [active, b.const(2)])], to=INT64), b.const(1)], hint="rank")
+    first = b.op("Mul", [b.op("Unsqueeze", [env["batch_column"], b.const([0])]),
+                         b.op("Unsqueeze", [width, b.const([2])])], hint="grid_start")
+    env["active"], env["slot"] = active, b.op("Add", [first, rank], hint="slot")
+    env["grid_rows"] = b.op("Mul", [env["batch"], width], hint="grid_rows")
+
+
+def _residual_norm(b: GraphBuilder, x: str, linear: Any, residual: str, norm: Any, name: str, norm_name: str,
+                   target: str) -> str:
+    """LayerNorm(x @ W.T + bias + residual): one ``com.microsoft.SkipLayerNormalization`` on ONNX Runtime."""
+    if target != "onnxruntime" or linear.bias is None or norm.weight is None or norm.bias is None:
+        return b.layer_norm(b.op("Add", [b.linear(x, linear, name), residual]), norm, norm_name)
+    projected = b.op("MatMul", [x, b.weight(f"{name}.weight", linear.weight, transpose=True)], hint=f"{name}.matmul")
+    return b.op("SkipLayerNormalization", [projected, residual, b.weight(f"{norm_name}.weight", norm.weight),
+                                           b.weight(f"{norm_name}.bias", norm.bias), b.weight(f"{name}.bias", linear.bias)],
+                domain="com.microsoft", hint=norm_name, epsilon=float(norm.eps))
+
+
 def _layer(b: GraphBuilder, model: Any, index: int, hidden: str, env: dict[str, str], target: str) -> str:
     """Layer ``index`` (1-based) on the flat hidden states [B*S, D]; returns the new states."""
     layer = model.family.layer(model.dense, index - 1)
@@ -98,17 +130,13 @@ def _layer(b: GraphBuilder, model: Any, index: int, hidden: str, env: dict[str, 
     head_dim = size // heads
     name = f"layers.{index - 1}"
     b.scope = f"layer{index}"
-    mask = b.op("Gather", [env["exit_masks"], b.const(index - 1)], axis=0, hint="exit_mask")
-    active = b.op("Cast", [b.op("And", [mask, env["keep"]])], to=FLOAT, hint="active")
+    at = b.const(index - 1)
+    active = b.op("Gather", [env["active"], at], axis=0, hint="active")
     rows, index_rows = b.op(custom_ops.GATHER_ACTIVE, [hidden, active], outputs=2, domain=custom_ops.DOMAIN)
     # Query grid: the n active rows placed at [b, rank within sequence] of a [B, Q] grid.
-    counts = b.reduce("ReduceSum", active, [1])
-    widest = b.op("Max", [b.reduce("ReduceMax", counts, [0], keepdims=1), b.const([1.0], np.float32)])
-    width = b.op("Cast", [widest], to=INT64, hint="query_width")
-    rank = b.op("Sub", [b.op("Cast", [b.op("CumSum", [active, b.const(1)])], to=INT64), b.const(1)], hint="rank")
-    slot = b.op("Add", [b.op("Mul", [env["batch_column"], width]), rank], hint="slot")
-    slot = b.op("GatherND", [b.op("Reshape", [slot, b.const([-1, 1])]), index_rows], hint="query_slot")
-    grid_rows = b.op("Mul", [env["batch"], width], hint="grid_rows")
+    slot = b.op("Reshape", [b.op("Gather", [env["slot"], at], axis=0), b.const([-1, 1])], hint="slot")
+    slot = b.op("GatherND", [slot, index_rows], hint="query_slot")
+    grid_rows = b.op("Gather", [env["grid_rows"], at], axis=0, hint="grid_rows")
 
     queries = b.linear(rows, layer.query, f"{name}.query")
     keys = b.linear(hidden, layer.key, f"{name}.key")
@@ -120,11 +148,12 @@ def _layer(b: GraphBuilder, model: Any, index: int, hidden: str, env: dict[str, 
     else:
         context = _attention_plain(b, grid, keys, values, env["mask_add"], env["batch"], heads, head_dim)
     context = b.op("GatherND", [context, slot], hint="context_active")
-    attended = b.op("Add", [b.linear(context, layer.attn_output, f"{name}.attention.output"), rows])
-    attended = b.layer_norm(attended, layer.attn_norm, f"{name}.attention.LayerNorm")
-    inner = activation(b, b.linear(attended, layer.ffn_in, f"{name}.ffn.in"), layer.activation, "act")
-    out = b.op("Add", [b.linear(inner, layer.ffn_out, f"{name}.ffn.out"), attended])
-    out = b.layer_norm(out, layer.ffn_norm, f"{name}.ffn.LayerNorm")
+    attended = _residual_norm(b, context, layer.attn_output, rows, layer.attn_norm, f"{name}.attention.output",
+                              f"{name}.attention.LayerNorm", target)
+    inner = activation(b, b.linear(attended, layer.ffn_in, f"{name}.ffn.in"), layer.activation, "act",
+                       contrib=target == "onnxruntime")
+    out = _residual_norm(b, inner, layer.ffn_out, attended, layer.ffn_norm, f"{name}.ffn.out",
+                         f"{name}.ffn.LayerNorm", target)
     return b.op(custom_ops.SCATTER_ACTIVE, [hidden, index_rows, out], domain=custom_ops.DOMAIN)
 
 
@@ -171,6 +200,7 @@ def build_graph(model: Any, target: str = "onnxruntime", opset: int = MIN_OPSET,
         missing = b.op("Sub", [b.const(1.0, np.float32), b.op("Cast", ["attention_mask"], to=FLOAT)])
         env["mask_add"] = b.op("Unsqueeze", [b.op("Mul", [missing, b.const(MASK_VALUE, np.float32)]),
                                              b.const([1, 2])], hint="mask_add")
+    _exit_plan(b, env)
     embedded = embed(b, model, "input_ids", "token_type_ids" if with_types else None, seq)
     b.scope = "embeddings"
     hidden = b.op("Reshape", [embedded, b.const([-1, hidden_size])], hint="flat")

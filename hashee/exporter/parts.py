@@ -26,8 +26,12 @@ def uses_token_type_ids(model: Any) -> bool:
     return bool(model.family.uses_token_type_ids and int(getattr(config, "type_vocab_size", 1) or 1) > 1)
 
 
-def activation(b: GraphBuilder, x: str, fn: Any, name: str) -> str:
-    """The ONNX form of a Hugging Face activation module or function."""
+def activation(b: GraphBuilder, x: str, fn: Any, name: str, contrib: bool = False) -> str:
+    """The ONNX form of a Hugging Face activation module or function.
+
+    With ``contrib`` (ONNX Runtime target) the GELUs are one ``com.microsoft`` node each (``Gelu``,
+    ``FastGelu``) instead of five to eight standard ones.
+    """
     import torch.nn.functional as F
     from torch import nn
 
@@ -42,6 +46,10 @@ def activation(b: GraphBuilder, x: str, fn: Any, name: str) -> str:
         kind = "SiLU"
     scope, b.scope = b.scope, f"{b.scope}/{name}"
     try:
+        if contrib and kind == "GELUActivation":
+            return b.op("Gelu", [x], domain="com.microsoft")
+        if contrib and kind in ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGELUActivation"):
+            return b.op("FastGelu", [x], domain="com.microsoft")
         if kind == "GELUActivation":  # 0.5 x (1 + erf(x / sqrt 2))
             inner = b.op("Erf", [b.op("Mul", [x, b.const(1 / math.sqrt(2), np.float32)])])
             return b.op("Mul", [b.op("Mul", [x, b.const(0.5, np.float32)]),
