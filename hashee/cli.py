@@ -64,7 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, max_length=args.max_length, seed=args.seed, max_steps=args.max_steps,
         text_column=_column(args.text_column), pair_column=_column(args.pair_column),
         label_column=_column(args.label_column), progress=not args.quiet, exit_table=args.exit_table,
-        target_speedup=args.target_speedup,
+        target_speedup=args.target_speedup, teacher=args.teacher, distill_alpha=args.distill_alpha,
+        distill_temperature=args.distill_temperature,
     )
     print(format_train_report(result))
     return 0
@@ -255,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-table", help="use this exit table (a folder written by `hashee hash`) instead of --hash")
     p.add_argument("--target-speedup", type=float,
                    help="frequency hash with buckets calibrated to this FLOPs reduction on the training data")
+    p.add_argument("--teacher", help="a run directory (e.g. a --dense run on the same task) to distil from")
+    p.add_argument("--distill-alpha", type=float, default=0.5,
+                   help="weight of the teacher's soft targets against the labels (default 0.5)")
+    p.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature (default 2)")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=float, default=3.0)

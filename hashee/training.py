@@ -188,7 +188,8 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
           seed: int = 42, max_steps: int | None = None, text_column: str | int | None = None,
           pair_column: str | int | None = None, label_column: str | int | None = None,
           regression: bool | None = None, progress: bool = True, exit_table: Any = None,
-          target_speedup: float | None = None) -> TrainResult:
+          target_speedup: float | None = None, teacher: str | Path | None = None, distill_alpha: float = 0.5,
+          distill_temperature: float = 2.0) -> TrainResult:
     """Fine-tune a HashEE (or, with ``dense=True``, a plain) sequence classifier and save the run.
 
     Args:
@@ -212,6 +213,9 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
             instead of building one; ``hash_kind`` is then ignored.
         target_speedup: build a frequency table whose analytic FLOPs reduction on the training texts
             is this (:func:`hashee.calibration.calibrate_budget`, within 5 %).
+        teacher: a run directory (e.g. a ``--dense`` run on the same task and tokenizer) whose logits
+            the student also learns from (:mod:`hashee.distill`): ``distill_alpha`` weighs the
+            teacher's term against the labels', ``distill_temperature`` softens both distributions.
 
     Raises:
         BackboneError, DataError, HashConfigError, TrainConfigError: with what to change.
@@ -226,6 +230,13 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
               "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_length": max_length, "seed": seed,
               "max_steps": max_steps, "optimizer": "adamw_torch", "scheduler": "linear"}
     _check_recipe(recipe)
+    teacher_path = None
+    if teacher is not None:
+        from hashee.distill import check_distillation
+
+        teacher_path = check_distillation(teacher, distill_alpha, distill_temperature)
+        recipe["distillation"] = {"teacher": str(teacher_path), "alpha": float(distill_alpha),
+                                  "temperature": float(distill_temperature)}
     from hashee.calibration import HASH_KINDS, build_exit_table, calibrate_budget
 
     if exit_table is not None and target_speedup is not None:
@@ -286,7 +297,12 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
             table = build_exit_table(hash_kind, tokenizer, texts=task.train.inputs(), labels=labels,
                                      num_layers=layers, num_buckets=buckets, embeddings=embeddings, seed=seed)
         model = _import_modeling().HashEEForSequenceClassification.from_dense(model, table)
-    trainer = _make_trainer(model, tokenizer, train_set, dev_set, task, output_dir, recipe, progress)
+    teacher_model = None
+    if teacher_path is not None:
+        from hashee.distill import load_teacher
+
+        teacher_model = load_teacher(teacher_path, task.label_map, len(tokenizer))
+    trainer = _make_trainer(model, tokenizer, train_set, dev_set, task, output_dir, recipe, progress, teacher_model)
     output = trainer.train()
     model = trainer.model.eval()
 
@@ -331,8 +347,12 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
 
 
 def _make_trainer(model: Any, tokenizer: Any, train_set: TokenizedDataset, dev_set: TokenizedDataset | None,
-                  task: _Task, output_dir: Path, recipe: dict[str, Any], progress: bool) -> Any:
-    """A Hugging Face ``Trainer`` for the recipe: no hub, no reporting, no checkpoints, eval per epoch."""
+                  task: _Task, output_dir: Path, recipe: dict[str, Any], progress: bool, teacher: Any = None) -> Any:
+    """A Hugging Face ``Trainer`` for the recipe: no hub, no reporting, no checkpoints, eval per epoch.
+
+    With a ``teacher`` model, a :class:`hashee.distill.DistillationTrainer` with the recipe's
+    ``distillation`` weights.
+    """
     import torch
     from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 
@@ -349,8 +369,15 @@ def _make_trainer(model: Any, tokenizer: Any, train_set: TokenizedDataset, dev_s
         logging_first_step=True, disable_tqdm=not progress, use_cpu=not cuda, dataloader_pin_memory=cuda,
         remove_unused_columns=False, label_names=["labels"], push_to_hub=False,
     )
+    extra: dict[str, Any] = {}
+    if teacher is not None:
+        from hashee.distill import DistillationTrainer
+
+        Trainer = DistillationTrainer  # noqa: N806 - the same constructor, one more loss term
+        extra = {"teacher": teacher, "alpha": recipe["distillation"]["alpha"], "regression": task.regression,
+                 "temperature": recipe["distillation"]["temperature"]}
     trainer = Trainer(
-        model=model, args=args, train_dataset=train_set, eval_dataset=dev_set,
+        model=model, args=args, train_dataset=train_set, eval_dataset=dev_set, **extra,
         data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
         compute_metrics=trainer_metrics(task.regression, None if task.regression else task.num_labels),
         preprocess_logits_for_metrics=lambda logits, labels: logits[0] if isinstance(logits, tuple) else logits,

@@ -367,3 +367,80 @@ def test_train_with_a_given_table_and_with_a_target_speedup(backbone, sst2, mini
         train(backbone, train_file=sst2[0], output_dir=tmp_path / "x", exit_table=table, target_speedup=2.0)
     with pytest.raises(HashConfigError, match="frequency"):
         train(backbone, train_file=sst2[0], output_dir=tmp_path / "x", hash_kind="mi", target_speedup=2.0)
+
+
+# ------------------------------------------------------------------------------- distillation
+
+def _kd_reference(student, teacher, labels, alpha, temperature):
+    """The distillation loss in numpy: (1 - a) CE + a T^2 KL(p_teacher || p_student), batch mean."""
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    ce = -log_softmax(student)[np.arange(len(labels)), labels].mean()
+    log_p_t, log_p_s = log_softmax(teacher / temperature), log_softmax(student / temperature)
+    kl = (np.exp(log_p_t) * (log_p_t - log_p_s)).sum(-1).mean()
+    return (1 - alpha) * ce + alpha * temperature ** 2 * kl
+
+
+def test_distillation_loss_matches_numpy():
+    from hashee.distill import distillation_loss
+
+    rng = np.random.default_rng(3)
+    student, teacher = rng.normal(size=(6, 3)) * 2, rng.normal(size=(6, 3)) * 2
+    labels = rng.integers(0, 3, 6)
+    for alpha, temperature in ((0.0, 1.0), (0.5, 2.0), (1.0, 4.0)):
+        got = distillation_loss(torch.tensor(student), torch.tensor(teacher), torch.tensor(labels), alpha,
+                                temperature, regression=False)
+        assert float(got) == pytest.approx(_kd_reference(student, teacher, labels, alpha, temperature), rel=1e-9)
+    values = rng.normal(size=6)
+    got = distillation_loss(torch.tensor(student[:, :1]), torch.tensor(teacher[:, :1]), torch.tensor(values), 0.25,
+                            2.0, regression=True)
+    want = 0.75 * np.mean((student[:, 0] - values) ** 2) + 0.25 * np.mean((student[:, 0] - teacher[:, 0]) ** 2)
+    assert float(got) == pytest.approx(want, rel=1e-9)
+
+
+def test_train_with_a_teacher_follows_the_teacher(backbone, sst2, dense_run, tmp_path):
+    """alpha = 1: the student learns the teacher's answers, here a teacher that contradicts every label."""
+    from transformers import AutoModelForSequenceClassification
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(str(dense_run.output_dir)).eval()
+    with torch.no_grad():  # the contrarian: the dense run with its classifier negated
+        teacher.classifier.weight.neg_()
+        teacher.classifier.bias.neg_()
+    teacher.save_pretrained(tmp_path / "contrarian")
+    examples = load_examples(sst2[0])
+    texts, labels = examples.inputs(), examples.label_ids()
+    _, tokenizer, _ = _initial_model(backbone, sst2[0])
+    teacher_labels = _logits(teacher, tokenizer, texts).argmax(-1).numpy()
+    assert (teacher_labels != labels).mean() >= 0.75
+
+    run = train(backbone, train_file=sst2[0], output_dir=tmp_path / "kd", hash_kind="frequency",
+                teacher=tmp_path / "contrarian", distill_alpha=1.0, distill_temperature=2.0, **STEPS)
+    student = _logits(run.model, tokenizer, texts).argmax(-1).numpy()
+    assert (student == teacher_labels).mean() >= 0.75  # with the labels alone it would side with them
+    record = json.loads((tmp_path / "kd" / TRAIN_META).read_text())
+    assert record["recipe"]["distillation"] == {"teacher": str(tmp_path / "contrarian"), "alpha": 1.0,
+                                                "temperature": 2.0}
+
+
+def test_bad_teachers_and_distillation_options(backbone, sst2, dense_run, tmp_path):
+    import shutil
+
+    kwargs = {"train_file": sst2[0], "output_dir": tmp_path / "run", **STEPS}
+    with pytest.raises(TrainConfigError, match="distill_alpha"):
+        train(backbone, teacher=dense_run.output_dir, distill_alpha=1.5, **kwargs)
+    with pytest.raises(TrainConfigError, match="distill_temperature"):
+        train(backbone, teacher=dense_run.output_dir, distill_temperature=0, **kwargs)
+    with pytest.raises(BackboneError, match="not a run directory"):
+        train(backbone, teacher=tmp_path / "nowhere", **kwargs)
+    for change, pattern in (({"label2id": {"neg": 0, "pos": 1}, "id2label": {"0": "neg", "1": "pos"}}, "labels"),
+                            ({"vocab_size": 100}, "vocabulary")):
+        other = tmp_path / f"teacher-{pattern}"
+        shutil.copytree(dense_run.output_dir, other)
+        config = json.loads((other / "config.json").read_text())
+        config.update(change)
+        (other / "config.json").write_text(json.dumps(config))
+        with pytest.raises(BackboneError, match=pattern):
+            train(backbone, teacher=other, **kwargs)
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,108 @@
+"""Knowledge distillation for :func:`hashee.training.train`: a fine-tuned teacher's logits as soft targets.
+
+A HashEE student loses accuracy mostly because tokens stop early; a teacher that has seen the task
+densely (``hashee train --dense``) gives it a richer target than the labels alone.  The loss is the
+usual mix (Hinton et al., 2015)::
+
+    loss = (1 - alpha) * task_loss + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+and, for regression, ``(1 - alpha) * MSE(student, label) + alpha * MSE(student, teacher)``.  The
+teacher runs frozen, in eval mode, on exactly the student's batches (same tokenizer ids); it can be any
+run directory with the task's labels (dense or HashEE).  Imported only when a teacher is given.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from hashee.errors import BackboneError, TrainConfigError
+
+
+def check_distillation(teacher: str | Path, alpha: float, temperature: float) -> Path:
+    """Validate the options before anything heavy loads; returns the teacher folder."""
+    for name, value, low, high in (("distill_alpha", alpha, 0.0, 1.0), ("distill_temperature", temperature, 0.0, None)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise TrainConfigError(f"{name} must be a number, got {value!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise TrainConfigError(f"distill_alpha must be within [0, 1] (the weight of the teacher's term), got {alpha}")
+    if temperature <= 0:
+        raise TrainConfigError(f"distill_temperature must be positive, got {temperature}")
+    path = Path(teacher)
+    if not (path / "config.json").is_file():
+        raise BackboneError(f"teacher {path} is not a run directory (no config.json); pass a folder written by "
+                            f"`hashee train` (e.g. a --dense run on the same task)")
+    return path
+
+
+def load_teacher(path: Path, label2id: dict[str, int] | None, vocab_size: int, device: Any = None) -> Any:
+    """The teacher model, frozen and in eval mode, after checking it fits the task and the tokenizer.
+
+    Raises :class:`BackboneError` when its labels or vocabulary differ from the student's.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    import hashee.modeling  # noqa: F401 - registers the HashEE classes with the Auto factories
+
+    config = json.loads((path / "config.json").read_text())
+    dense_config = config.get("backbone", config) if config.get("model_type") == "hashee" else config
+    teacher_vocab = int(dense_config.get("vocab_size", vocab_size))
+    if teacher_vocab != vocab_size:
+        raise BackboneError(f"teacher {path} has a vocabulary of {teacher_vocab} ids but the student's tokenizer "
+                            f"has {vocab_size}: distillation needs the same tokenizer; pick a teacher trained from "
+                            f"the same backbone")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"cannot load teacher {path} as a sequence classifier: {exc}") from exc
+    theirs = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
+    if label2id is None:  # regression: one output
+        if int(model.config.num_labels) != 1:
+            raise BackboneError(f"teacher {path} is a {model.config.num_labels}-class classifier but the task is "
+                                f"regression; pass a regression run as the teacher")
+    elif theirs != {str(k): int(v) for k, v in label2id.items()}:
+        raise BackboneError(f"teacher {path} has labels {theirs} but the training data has {dict(label2id)}; "
+                            f"pass a teacher trained on the same task")
+    model.requires_grad_(False)
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float,
+                      temperature: float, regression: bool) -> torch.Tensor:
+    """The mixed loss above for one batch (``student``/``teacher`` logits [batch, labels])."""
+    if regression:
+        task = F.mse_loss(student.squeeze(-1), labels.to(student.dtype))
+        soft = F.mse_loss(student.squeeze(-1), teacher.squeeze(-1).to(student.dtype))
+        return (1 - alpha) * task + alpha * soft
+    task = F.cross_entropy(student, labels)
+    soft = F.kl_div(F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
+                    reduction="batchmean", log_target=True) * temperature ** 2
+    return (1 - alpha) * task + alpha * soft
+
+
+class DistillationTrainer(Trainer):
+    """A Hugging Face ``Trainer`` whose training loss mixes the labels with a frozen teacher's logits."""
+
+    def __init__(self, *args: Any, teacher: Any, alpha: float, temperature: float, regression: bool,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.teacher = teacher.to(self.args.device)
+        self.alpha, self.temperature, self.regression = alpha, temperature, regression
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        labels = inputs["labels"]
+        features = {k: v for k, v in inputs.items() if k != "labels"}
+        outputs = model(**features)
+        with torch.no_grad():
+            teacher_logits = self.teacher(**features).logits
+        loss = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature,
+                                 self.regression)
+        return (loss, outputs) if return_outputs else loss
