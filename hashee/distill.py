@@ -26,7 +26,7 @@ from hashee.errors import BackboneError, TrainConfigError
 
 def check_distillation(teacher: str | Path, alpha: float, temperature: float) -> Path:
     """Validate the options before anything heavy loads; returns the teacher folder."""
-    for name, value, low, high in (("distill_alpha", alpha, 0.0, 1.0), ("distill_temperature", temperature, 0.0, None)):
+    for name, value in (("distill_alpha", alpha), ("distill_temperature", temperature)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise TrainConfigError(f"{name} must be a number, got {value!r}")
     if not 0.0 <= alpha <= 1.0:
