@@ -14,30 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpu_check import _batches, _data, _model  # noqa: E402
-
-
-def _passes(fn, batches, repeats, sync) -> float:
-    """Median seconds of one pass over ``batches`` (after a warm-up)."""
-    for b in batches[:3]:
-        fn(**b)
-    sync()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for b in batches:
-            fn(**b)
-        sync()
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
+from gpu_check import _batches, _data, _model, _time  # noqa: E402
 
 
 def _device_ops(fn, batches, device) -> tuple[int, float]:
@@ -72,7 +55,7 @@ def measure(model, batches_by_size, repeats, device) -> list[dict]:
             row = {"batch": batch_size, "batches": len(batches),
                    "mean_tokens": float(sum(int(b["attention_mask"].sum()) for b in batches) / samples)}
             for name, fn in (("dense", dense), ("hashee", model)):
-                seconds = _passes(fn, batches, repeats, sync)
+                seconds = samples / _time(lambda b, fn=fn: fn(**b), batches, repeats, sync)
                 count, device_us = _device_ops(fn, batches, device)
                 per = len(batches)
                 row[name] = {"samples_per_s": samples / seconds, "wall_ms_per_forward": 1e3 * seconds / per,

@@ -40,7 +40,7 @@ def check_distillation(teacher: str | Path, alpha: float, temperature: float) ->
     return path
 
 
-def load_teacher(path: Path, label2id: dict[str, int] | None, vocab_size: int, device: Any = None) -> Any:
+def load_teacher(path: Path, label2id: dict[str, int] | None, vocab_size: int) -> Any:
     """The teacher model, frozen and in eval mode, after checking it fits the task and the tokenizer.
 
     Raises :class:`BackboneError` when its labels or vocabulary differ from the student's.
@@ -69,8 +69,6 @@ def load_teacher(path: Path, label2id: dict[str, int] | None, vocab_size: int, d
         raise BackboneError(f"teacher {path} has labels {theirs} but the training data has {dict(label2id)}; "
                             f"pass a teacher trained on the same task")
     model.requires_grad_(False)
-    if device is not None:
-        model.to(device)
     return model.eval()
 
 
