@@ -281,12 +281,12 @@ class TensorRTEngine:
         self.outputs = [n for n in names if n not in self.inputs]
         self.stream = torch.cuda.Stream()
         self._profile = -1
-
-    def _dtype(self, name: str) -> Any:
-        trt, torch = self._trt, self._torch
         table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
                  trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool, trt.DataType.INT8: torch.int8}
-        return table[self.engine.get_tensor_dtype(name)]
+        self._dtypes = {name: table[self.engine.get_tensor_dtype(name)] for name in names}  # once, not per batch
+
+    def _dtype(self, name: str) -> Any:
+        return self._dtypes[name]
 
     def pick_profile(self, shapes: dict[str, tuple[int, ...]]) -> int:
         """Index of the first optimisation profile whose ranges hold every input shape."""

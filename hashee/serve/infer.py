@@ -134,10 +134,7 @@ class Predictor:
         items: list[Any] = texts
         if self.pair is not None:
             items = list(zip(texts, (_text(v) for v in batch[self.pair])))
-        logits = self.session.predict_logits(items, batch_size=self.batch_size)
-        from hashee.runtime.session import format_predictions
-
-        results = format_predictions(logits, self.session.bundle)
+        results = self.session.predict(items, batch_size=self.batch_size)
         out = {self.ident: np.asarray(batch[self.ident])}
         if self.session.bundle.is_regression:
             out["value"] = np.array([r["value"] for r in results], dtype=np.float64)

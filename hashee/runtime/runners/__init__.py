@@ -24,6 +24,11 @@ def check_device(device: object) -> str | None:
     raise BackendError(f"unknown device {device!r}; use None (auto), 'cpu', 'cuda' or 'cuda:N'")
 
 
+def cuda_index(device: str | None) -> int:
+    """The GPU index of a checked device string (``cuda:N`` -> N; ``cuda``, ``cpu`` or None -> 0)."""
+    return int(device.split(":", 1)[1]) if device and ":" in device else 0
+
+
 def check_threads(threads: object) -> int | None:
     if threads is None:
         return None

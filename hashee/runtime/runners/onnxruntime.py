@@ -13,6 +13,7 @@ import numpy as np
 
 from hashee.errors import BackendError, BundleError
 from hashee.runtime.bundle import Bundle
+from hashee.runtime.runners import cuda_index
 from hashee.runtime.runners.base import Runner
 
 SHORT = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
@@ -23,10 +24,6 @@ def available_providers() -> list[str]:
     import onnxruntime as ort
 
     return list(ort.get_available_providers())
-
-
-def cuda_index(device: str | None) -> int:
-    return int(device.split(":", 1)[1]) if device and ":" in device else 0
 
 
 def choose_providers(bundle: Bundle, device: str | None, available: list[str]) -> list[Any]:

@@ -44,6 +44,7 @@ import numpy as np
 from hashee.errors import BackendError, EngineError, ProfileError
 from hashee.exporter.tensorrt_engine import Profile
 from hashee.runtime.bundle import Bundle
+from hashee.runtime.runners import cuda_index
 from hashee.runtime.runners.base import Runner
 
 #: engine precisions, in the order chosen when none is asked for
@@ -255,7 +256,7 @@ class TensorRTRunner(Runner):
         precision = check_precision(precision)
         gpus = gpu_compute_capabilities()
         version = tensorrt_version()
-        index = int(device.split(":", 1)[1]) if device and ":" in device else 0
+        index = cuda_index(device)
         missing = []
         if device == "cpu":
             missing.append("device='cpu' was asked for but TensorRT runs on a GPU")
