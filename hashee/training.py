@@ -24,7 +24,7 @@ from hashee.errors import BackboneError, DataError, HashConfigError, TrainConfig
 from hashee.evaluation import (TRAIN_META, _check_number, _import_modeling, _load_tokenizer, _max_length_limit,
                                predict_dataset, score_lines)
 from hashee.exit_table import ExitTable
-from hashee.flops import EncoderDims, FlopsReport, batch_flops
+from hashee.flops import EncoderDims, FlopsReport
 from hashee.metrics import compute_metrics, trainer_metrics
 META_VERSION = 1
 
@@ -105,15 +105,15 @@ def _flops_dict(report: FlopsReport | None, data: str | None) -> dict[str, Any] 
             "reduction": report.speedup, "active_fraction": list(report.active_fraction)}
 
 
-def table_flops(table: Any, dataset: TokenizedDataset, dims: EncoderDims, chunk: int = 1024) -> FlopsReport:
-    """FLOPs of a dataset under an exit table, by table lookup only (no model run)."""
-    report: FlopsReport | None = None
-    for start in range(0, len(dataset), chunk):
-        stop = min(start + chunk, len(dataset))
-        exits = [table.lookup(np.asarray(dataset[i]["input_ids"])) for i in range(start, stop)]
-        part = batch_flops(exits, dims)
-        report = part if report is None else report + part
-    return report
+def table_flops(table: Any, dataset: TokenizedDataset, dims: EncoderDims) -> FlopsReport:
+    """FLOPs of a dataset under an exit table (``None``: dense), by table lookup only (no model run)."""
+    from hashee.calibration.budget import corpus_flops, pad_ragged
+
+    lengths = np.asarray(dataset.lengths, dtype=np.int64)
+    ids = np.concatenate([np.asarray(dataset[i]["input_ids"], dtype=np.int64) for i in range(len(dataset))])
+    padded, mask = pad_ragged(ids, lengths)
+    exits = table.lookup(padded) if table is not None else np.full(padded.shape, dims.num_layers)
+    return corpus_flops(np.where(mask, exits, 0), dims)
 
 
 # ---------------------------------------------------------------------------------- train
@@ -315,8 +315,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
                                   None if task.regression else task.num_labels)
     else:
         dims = EncoderDims.from_config(model.dense.config if table is not None else model.config)
-        flops = (table_flops(table, train_set, dims) if table is not None
-                 else batch_flops([[dims.num_layers] * n for n in train_set.lengths], dims))
+        flops = table_flops(table, train_set, dims)
 
     # ---- save the run
     output_dir.mkdir(parents=True, exist_ok=True)

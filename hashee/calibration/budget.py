@@ -50,7 +50,7 @@ def boundaries_for_alpha(alpha: float, num_buckets: int) -> list[float]:
     return [float((k / num_buckets) ** alpha) for k in range(1, num_buckets)]
 
 
-def _padded(ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def pad_ragged(ids: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Flat ids + lengths -> ``[N, T]`` ids (0 where padding) and the non-padding mask."""
     width = int(lengths.max()) if lengths.size else 0
     rows = np.repeat(np.arange(lengths.shape[0]), lengths)
@@ -128,7 +128,7 @@ def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: 
     ranked = frequency_ranking(count_ids, vocab_size, specials)
     if ranked.shape[0] == 0:
         raise DataError("the corpus has no non-special tokens to rank")
-    corpus_ids, mask = _padded(*encode_with_specials(tokenizer, items, vocab_size, max_length))
+    corpus_ids, mask = pad_ragged(*encode_with_specials(tokenizer, items, vocab_size, max_length))
 
     def speedup(alpha: float) -> float:
         cuts = cuts_from_boundaries(boundaries_for_alpha(alpha, num_buckets), ranked.shape[0], num_buckets)
@@ -194,5 +194,5 @@ def texts_flops(table: ExitTable, tokenizer: Any, texts: Iterable[TextItem], dim
         raise DataError("texts is empty; FLOPs need at least one text")
     vocab_size = _vocab_size(tokenizer)
     table.check_vocab_size(vocab_size)
-    corpus_ids, mask = _padded(*encode_with_specials(tokenizer, items, vocab_size, max_length))
+    corpus_ids, mask = pad_ragged(*encode_with_specials(tokenizer, items, vocab_size, max_length))
     return corpus_flops(np.where(mask, table.layers[corpus_ids], 0), dims)
