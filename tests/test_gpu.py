@@ -67,11 +67,16 @@ def test_session_torch_backend_on_cuda_matches_onnxruntime_cpu(tiny_bundles):
 
 
 def test_auto_backend_on_a_gpu_machine_runs(tiny_bundles):
-    """``auto`` on a GPU machine takes TensorRT or ONNX Runtime (CUDA where installed, else CPU), never fails."""
+    """``auto`` on a GPU machine without an engine takes ONNX Runtime's best provider and gives the CPU logits."""
     from hashee.runtime import Session
 
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()  # the tiny bundle has no engine: never native TensorRT
+    expected = ("onnxruntime-tensorrt" if "TensorrtExecutionProvider" in available
+                else "onnxruntime-cuda" if "CUDAExecutionProvider" in available else "onnxruntime-cpu")
     with Session.load(tiny_bundles["bert"]) as session, \
             Session.load(tiny_bundles["bert"], backend="onnxruntime", device="cpu") as cpu:
-        assert session.backend in {"tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt", "onnxruntime-cpu"}
+        assert session.backend == expected
         texts = ["a fine film", "dull and long", ""]
         assert np.abs(session.predict_logits(texts) - cpu.predict_logits(texts)).max() < 1e-3
