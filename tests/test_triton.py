@@ -476,8 +476,9 @@ def test_plan_commands(repos, tmp_path, capsys):
 
 # ---------------------------------------------------------------- slow tier: a real tritonserver
 @pytest.mark.triton
-def test_real_tritonserver_runs_the_tokenizer_and_the_ensemble(repos, tmp_path):
-    from triton_server import find_tritonserver, has_backend, python_env, running_server
+def _real_server_repo(repos, tmp_path):
+    """(repository, stub environment) for a real tritonserver; skips with the reason when there is none."""
+    from triton_server import find_tritonserver, python_env
 
     binary = find_tritonserver()
     if binary is None:
@@ -485,16 +486,20 @@ def test_real_tritonserver_runs_the_tokenizer_and_the_ensemble(repos, tmp_path):
     env = python_env(binary)  # skips with the reason when no environment suits the Python-backend stub
     repo = tmp_path / "repo"
     export_triton(repos["bundle-bert"], repo, buckets=BUCKETS, max_batch_size=8, python_env=str(env.path))
-    # the nvidia-pytriton wheel brings only the Python backend: then the tokenizer model is served alone
-    full = has_backend("onnxruntime")
-    models = None if full else ["hashee_tokenizer"]
+    return repo, env
+
+
+@pytest.mark.triton
+def test_real_tritonserver_runs_the_tokenizer(repos, tmp_path):
+    from triton_server import running_server
+
+    repo, env = _real_server_repo(repos, tmp_path)
     with Session.load(repos["bundle-bert"], backend="onnxruntime") as runtime:
-        want = runtime.predict_logits(TEXTS)
         encoder = TextEncoder(runtime.bundle.tokenizer_dir, BUCKETS[-1], None)
         encoder.pad_id = runtime.encoder.pad_id
         table = runtime.bundle.exit_table
     tokens = layers = 0
-    with running_server(repo, env, models) as server:
+    with running_server(repo, env, ["hashee_tokenizer"]) as server:
         for text in TEXTS:
             got = server.infer("hashee_tokenizer", [text])
             encoded = encoder.encode([text])
@@ -509,12 +514,23 @@ def test_real_tritonserver_runs_the_tokenizer_and_the_ensemble(repos, tmp_path):
         np.testing.assert_array_equal(batch["input_ids"], ids)
         tokens += int(mask.sum())
         layers += int(table[ids[mask.astype(bool)]].sum())
-        if full:
-            logits = np.stack([server.infer("hashee", [t])["logits"][0] for t in TEXTS]).astype(np.float32)
-            np.testing.assert_allclose(logits, want, atol=1e-4)
         metrics = server.metrics()
         log = server.log_tail(10**7)
     gauge = re.search(r'^hashee_mean_exit_layer\{model="hashee_tokenizer",version="1"\} (\S+)$', metrics, re.MULTILINE)
     assert gauge is not None, metrics[-2000:]
     assert float(gauge.group(1)) == pytest.approx(layers / tokens)
     assert f"source {env.path}/bin/activate" in log  # the stub ran in the environment EXECUTION_ENV_PATH names
+
+
+@pytest.mark.triton
+def test_real_tritonserver_runs_the_ensemble(repos, tmp_path):
+    from triton_server import has_backend, running_server
+
+    if not has_backend("onnxruntime"):  # the nvidia-pytriton wheel brings only the Python backend
+        pytest.skip("this tritonserver has no onnxruntime backend: the ensemble cannot load (tokenizer tested alone)")
+    repo, env = _real_server_repo(repos, tmp_path)
+    with Session.load(repos["bundle-bert"], backend="onnxruntime") as runtime:
+        want = runtime.predict_logits(TEXTS)
+    with running_server(repo, env, None) as server:
+        logits = np.stack([server.infer("hashee", [t])["logits"][0] for t in TEXTS]).astype(np.float32)
+    np.testing.assert_allclose(logits, want, atol=1e-4)
