@@ -70,6 +70,8 @@ def test_local_engine_numbers_rows_without_an_id(tiny_bundles, tmp_path):
 def test_column_resolution_and_errors(tiny_bundles, tmp_path, capsys):
     assert resolve_columns(["ID", "premise", "hypothesis"], None, None, None, tmp_path) == ("premise", "hypothesis", "ID")
     assert resolve_columns(["doc", "text"], None, None, "doc", tmp_path) == ("text", None, "doc")
+    # a known second-text column beside the text is the pair, as hashee.data and hashee predict read it
+    assert resolve_columns(["text", "text_b", "id"], None, None, None, tmp_path) == ("text", "text_b", "id")
     source = tmp_path / "x.jsonl"
     source.write_text(json.dumps({"body": "a"}) + "\n")
     assert main(["infer", str(tiny_bundles["bert"]), str(source), str(tmp_path / "o.jsonl")]) == 1

@@ -93,7 +93,7 @@ def input_columns(path: Path, fmt: str) -> list[str]:
 def resolve_columns(columns: list[str], text_column: str | None, pair_column: str | None,
                     id_column: str | None, path: Path) -> tuple[str, str | None, str | None]:
     """``(text, pair or None, id or None)`` column names, detected like ``hashee predict`` does."""
-    from hashee.data import PAIR_SCHEMAS, TEXT_CANDIDATES
+    from hashee.data import PAIR_CANDIDATES, PAIR_SCHEMAS, TEXT_CANDIDATES
 
     lower = {c.lower(): c for c in columns}
 
@@ -115,6 +115,8 @@ def resolve_columns(columns: list[str], text_column: str | None, pair_column: st
         text = next((lower[c] for c in TEXT_CANDIDATES if c in lower), None)
         if text is None:
             raise DataError(f"{path}: no text column among {', '.join(columns)}; pass --text-column")
+        if pair is None:  # as hashee.data does: a known second-text column next to the text
+            pair = next((lower[c] for c in PAIR_CANDIDATES if c in lower and lower[c] != text), None)
     ident = named(id_column, "id") if id_column else lower.get("id")
     return text, pair, ident
 
