@@ -250,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(2,000 sentences, with its 400-sentence dev sample as --dev)")
     p.add_argument("--dev", help="development data, evaluated after each epoch and at the end")
     p.add_argument("--hash", choices=HASH_KINDS, default="frequency", help="exit-table kind")
-    p.add_argument("--layers", type=int, help="L (default: the backbone's depth)")
-    p.add_argument("--buckets", type=int, help="B (default: L)")
+    p.add_argument("--layers", type=int, help="K: train the backbone's first K layers (default: all of them); "
+                                              "with --dense a static-depth model, FLOPs against the full depth")
+    p.add_argument("--buckets", type=int, help="B (default: the number of layers)")
     p.add_argument("--dense", action="store_true", help="train the same backbone without early exit")
     p.add_argument("--exit-table", help="use this exit table (a folder written by `hashee hash`) instead of --hash")
     p.add_argument("--target-speedup", type=float,

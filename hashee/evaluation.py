@@ -145,19 +145,28 @@ def _run_meta(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def reference_depth(meta: dict[str, Any]) -> int | None:
+    """Depth of the full dense model a run's FLOPs are compared with (``None``: the run's own depth)."""
+    depth = (meta.get("depth") or {}).get("backbone_layers")
+    return int(depth) if depth else None
+
+
 def predict_dataset(model: Any, dataset: TokenizedDataset, tokenizer: Any, kind: str, batch_size: int = 64,
-                    progress: bool = True, desc: str = "predict") -> tuple[np.ndarray, FlopsReport]:
+                    progress: bool = True, desc: str = "predict", reference_layers: int | None = None
+                    ) -> tuple[np.ndarray, FlopsReport]:
     """Run ``model`` over ``dataset`` (no grad, eval mode, length-sorted batches).
 
     Returns the logits in dataset order and the FLOPs report: exit layers come from the model's exit
-    table for HashEE (``model.exit_layers_for``) and are all ``L`` for dense models.
+    table for HashEE (``model.exit_layers_for``) and are all ``L`` for dense models.  FLOPs are
+    compared with a dense model of ``reference_layers`` layers (default: the model's own depth; a run
+    cut to the first layers of its backbone passes the backbone's depth).
     """
     import torch
     from tqdm.auto import tqdm
     from transformers import DataCollatorWithPadding
 
     config = model.dense.config if kind == "hashee" else model.config
-    dims = EncoderDims.from_config(config)
+    dims = EncoderDims.from_config(config).against(reference_layers)
     collator = DataCollatorWithPadding(tokenizer)
     device = next(model.parameters()).device
     order = np.argsort(-np.asarray(dataset.lengths), kind="stable")
@@ -227,7 +236,8 @@ def evaluate(run_dir: str | Path, data_file: str | Path, batch_size: int = 64, m
         if unknown and all(s.isdigit() and int(s) < config.num_labels for s in set(examples.labels)):
             label2id = {str(i): i for i in range(config.num_labels)}  # a model with names, data with ids
     dataset = tokenize_examples(examples, tokenizer, max_length, label2id)
-    logits, flops = predict_dataset(model, dataset, tokenizer, kind, batch_size, progress, "eval")
+    logits, flops = predict_dataset(model, dataset, tokenizer, kind, batch_size, progress, "eval",
+                                    reference_layers=reference_depth(meta))
     metrics: dict[str, float] = {}
     if examples.labels is not None:
         gold = np.asarray([f["labels"] for f in dataset.features])

@@ -8,12 +8,15 @@ FFN size ``f`` (DESIGN.md section 1, the seed's Table 10), the multiply-accumula
 
 and FLOPs = 2 x MACs.  The dense model is the same formula with ``m = n`` in every layer.  The
 classification head (pooler or dense layer, then the classifier) and an embedding projection
-(ALBERT, ELECTRA with a smaller embedding) are counted once per sequence / token in both.
+(ALBERT, ELECTRA with a smaller embedding) are counted once per sequence / token in both.  A model
+cut to its first K layers (a static-depth model) is compared with the full-depth dense model
+(``EncoderDims.reference_layers``).
 Padding costs nothing here: these are the FLOPs of the work, not of a padded implementation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +32,18 @@ class EncoderDims:
     intermediate_size: int
     num_labels: int = 2
     embedding_size: int | None = None  # set when embeddings are projected to hidden_size
+    # depth of the dense model FLOPs are compared with, when it is not this encoder's (a model cut to
+    # its first layers is measured against the full-depth model it came from)
+    reference_layers: int | None = None
+
+    @property
+    def dense_layers(self) -> int:
+        """Depth of the dense reference: ``reference_layers`` if set, else ``num_layers``."""
+        return self.reference_layers or self.num_layers
+
+    def against(self, reference_layers: int | None) -> "EncoderDims":
+        """The same sizes, compared with a dense model of ``reference_layers`` layers."""
+        return dataclasses.replace(self, reference_layers=reference_layers)
 
     @classmethod
     def from_config(cls, config: Any) -> "EncoderDims":
@@ -98,7 +113,7 @@ def batch_flops(exit_layers: Any, dims: EncoderDims) -> FlopsReport:
     layers = np.arange(1, L + 1)
     m = (exits[:, None, :] >= layers[None, :, None]).sum(axis=2)  # [batch, L]
     hashee = layer_macs(m, n[:, None], d, f).sum()
-    dense = layer_macs(n, n, d, f).sum() * L
+    dense = layer_macs(n, n, d, f).sum() * dims.dense_layers
     extra = 0.0
     if dims.embedding_size:
         extra += float(n.sum()) * dims.embedding_size * d

@@ -170,10 +170,11 @@ def _check_recipe(recipe: dict[str, Any]) -> None:
 
 
 def _table_size(depth: int, num_layers: Any, num_buckets: Any, backbone: Path) -> tuple[int, int]:
+    """L (the depth trained: the backbone's, or its first ``num_layers`` layers) and B of a run."""
     layers = depth if num_layers is None else num_layers
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers != depth:
-        raise HashConfigError(f"num_layers must equal the backbone's depth ({depth}) for {backbone}, got "
-                              f"{num_layers!r}; omit --layers to use {depth}")
+    if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= depth:
+        raise HashConfigError(f"--layers must be an integer in 1..{depth} (the depth of {backbone}), got "
+                              f"{num_layers!r}; a smaller K trains the backbone's first K layers")
     buckets = layers if num_buckets is None else num_buckets
     if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= layers:
         raise HashConfigError(f"num_buckets must be an integer in 1..{layers} (the number of layers), got "
@@ -199,7 +200,10 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
         output_dir: the run directory to write (model, tokenizer, ``hashee_train.json``).
         hash_kind: ``random``, ``random-incons``, ``frequency``, ``mi`` or ``cluster``; built on the
             training texts (and labels for ``mi``, the input embedding matrix for ``cluster``).
-        num_layers: L of the exit table (default and only accepted value: the backbone's depth).
+        num_layers: the depth to train, K in 1..the backbone's depth (default: all of it).  With K below
+            the backbone's depth the first K layers are kept (a static-depth model with ``dense``, a
+            K-layer HashEE model otherwise, its exit table built for K layers); FLOPs are then
+            reported against the full-depth dense model.
         num_buckets: B (default L), ``1 <= B <= L``.
         dense: train the backbone without early exit, with the same recipe.
         learning_rate, batch_size, epochs, warmup_ratio, weight_decay: the recipe (linear decay, AdamW).
@@ -259,9 +263,8 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     if output_dir.exists() and not output_dir.is_dir():
         raise TrainConfigError(f"output_dir {output_dir} exists and is not a folder")
     config = _load_config(backbone_path)
-    if not dense:
-        layers, buckets = _table_size(EncoderDims.from_config(config).num_layers, num_layers, num_buckets,
-                                      backbone_path)
+    depth = EncoderDims.from_config(config).num_layers
+    layers, buckets = _table_size(depth, num_layers, num_buckets, backbone_path)
     columns = (text_column, pair_column, label_column)
     task = _load_task(Path(train_file), Path(dev_file) if dev_file is not None else None, columns, regression)
     tokenizer = _load_tokenizer(backbone_path)
@@ -284,6 +287,10 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
         raise BackboneError(f"cannot load {backbone_path} as a sequence classifier: {exc}") from exc
     finally:
         transformers.logging.set_verbosity(verbosity)
+    reference = depth if layers < depth else None
+    if reference is not None:
+        _truncate(model, layers)
+    dims = EncoderDims.from_config(model.config).against(reference)
     table = None
     if not dense:
         embeddings = model.get_input_embeddings().weight.detach().cpu().numpy() if hash_kind == "cluster" else None
@@ -292,7 +299,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
             table = exit_table
         elif target_speedup is not None:
             table = calibrate_budget(tokenizer, task.train.inputs(), target_speedup, layers, buckets,
-                                     dims=EncoderDims.from_config(config), max_length=max_length)
+                                     dims=dims, max_length=max_length)
         else:
             table = build_exit_table(hash_kind, tokenizer, texts=task.train.inputs(), labels=labels,
                                      num_layers=layers, num_buckets=buckets, embeddings=embeddings, seed=seed)
@@ -310,11 +317,11 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     kind = "dense" if dense else "hashee"
     metrics = None
     if dev_set is not None:
-        logits, flops = predict_dataset(model, dev_set, tokenizer, kind, max(batch_size, 64), progress, "dev")
+        logits, flops = predict_dataset(model, dev_set, tokenizer, kind, max(batch_size, 64), progress, "dev",
+                                        reference_layers=reference)
         metrics = compute_metrics(logits, task.dev.label_ids(task.label_map), task.regression,
                                   None if task.regression else task.num_labels)
     else:
-        dims = EncoderDims.from_config(model.dense.config if table is not None else model.config)
         flops = table_flops(table, train_set, dims)
 
     # ---- save the run
@@ -329,6 +336,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
                  "column_flags": dict(zip(("text", "pair", "label"), columns)), "columns": task.train.columns,
                  "train_examples": len(task.train), "dev_examples": len(task.dev) if task.dev is not None else None},
         "recipe": recipe,
+        "depth": {"layers": layers, "backbone_layers": depth},
         "exit_table": ({"hash_kind": table.kind, "num_layers": layers, "num_buckets": buckets,
                         "histogram": table.histogram(), **table.to_meta()} if table is not None else None),
         "train": {"global_step": output.global_step, "train_loss": output.training_loss,
@@ -343,6 +351,13 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     return TrainResult(output_dir=output_dir, kind=kind, metrics=metrics, flops=flops,
                        train_loss=output.training_loss, global_step=output.global_step,
                        log_history=list(trainer.state.log_history), exit_table=table, model=model)
+
+
+def _truncate(model: Any, layers: int) -> None:
+    """Keep the first ``layers`` encoder layers of a Hugging Face classifier (a static-depth model)."""
+    from hashee.modeling.backbones import family_for
+
+    family_for(model.config).truncate(model, layers)
 
 
 def _make_trainer(model: Any, tokenizer: Any, train_set: TokenizedDataset, dev_set: TokenizedDataset | None,

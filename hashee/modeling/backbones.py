@@ -53,6 +53,30 @@ class BackboneFamily:
     def num_layers(self, config) -> int:
         return int(config.num_hidden_layers)
 
+    def layer_list(self, dense: nn.Module) -> nn.ModuleList:
+        """The module list holding the encoder's layers."""
+        return self.base(dense).encoder.layer
+
+    def truncate(self, dense: nn.Module, num_layers: int) -> nn.Module:
+        """Keep the first ``num_layers`` encoder layers of ``dense`` (in place; the config follows).
+
+        The result equals the same family's model built with ``num_layers`` layers from the same
+        weights: a static-depth model.  Raises :class:`BackboneError` for a depth the backbone lacks.
+        """
+        depth = self.num_layers(dense.config)
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= depth:
+            raise BackboneError(f"cannot keep {num_layers!r} layers of a {depth}-layer {self.model_type} backbone; "
+                                f"pass --layers in 1..{depth}")
+        if num_layers < depth:
+            holder = self.layer_list(dense)
+            kept = nn.ModuleList(list(holder)[:num_layers])
+            self._set_layers(dense, kept)
+            dense.config.num_hidden_layers = num_layers
+        return dense
+
+    def _set_layers(self, dense: nn.Module, layers: nn.ModuleList) -> None:
+        self.base(dense).encoder.layer = layers
+
     def check(self, config) -> None:
         """Raise :class:`BackboneError` for a configuration the HashEE encoder cannot run."""
         if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
@@ -130,6 +154,19 @@ class AlbertFamily(BackboneFamily):
         hidden = dense.albert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         return dense.albert.encoder.embedding_hidden_mapping_in(hidden)
 
+    def truncate(self, dense, num_layers):
+        """ALBERT shares its layers: keeping K of them means applying the shared group K times."""
+        depth = self.num_layers(dense.config)
+        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or not 1 <= num_layers <= depth:
+            raise BackboneError(f"cannot keep {num_layers!r} layers of a {depth}-layer albert backbone; "
+                                f"pass --layers in 1..{depth}")
+        groups = int(dense.config.num_hidden_groups)
+        if num_layers < depth and groups != 1:
+            raise BackboneError(f"cannot truncate an ALBERT backbone with num_hidden_groups={groups}: its layers "
+                                f"map to groups by depth, so fewer layers would change which weights each uses")
+        dense.config.num_hidden_layers = num_layers
+        return dense
+
     def hf_layer(self, dense, index):
         config = dense.config
         group = int(index / (config.num_hidden_layers / config.num_hidden_groups))
@@ -159,6 +196,13 @@ class DistilBertFamily(BackboneFamily):
 
     def num_layers(self, config):
         return int(config.n_layers)
+
+    def layer_list(self, dense):
+        return dense.distilbert.transformer.layer
+
+    def _set_layers(self, dense, layers):
+        dense.distilbert.transformer.layer = layers
+        dense.distilbert.transformer.n_layers = len(layers)
 
     def embed(self, dense, input_ids, token_type_ids):
         return dense.distilbert.embeddings(input_ids)
