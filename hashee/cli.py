@@ -464,7 +464,83 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop training after this many optimiser steps")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(handler=cmd_demo)
+    add_frontier_parser(sub)
     return parser
+
+
+def _numbers(kind: type, what: str) -> Callable[[str], list]:
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a comma-separated list, e.g. {'2,3,4' if kind is int else '1.5,2,2.5'}; "
+                                             f"got {text!r}") from None
+    return parse
+
+
+def add_frontier_parser(sub: argparse._SubParsersAction) -> None:
+    """``hashee frontier``: dense, static-depth and HashEE runs over seeds, resumable, with reports."""
+    p = sub.add_parser("frontier", help="accuracy against FLOPs: dense, static-depth and HashEE runs over seeds",
+                       description="Train the full-depth dense model, its first-K-layer (static-depth) models and "
+                                   "HashEE at calibrated FLOPs reductions, each over several seeds, with one recipe; "
+                                   "finished runs are skipped, so an interrupted frontier resumes. Writes "
+                                   "frontier.json, frontier.md and frontier.png into the output folder.")
+    p.add_argument("--train", required=True, help="training data (.tsv/.csv/.jsonl)")
+    p.add_argument("--dev", required=True, help="development data the points are scored on")
+    p.add_argument("--backbone", help="Hugging Face model folder (default: the offline all-MiniLM-L6-v2)")
+    p.add_argument("--depths", type=_numbers(int, "--depths"), default=[2, 3, 4],
+                   help="static depths K (the backbone's first K layers; default 2,3,4)")
+    p.add_argument("--speedups", type=_numbers(float, "--speedups"), default=[1.5, 2.0, 2.5, 3.0],
+                   help="HashEE FLOPs reductions to calibrate frequency tables to (default 1.5,2,2.5,3)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per point (default 3: --seed, --seed+1, ...)")
+    p.add_argument("--seed", type=int, default=42, help="first seed (default 42)")
+    p.add_argument("--no-dense", action="store_true", help="skip the full-depth dense point")
+    p.add_argument("--report-only", action="store_true", help="rewrite the reports from finished runs; train nothing")
+    recipe = p.add_argument_group("recipe (defaults: the seed recipe; what differs names the points)")
+    recipe.add_argument("--lr", type=float, default=5e-5)
+    recipe.add_argument("--batch-size", type=int, default=32)
+    recipe.add_argument("--epochs", type=float, default=3.0)
+    recipe.add_argument("--warmup-ratio", type=float, default=0.1)
+    recipe.add_argument("--weight-decay", type=float, default=0.01)
+    recipe.add_argument("--max-length", type=int, default=128)
+    recipe.add_argument("--max-steps", type=int, help="stop each run after this many optimiser steps")
+    recipe.add_argument("--teacher", help="'dense' (each seed's own dense run) or a run directory to distil from")
+    recipe.add_argument("--distill-alpha", type=float, default=0.5)
+    recipe.add_argument("--distill-temperature", type=float, default=2.0)
+    recipe.add_argument("--init", help="'dense' (start static and HashEE runs from each seed's fine-tuned dense run) "
+                                       "or a model folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-o", "--output", required=True, help="frontier folder (runs/ and the reports)")
+    _add_columns(p)
+    p.set_defaults(handler=cmd_frontier)
+
+
+def cmd_frontier(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hashee.bench import frontier
+
+    job = frontier.FrontierJob(
+        train_file=Path(args.train), dev_file=Path(args.dev), output_dir=Path(args.output),
+        backbone=Path(args.backbone) if args.backbone else None, base_seed=args.seed, progress=not args.quiet,
+        columns={"text_column": _column(args.text_column), "pair_column": _column(args.pair_column),
+                 "label_column": _column(args.label_column)})
+    if args.report_only:
+        files = frontier.write_reports(job.output_dir)
+    else:
+        recipe = {"learning_rate": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
+                  "warmup_ratio": args.warmup_ratio, "weight_decay": args.weight_decay,
+                  "max_length": args.max_length, "max_steps": args.max_steps, "teacher": args.teacher,
+                  "distill_alpha": args.distill_alpha, "distill_temperature": args.distill_temperature,
+                  "init": args.init}
+        points = frontier.plan_points(frontier.backbone_depth(job.backbone), args.depths, args.speedups, recipe,
+                                      seeds=args.seeds, dense=not args.no_dense)
+        result = frontier.run_frontier(job, points, seeds=args.seeds)
+        print(f"trained {len(result.trained)} runs, {len(result.skipped)} already finished")
+        files = result.files
+    print(files[1].read_text())
+    print("wrote " + ", ".join(str(f) for f in files))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

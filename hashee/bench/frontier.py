@@ -1,0 +1,432 @@
+"""``hashee frontier``: accuracy against FLOPs for dense, static-depth and HashEE models, over seeds.
+
+What a user would deploy instead of HashEE decides whether it pays: the full-depth dense model and the
+same backbone cut to its first K layers (a static-depth model).  :func:`run_frontier` trains, for one
+recipe, the dense model, each static depth and HashEE at each calibrated FLOPs reduction, each over
+several seeds, with :func:`hashee.training.train`.  Runs land in ``DIR/runs/<point>/seed<S>``; a run
+whose ``hashee_train.json`` exists is finished and skipped, so an interrupted frontier resumes where
+it stopped.  After every run the reports are rewritten from whatever is finished:
+
+* ``frontier.json``: ``{"task", "metric", "backbone", "points": [{"name", "kind", "layers",
+  "flops_reduction", "recipe", "scores", "mean", "std", "command", ...}]}``;
+* ``frontier.md``: mean +/- std against FLOPs reduction, and for each HashEE point its gain over the
+  static curve of the same recipe, interpolated (in log FLOPs) at the point's FLOPs reduction;
+* ``frontier.png``: the Pareto plot.
+
+A recipe is the training options that differ from the seed recipe; they name the points (``static-L3``
+with the seed recipe, ``static-L3+kd-a0.9`` with distillation), so several recipes share one folder
+and each is compared with static models trained the same way.  ``teacher="dense"`` distils every
+static and HashEE run from the frontier's own dense run of the same seed; ``init="dense"`` starts them
+from it (its first K layers for a static point).  Runs go seed by seed, so one seed of the whole
+frontier is finished before the next seed starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from hashee.errors import TrainConfigError
+
+FRONTIER_JSON, FRONTIER_MD, FRONTIER_PNG = "frontier.json", "frontier.md", "frontier.png"
+POINT_META = "point.json"
+RUN_META = "hashee_train.json"  # written last by hashee.training.train: its presence marks a finished run
+
+# the seed recipe (hashee train's defaults); a frontier recipe lists what differs from it
+SEED_RECIPE: dict[str, Any] = {"learning_rate": 5e-5, "batch_size": 32, "epochs": 3.0, "warmup_ratio": 0.1,
+                               "weight_decay": 0.01, "max_length": 128, "max_steps": None, "teacher": None,
+                               "distill_alpha": 0.5, "distill_temperature": 2.0, "init": None}
+# short names of recipe options in point names, and their ``hashee train`` flags
+_SHORT = {"learning_rate": "lr", "batch_size": "bs", "epochs": "ep", "warmup_ratio": "wu", "weight_decay": "wd",
+          "max_length": "len", "max_steps": "steps", "teacher": "kd", "distill_alpha": "a",
+          "distill_temperature": "T", "init": "init"}
+_FLAGS = {"learning_rate": "--lr", "batch_size": "--batch-size", "epochs": "--epochs",
+          "warmup_ratio": "--warmup-ratio", "weight_decay": "--weight-decay", "max_length": "--max-length",
+          "max_steps": "--max-steps", "teacher": "--teacher", "distill_alpha": "--distill-alpha",
+          "distill_temperature": "--distill-temperature"}
+# what the dense point of a recipe leaves out: it is the teacher and the initialisation of the others
+_DISTILLATION = ("teacher", "distill_alpha", "distill_temperature", "init")
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    """One point of the frontier: a model kind at a depth or FLOPs target, trained with a recipe."""
+
+    kind: str  # "dense", "static" or "hashee"
+    layers: int
+    target_speedup: float | None
+    recipe: dict[str, Any] = field(hash=False)
+    depth: int = 0  # the backbone's depth (static points keep its first ``layers``)
+
+    def teacher(self) -> "FrontierPoint":
+        """The frontier's dense point trained with this recipe (without distillation): the teacher."""
+        return FrontierPoint("dense", self.depth, None, undistilled(self.recipe), self.depth)
+
+    @property
+    def name(self) -> str:
+        """Folder name: kind and size, then the recipe's differences from the seed recipe."""
+        if self.kind == "hashee":
+            base = f"hashee-{self.target_speedup:g}x"
+        else:
+            base = f"{self.kind}-L{self.layers}"
+        tag = recipe_tag(self.recipe)
+        return f"{base}+{tag}" if tag else base
+
+
+def recipe_tag(recipe: dict[str, Any]) -> str:
+    """``lr0.0001_kd_a0.9``: the options that differ from the seed recipe, in a fixed order."""
+    parts = []
+    for key in _SHORT:
+        if key not in recipe or recipe[key] == SEED_RECIPE[key]:
+            continue
+        if key in ("distill_alpha", "distill_temperature") and not recipe.get("teacher"):
+            continue
+        value = recipe[key]
+        if key in ("teacher", "init"):
+            value = "" if value == "dense" else "-" + Path(str(value)).name
+        parts.append(f"{_SHORT[key]}{value:g}" if isinstance(value, float) else f"{_SHORT[key]}{value}")
+    return "_".join(parts)
+
+
+def undistilled(recipe: dict[str, Any]) -> dict[str, Any]:
+    """``recipe`` without its distillation and initialisation options (the recipe of its dense point)."""
+    return {**recipe, **{key: SEED_RECIPE[key] for key in _DISTILLATION}}
+
+
+def check_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The seed recipe updated with ``recipe``; unknown options are a :class:`TrainConfigError`."""
+    unknown = sorted(set(recipe) - set(SEED_RECIPE))
+    if unknown:
+        raise TrainConfigError(f"unknown recipe options {unknown}; a frontier recipe takes {sorted(SEED_RECIPE)}")
+    return {**SEED_RECIPE, **recipe}
+
+
+def _check_grid(depth: int, depths: Sequence[int], speedups: Sequence[float], seeds: int) -> None:
+    bad = [k for k in depths if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < depth]
+    if bad:
+        raise TrainConfigError(f"static depths must lie in 1..{depth - 1} (the backbone has {depth} layers), got {bad}")
+    bad = [x for x in speedups if not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 1]
+    if bad:
+        raise TrainConfigError(f"FLOPs reductions must be numbers above 1, got {bad}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise TrainConfigError(f"seeds must be a positive number of seeds, got {seeds!r}")
+
+
+def plan_points(depth: int, depths: Sequence[int], speedups: Sequence[float], recipe: dict[str, Any],
+                seeds: int = 3, dense: bool = True) -> list[FrontierPoint]:
+    """The points of one recipe: full-depth dense (without distillation: it is the teacher), static, HashEE."""
+    _check_grid(depth, depths, speedups, seeds)
+    recipe = check_recipe(recipe)
+    points = [FrontierPoint("dense", depth, None, undistilled(recipe), depth)] if dense else []
+    points += [FrontierPoint("static", k, None, recipe, depth) for k in sorted(set(depths), reverse=True)]
+    points += [FrontierPoint("hashee", depth, float(x), recipe, depth) for x in sorted(set(speedups))]
+    return points
+
+
+# ------------------------------------------------------------------------------------- running
+
+@dataclass
+class FrontierJob:
+    """What :func:`run_frontier` needs besides the grid: data, backbone, output, how to train."""
+
+    train_file: Path
+    dev_file: Path
+    output_dir: Path
+    backbone: Path | None = None
+    base_seed: int = 42
+    columns: dict[str, Any] = field(default_factory=dict)  # text_column, pair_column, label_column
+    progress: bool = True
+
+    def run_dir(self, point: FrontierPoint, seed: int) -> Path:
+        return self.output_dir / "runs" / point.name / f"seed{seed}"
+
+    def seeds(self, count: int) -> list[int]:
+        return [self.base_seed + i for i in range(count)]
+
+
+def train_kwargs(job: FrontierJob, point: FrontierPoint, seed: int) -> dict[str, Any]:
+    """The :func:`hashee.training.train` arguments of one run."""
+    recipe = dict(point.recipe)
+    teacher, init = recipe.pop("teacher"), recipe.pop("init")
+    kwargs: dict[str, Any] = {"train_file": job.train_file, "dev_file": job.dev_file,
+                              "output_dir": job.run_dir(point, seed), "seed": seed, **job.columns, **recipe}
+    if init is not None:  # start from a fine-tuned model: the frontier's dense run of this seed, or a folder
+        kwargs["backbone"] = job.run_dir(point.teacher(), seed) if init == "dense" else Path(init)
+    if teacher == "dense":
+        teacher = job.run_dir(point.teacher(), seed)
+    kwargs["teacher"] = teacher
+    if teacher is None:
+        kwargs.pop("distill_alpha"), kwargs.pop("distill_temperature")
+    if point.kind == "dense":
+        kwargs["dense"] = True
+    elif point.kind == "static":
+        kwargs.update(dense=True, num_layers=point.layers)
+    else:
+        kwargs["target_speedup"] = point.target_speedup
+    return kwargs
+
+
+def train_command(job: FrontierJob, point: FrontierPoint, seed: int | str = "SEED") -> str:
+    """The ``hashee train`` command line that makes one seed of ``point``."""
+    kwargs = train_kwargs(job, point, 0)
+    run_dir = job.run_dir(point, 0).parent / f"seed{seed}"
+    words = ["hashee", "train", "--train", str(job.train_file), "--dev", str(job.dev_file)]
+    backbone = job.backbone
+    if point.recipe.get("init") is not None:
+        backbone = job.run_dir(point.teacher(), 0).parent / f"seed{seed}" if point.recipe["init"] == "dense" \
+            else point.recipe["init"]
+    if backbone is not None:
+        words += ["--backbone", str(backbone)]
+    if kwargs.get("dense"):
+        words.append("--dense")
+    if "num_layers" in kwargs:
+        words += ["--layers", str(kwargs["num_layers"])]
+    if "target_speedup" in kwargs:
+        words += ["--target-speedup", f"{kwargs['target_speedup']:g}"]
+    for key, flag in _FLAGS.items():
+        value = point.recipe.get(key)
+        if key in ("distill_alpha", "distill_temperature") and not point.recipe.get("teacher"):
+            continue
+        if value == "dense":
+            value = job.run_dir(point.teacher(), 0).parent / f"seed{seed}"
+        if value != SEED_RECIPE[key]:
+            words += [flag, str(value)]
+    for key, value in job.columns.items():
+        if value is not None:
+            words += [f"--{key.replace('_', '-')}", str(value)]
+    words += ["--seed", str(seed), "-o", str(run_dir)]
+    return shlex.join(words)
+
+
+@dataclass
+class FrontierResult:
+    """What :func:`run_frontier` did: runs trained now, runs found finished, the report paths."""
+
+    trained: list[Path]
+    skipped: list[Path]
+    report: dict[str, Any]
+    files: list[Path]
+
+
+def run_frontier(job: FrontierJob, points: Sequence[FrontierPoint], seeds: int = 3,
+                 trainer: Callable[..., Any] | None = None) -> FrontierResult:
+    """Train every (point, seed) not yet finished, in order, rewriting the reports after each run.
+
+    ``trainer`` defaults to :func:`hashee.training.train` (tests pass it too, to count calls).
+    """
+    from tqdm.auto import tqdm
+
+    if trainer is None:
+        from hashee.training import train as trainer
+    # seed by seed: a whole first frontier early, then its error bars; a seed's dense run comes first
+    jobs = [(seed, point) for seed in job.seeds(seeds) for point in points]
+    trained: list[Path] = []
+    skipped: list[Path] = []
+    bar = tqdm(jobs, desc="frontier", unit="run", disable=not job.progress)
+    for seed, point in bar:
+        run_dir = job.run_dir(point, seed)
+        _write_point(job, point)
+        if finished(run_dir, point):
+            skipped.append(run_dir)
+            continue
+        bar.set_postfix_str(f"{point.name} seed {seed}")
+        kwargs = {"backbone": job.backbone, **train_kwargs(job, point, seed)}
+        trainer(kwargs.pop("backbone"), progress=job.progress, **kwargs)
+        trained.append(run_dir)
+        write_reports(job.output_dir)
+    files = write_reports(job.output_dir)
+    return FrontierResult(trained, skipped, collect(job.output_dir), files)
+
+
+def _write_point(job: FrontierJob, point: FrontierPoint) -> None:
+    folder = job.output_dir / "runs" / point.name
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"name": point.name, "kind": point.kind, "layers": point.layers, "backbone_layers": point.depth,
+            "target_speedup": point.target_speedup, "recipe": point.recipe,
+            "command": train_command(job, point)}
+    path = folder / POINT_META
+    if not path.is_file() or json.loads(path.read_text()) != json.loads(json.dumps(meta)):
+        path.write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def finished(run_dir: Path, point: FrontierPoint) -> bool:
+    """True when ``run_dir`` holds a finished run of ``point``; a run of another recipe is an error."""
+    meta_path = run_dir / RUN_META
+    if not meta_path.is_file():
+        return False
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError:
+        return False  # cut short while writing: train it again
+    recipe = meta.get("recipe") or {}
+    for key in ("learning_rate", "batch_size", "epochs", "warmup_ratio", "weight_decay", "max_length", "max_steps"):
+        if recipe.get(key) != point.recipe[key]:
+            raise TrainConfigError(f"{run_dir} was trained with {key}={recipe.get(key)!r}, not "
+                                   f"{point.recipe[key]!r}; move it away or use another output folder")
+    return True
+
+
+# ------------------------------------------------------------------------------------- reports
+
+def collect(output_dir: Path) -> dict[str, Any]:
+    """``frontier.json``'s content from every finished run under ``output_dir/runs``."""
+    points, task, metric, backbone = [], None, None, None
+    for folder in sorted((output_dir / "runs").glob(f"*/{POINT_META}")):
+        meta = json.loads(folder.read_text())
+        scores, reductions = [], []
+        for run in sorted(folder.parent.glob(f"seed*/{RUN_META}"), key=lambda p: int(p.parent.name[4:])):
+            record = json.loads(run.read_text())
+            metrics = record.get("dev_metrics") or {}
+            metric = metric or ("accuracy" if "accuracy" in metrics else "pearson_spearman_mean")
+            if metric not in metrics:
+                continue
+            task, backbone = task or record.get("task"), backbone or record.get("backbone")
+            scores.append(100.0 * float(metrics[metric]))
+            reductions.append(float((record.get("flops") or {}).get("reduction") or 1.0))
+        if not scores:
+            continue
+        points.append({"name": meta["name"], "kind": meta["kind"], "layers": meta["layers"],
+                       "flops_reduction": float(np.mean(reductions)), "recipe": meta["recipe"],
+                       "scores": scores, "mean": float(np.mean(scores)),
+                       "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+                       "seeds": len(scores), "command": meta["command"]})
+    _add_gains(points)
+    return {"task": task, "metric": metric, "backbone": backbone, "points": points}
+
+
+def _members(points: list[dict[str, Any]], recipe: dict[str, Any]) -> list[dict[str, Any]]:
+    """The points trained with ``recipe``, and the dense point it distils from (or is compared with)."""
+    tag, teacher_tag = recipe_tag(recipe), recipe_tag(undistilled(recipe))
+    return [p for p in points if recipe_tag(p["recipe"]) == (teacher_tag if p["kind"] == "dense" else tag)]
+
+
+def static_curve(points: list[dict[str, Any]], recipe: dict[str, Any]) -> list[tuple[float, float]]:
+    """(FLOPs reduction, mean) of the dense and static points of one recipe, by reduction."""
+    return sorted((p["flops_reduction"], p["mean"]) for p in _members(points, recipe)
+                  if p["kind"] in ("dense", "static"))
+
+
+def _recipes(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One recipe per tag among the static and HashEE points (the dense point alone: its own)."""
+    recipes: dict[str, dict[str, Any]] = {}
+    for point in sorted(points, key=lambda p: p["kind"] == "dense"):
+        recipes.setdefault(recipe_tag(point["recipe"]), point["recipe"])
+    return [recipes[tag] for tag in sorted(recipes)]
+
+
+def interpolate(curve: list[tuple[float, float]], reduction: float) -> tuple[float | None, bool]:
+    """The curve's score at ``reduction`` (linear in log FLOPs) and whether it is extrapolated."""
+    if len(curve) < 2:
+        return None, False
+    xs = np.log([x for x, _ in curve])
+    ys = np.array([y for _, y in curve])
+    x = math.log(reduction)
+    if xs[0] <= x <= xs[-1]:
+        return float(np.interp(x, xs, ys)), False
+    i, j = (0, 1) if x < xs[0] else (-2, -1)
+    slope = (ys[j] - ys[i]) / (xs[j] - xs[i]) if xs[j] != xs[i] else 0.0
+    return float(ys[i] + slope * (x - xs[i])), True
+
+
+def _add_gains(points: list[dict[str, Any]]) -> None:
+    for point in points:
+        if point["kind"] != "hashee":
+            continue
+        # distillation recipes are compared with static models distilled the same way, plus the dense teacher
+        curve = static_curve(points, point["recipe"])
+        at, extrapolated = interpolate(curve, point["flops_reduction"])
+        point["static_at_same_flops"] = at
+        point["gain_over_static"] = None if at is None else point["mean"] - at
+        point["static_extrapolated"] = extrapolated
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """``frontier.md``: one table per recipe, then the plot's file name."""
+    points = report["points"]
+    metric = report.get("metric") or "score"
+    lines = [f"# Accuracy against FLOPs ({report.get('task') or 'task'}, {metric}, dev)", "",
+             f"Backbone: `{report.get('backbone')}`. FLOPs reduction: analytic, against the full-depth dense "
+             f"model, measured on the dev file. Gain: HashEE mean minus the static curve of the same recipe "
+             f"(dense and static-depth points, linear in log FLOPs) at the same FLOPs reduction "
+             f"(* = extrapolated beyond the static points).", ""]
+    for recipe in _recipes(points):
+        tag = recipe_tag(recipe)
+        rows = _members(points, recipe)
+        lines += [f"## Recipe: {tag or 'seed recipe (lr 5e-5, batch 32, 3 epochs, warm-up 0.1)'}", "",
+                  "| point | kind | layers | FLOPs reduction | mean +/- std | seeds | gain over static |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for p in sorted(rows, key=lambda p: p["flops_reduction"]):
+            gain = p.get("gain_over_static")
+            gain_text = "" if p["kind"] != "hashee" else (
+                "n/a" if gain is None else f"{gain:+.2f}{'*' if p.get('static_extrapolated') else ''}")
+            lines.append(f"| {p['name']} | {p['kind']} | {p['layers']} | {p['flops_reduction']:.2f}x | "
+                         f"{p['mean']:.2f} +/- {p['std']:.2f} | {p['seeds']} | {gain_text} |")
+        lines.append("")
+    lines += ["Commands (one seed each; `hashee frontier` runs them all):", ""]
+    lines += [f"- `{p['name']}`: `{p['command']}`" for p in points]
+    lines += ["", f"Plot: `{FRONTIER_PNG}`.", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: Path) -> Path | None:
+    """The Pareto plot (matplotlib, no display): score against FLOPs reduction, one colour per recipe."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    points = report["points"]
+    for recipe in _recipes(points):
+        label = recipe_tag(recipe) or "seed recipe"
+        curve = static_curve(points, recipe)
+        if curve:
+            axes.plot([x for x, _ in curve], [y for _, y in curve], "o--", label=f"dense/static ({label})")
+        ours = sorted((p["flops_reduction"], p["mean"], p["std"]) for p in _members(points, recipe)
+                      if p["kind"] == "hashee")
+        if ours:
+            axes.errorbar([x for x, _, _ in ours], [y for _, y, _ in ours], yerr=[s for _, _, s in ours],
+                          fmt="s-", capsize=3, label=f"HashEE ({label})")
+    axes.set_xscale("log")
+    axes.set_xlabel("FLOPs reduction vs full-depth dense (log)")
+    axes.set_ylabel(f"dev {report.get('metric') or 'score'} (%)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def write_reports(output_dir: Path) -> list[Path]:
+    """Rewrite ``frontier.json``, ``frontier.md`` and ``frontier.png`` from the finished runs."""
+    report = collect(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    files = [output_dir / FRONTIER_JSON, output_dir / FRONTIER_MD]
+    files[0].write_text(json.dumps(report, indent=2) + "\n")
+    files[1].write_text(format_markdown(report))
+    if report["points"]:
+        png = plot(report, output_dir / FRONTIER_PNG)
+        if png is not None:
+            files.append(png)
+    return files
+
+
+def backbone_depth(backbone: Path | None) -> int:
+    """The encoder depth of a backbone folder (default: the offline all-MiniLM-L6-v2)."""
+    from hashee.flops import EncoderDims
+    from hashee.training import _load_config, _resolve_backbone
+
+    return EncoderDims.from_config(_load_config(_resolve_backbone(backbone))).num_layers
+
+
+__all__ = ["FrontierJob", "FrontierPoint", "FrontierResult", "collect", "interpolate", "plan_points",
+           "run_frontier", "write_reports"]

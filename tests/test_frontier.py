@@ -1,0 +1,159 @@
+"""hashee frontier: dense, static-depth and HashEE points over seeds, resumable, with reports."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hashee.bench import frontier
+from hashee.errors import TrainConfigError
+
+torch = pytest.importorskip("torch")
+STEPS = {"max_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.0}
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory, minilm_tokenizer):
+    """A tiny random 3-layer BERT with the MiniLM tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
+    minilm_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _head(path, rows, dst):
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    dst.write_text("\n".join(lines[: rows + 1]) + "\n")
+    return dst
+
+
+def test_points_are_named_by_kind_size_and_recipe():
+    points = frontier.plan_points(6, [2, 3], [2.0, 1.5], {"teacher": "dense", "distill_alpha": 0.9}, seeds=2)
+    assert [p.name for p in points] == ["dense-L6", "static-L3+kd_a0.9", "static-L2+kd_a0.9", "hashee-1.5x+kd_a0.9",
+                                        "hashee-2x+kd_a0.9"]
+    assert points[0].recipe["teacher"] is None  # the dense point is the teacher: it is not distilled
+    plain = frontier.plan_points(6, [2], [2.5], {}, seeds=1)
+    assert [p.name for p in plain] == ["dense-L6", "static-L2", "hashee-2.5x"]
+    assert frontier.recipe_tag({**frontier.SEED_RECIPE, "learning_rate": 1e-4, "epochs": 5.0}) == "lr0.0001_ep5"
+    for depths, speedups, seeds, pattern in (([6], [2.0], 1, "1..5"), ([0], [2.0], 1, "1..5"),
+                                             ([2], [1.0], 1, "above 1"), ([2], [2.0], 0, "positive")):
+        with pytest.raises(TrainConfigError, match=pattern):
+            frontier.plan_points(6, depths, speedups, {}, seeds=seeds)
+    with pytest.raises(TrainConfigError, match="unknown recipe options"):
+        frontier.plan_points(6, [2], [2.0], {"lr": 1e-4})
+
+
+def test_distilled_points_learn_from_the_dense_run_of_their_seed(tmp_path):
+    calls = []
+
+    def fake_train(backbone, **kwargs):  # records what the frontier asks for; writes a finished run
+        calls.append({**kwargs, "backbone": backbone})
+        out = kwargs["output_dir"]
+        out.mkdir(parents=True)
+        layers = kwargs.get("num_layers", 6)
+        reduction = kwargs.get("target_speedup") or 6 / layers
+        # linear in log FLOPs; HashEE 3 points above the static line
+        score = 0.8 - 0.05 * math.log(reduction) + (0.03 if "target_speedup" in kwargs else 0) + 0.001 * kwargs["seed"]
+        recipe = {k: kwargs.get(k, frontier.SEED_RECIPE[k]) for k in frontier.SEED_RECIPE}
+        recipe["teacher"] = str(recipe["teacher"]) if recipe["teacher"] else None
+        (out / frontier.RUN_META).write_text(json.dumps(
+            {"task": "classification", "backbone": "tiny", "recipe": recipe,
+             "dev_metrics": {"accuracy": score}, "flops": {"reduction": reduction}}))
+
+    job = frontier.FrontierJob(tmp_path / "a.tsv", tmp_path / "b.tsv", tmp_path / "out", progress=False)
+    points = frontier.plan_points(6, [2, 3], [2.5], {"teacher": "dense", "distill_alpha": 0.9, "init": "dense"},
+                                  seeds=2)
+    assert [p.name for p in points][1:] == ["static-L3+kd_a0.9_init", "static-L2+kd_a0.9_init",
+                                            "hashee-2.5x+kd_a0.9_init"]
+    result = frontier.run_frontier(job, points, seeds=2, trainer=fake_train)
+    assert len(result.trained) == 8 and not result.skipped
+    dense_runs = [c["output_dir"] for c in calls if c.get("dense") and "num_layers" not in c]
+    assert [c.get("teacher") for c in calls if c.get("dense") and "num_layers" not in c] == [None, None]
+    assert [call["seed"] for call in calls] == [42] * 4 + [43] * 4  # seed by seed, its dense run first
+    for call in calls:
+        if call.get("teacher") is not None:
+            assert call["teacher"] == dense_runs[call["seed"] - 42] and call["distill_alpha"] == 0.9
+            assert call["backbone"] == dense_runs[call["seed"] - 42]
+    assert sum(call.get("teacher") is not None for call in calls) == 6
+    report = json.loads((tmp_path / "out" / frontier.FRONTIER_JSON).read_text())
+    point = next(p for p in report["points"] if p["kind"] == "hashee")
+    # the static curve of the same recipe at 2.5x: dense (1x) and static L3 (2x), L2 (3x), linear in log FLOPs
+    means = {p["name"]: p["mean"] for p in report["points"]}
+    x = [math.log(1.0), math.log(2.0), math.log(3.0)]
+    y = [means["dense-L6"], means["static-L3+kd_a0.9_init"], means["static-L2+kd_a0.9_init"]]
+    assert point["gain_over_static"] == pytest.approx(point["mean"] - np.interp(math.log(2.5), x, y))
+    assert point["gain_over_static"] == pytest.approx(3.0, abs=1e-6)
+    assert "--teacher" in point["command"] and "dense-L6/seedSEED" in point["command"]
+    assert "--backbone" in point["command"]
+    again = frontier.run_frontier(job, points, seeds=2, trainer=fake_train)
+    assert not again.trained and len(again.skipped) == 8
+
+
+def test_interpolation_extrapolates_and_says_so():
+    curve = [(1.0, 84.0), (2.0, 78.0), (3.0, 76.0)]
+    assert frontier.interpolate(curve, 2.0) == (pytest.approx(78.0), False)
+    value, extrapolated = frontier.interpolate(curve, 4.0)
+    assert extrapolated and value < 76.0
+    assert frontier.interpolate(curve[:1], 2.0) == (None, False)
+
+
+def test_frontier_end_to_end_on_a_tiny_model_resumes(backbone, elue_dir, tmp_path):
+    train = _head(elue_dir / "SST-2" / "train.tsv", 40, tmp_path / "train.tsv")
+    dev = _head(elue_dir / "SST-2" / "dev.tsv", 40, tmp_path / "dev.tsv")
+    out = tmp_path / "frontier"
+    args = [sys.executable, "-m", "hashee.cli", "frontier", "--train", str(train), "--dev", str(dev),
+            "--backbone", str(backbone), "--depths", "1,2", "--speedups", "1.3", "--seeds", "2", "--quiet",
+            "--max-steps", "2", "--batch-size", "8", "-o", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "trained 8 runs, 0 already finished" in done.stdout
+    report = json.loads((out / "frontier.json").read_text())
+    assert set(report) == {"task", "metric", "backbone", "points"} and report["metric"] == "accuracy"
+    by_name = {p["name"]: p for p in report["points"]}
+    tag = "+bs8_steps2"  # the recipe's differences from the seed recipe name the points
+    by_name = {name.removesuffix(tag): p for name, p in by_name.items() if name.endswith(tag)}
+    assert set(by_name) == {"dense-L3", "static-L2", "static-L1", "hashee-1.3x"}
+    for point in report["points"]:
+        assert set(point) >= {"name", "kind", "layers", "flops_reduction", "recipe", "scores", "mean", "std",
+                              "command"}
+        assert len(point["scores"]) == 2 and point["mean"] == pytest.approx(np.mean(point["scores"]))
+    assert by_name["dense-L3"]["flops_reduction"] == pytest.approx(1.0)
+    assert 1.4 < by_name["static-L2"]["flops_reduction"] < by_name["static-L1"]["flops_reduction"]
+    assert by_name["hashee-1.3x"]["flops_reduction"] == pytest.approx(1.3, rel=0.15)
+    assert by_name["hashee-1.3x"]["gain_over_static"] is not None
+    assert f"| hashee-1.3x{tag} | hashee |" in (out / "frontier.md").read_text()
+    assert (out / "frontier.png").stat().st_size > 1000
+    # resume: nothing to do; then one lost run is trained again, alone
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert "trained 0 runs, 8 already finished" in done.stdout
+    (out / "runs" / f"static-L1{tag}" / "seed43" / "hashee_train.json").unlink()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert "trained 1 runs, 7 already finished" in done.stdout
+    # a run of another recipe left where a point's run belongs is refused, not silently reused
+    meta = out / "runs" / f"static-L2{tag}" / "seed42" / "hashee_train.json"
+    record = json.loads(meta.read_text())
+    record["recipe"]["max_steps"] = 3
+    meta.write_text(json.dumps(record))
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1 and "max_steps=3" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_frontier_runs_unchanged_on_sentence_pairs(backbone, elue_dir, tmp_path):
+    rows = (elue_dir / "SNLI" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[:31]
+    data = tmp_path / "snli.tsv"
+    data.write_text("\n".join(rows) + "\n")
+    job = frontier.FrontierJob(data, data, tmp_path / "out", backbone=backbone, progress=False)
+    points = frontier.plan_points(3, [1], [1.3], STEPS, seeds=1)
+    frontier.run_frontier(job, points, seeds=1)
+    report = frontier.collect(tmp_path / "out")
+    assert {p["kind"] for p in report["points"]} == {"dense", "static", "hashee"}
+    assert all(0 <= p["mean"] <= 100 for p in report["points"])
