@@ -18,6 +18,7 @@ from hashee import __version__
 from hashee.errors import HasheeError
 
 HASH_KINDS = ("random", "random-incons", "frequency", "mi", "cluster")
+TRAIN_HASH_KINDS = (*HASH_KINDS, "importance")  # importance: measured on a fine-tuned dense run
 
 
 def _add_columns(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +66,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         text_column=_column(args.text_column), pair_column=_column(args.pair_column),
         label_column=_column(args.label_column), progress=not args.quiet, exit_table=args.exit_table,
         target_speedup=args.target_speedup, teacher=args.teacher, distill_alpha=args.distill_alpha,
-        distill_temperature=args.distill_temperature,
+        distill_temperature=args.distill_temperature, min_exit_layer=args.min_exit_layer,
+        bucket_scheme=args.bucket_scheme, importance_model=args.importance_model,
+        importance_order=args.importance_order,
     )
     print(format_train_report(result))
     return 0
@@ -249,7 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", help="training data (.tsv/.csv/.jsonl); default: the bundled SST-2 sample "
                                    "(2,000 sentences, with its 400-sentence dev sample as --dev)")
     p.add_argument("--dev", help="development data, evaluated after each epoch and at the end")
-    p.add_argument("--hash", choices=HASH_KINDS, default="frequency", help="exit-table kind")
+    p.add_argument("--hash", choices=TRAIN_HASH_KINDS, default="frequency",
+                   help="exit-table kind (importance: ranked by a fine-tuned dense run's attention from [CLS], "
+                        "with --importance-model and --target-speedup)")
+    _add_table_levers(p)
     p.add_argument("--layers", type=int, help="K: train the backbone's first K layers (default: all of them); "
                                               "with --dense a static-depth model, FLOPs against the full depth")
     p.add_argument("--buckets", type=int, help="B (default: the number of layers)")
@@ -257,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-table", help="use this exit table (a folder written by `hashee hash`) instead of --hash")
     p.add_argument("--target-speedup", type=float,
                    help="frequency hash with buckets calibrated to this FLOPs reduction on the training data")
+    p.add_argument("--importance-model", help="--hash importance: the fine-tuned dense run that ranks the vocabulary")
     p.add_argument("--teacher", help="a run directory (e.g. a --dense run on the same task) to distil from")
     p.add_argument("--distill-alpha", type=float, default=0.5,
                    help="weight of the teacher's soft targets against the labels (default 0.5)")
@@ -468,6 +475,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_table_levers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-exit-layer", type=int, default=1,
+                   help="earliest exit layer (default 1; 2 keeps every token for two layers)")
+    p.add_argument("--bucket-scheme", choices=("types", "mass"), default="types",
+                   help="with --target-speedup: bucket boundaries as fractions of token types (the seed) or of "
+                        "token occurrences")
+    p.add_argument("--importance-order", choices=("low-first", "high-first"), default="low-first",
+                   help="--hash importance: unimportant tokens exit first (default) or important ones")
+
+
 def _numbers(kind: type, what: str) -> Callable[[str], list]:
     def parse(text: str) -> list:
         try:
@@ -507,6 +524,9 @@ def add_frontier_parser(sub: argparse._SubParsersAction) -> None:
     recipe.add_argument("--teacher", help="'dense' (each seed's own dense run) or a run directory to distil from")
     recipe.add_argument("--distill-alpha", type=float, default=0.5)
     recipe.add_argument("--distill-temperature", type=float, default=2.0)
+    recipe.add_argument("--hash", choices=("frequency", "importance"), default="frequency",
+                        help="HashEE points' table: frequency, or importance measured on each seed's dense run")
+    _add_table_levers(recipe)
     recipe.add_argument("--init", help="'dense' (start static and HashEE runs from each seed's fine-tuned dense run) "
                                        "or a model folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -532,7 +552,8 @@ def cmd_frontier(args: argparse.Namespace) -> int:
                   "warmup_ratio": args.warmup_ratio, "weight_decay": args.weight_decay,
                   "max_length": args.max_length, "max_steps": args.max_steps, "teacher": args.teacher,
                   "distill_alpha": args.distill_alpha, "distill_temperature": args.distill_temperature,
-                  "init": args.init}
+                  "init": args.init, "hash_kind": args.hash, "min_exit_layer": args.min_exit_layer,
+                  "bucket_scheme": args.bucket_scheme, "importance_order": args.importance_order}
         points = frontier.plan_points(frontier.backbone_depth(job.backbone), args.depths, args.speedups, recipe,
                                       seeds=args.seeds, dense=not args.no_dense)
         result = frontier.run_frontier(job, points, seeds=args.seeds)

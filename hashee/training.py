@@ -169,16 +169,19 @@ def _check_recipe(recipe: dict[str, Any]) -> None:
             _check_number(name, recipe[name], low, high, integer, inclusive)
 
 
-def _table_size(depth: int, num_layers: Any, num_buckets: Any, backbone: Path) -> tuple[int, int]:
+def _table_size(depth: int, num_layers: Any, num_buckets: Any, backbone: Path, lowest: int = 1) -> tuple[int, int]:
     """L (the depth trained: the backbone's, or its first ``num_layers`` layers) and B of a run."""
     layers = depth if num_layers is None else num_layers
     if isinstance(layers, bool) or not isinstance(layers, int) or not 1 <= layers <= depth:
         raise HashConfigError(f"--layers must be an integer in 1..{depth} (the depth of {backbone}), got "
                               f"{num_layers!r}; a smaller K trains the backbone's first K layers")
-    buckets = layers if num_buckets is None else num_buckets
-    if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= layers:
-        raise HashConfigError(f"num_buckets must be an integer in 1..{layers} (the number of layers), got "
-                              f"{num_buckets!r}; use at most one bucket per layer")
+    if isinstance(lowest, bool) or not isinstance(lowest, int) or not 1 <= lowest <= layers:
+        raise HashConfigError(f"the lowest exit layer must be an integer in 1..{layers}, got {lowest!r}")
+    span = layers - lowest + 1
+    buckets = span if num_buckets is None else num_buckets
+    if isinstance(buckets, bool) or not isinstance(buckets, int) or not 1 <= buckets <= span:
+        raise HashConfigError(f"num_buckets must be an integer in 1..{span} (one per exit layer {lowest}..{layers}), "
+                              f"got {num_buckets!r}; use at most one bucket per layer")
     return layers, buckets
 
 
@@ -190,7 +193,8 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
           pair_column: str | int | None = None, label_column: str | int | None = None,
           regression: bool | None = None, progress: bool = True, exit_table: Any = None,
           target_speedup: float | None = None, teacher: str | Path | None = None, distill_alpha: float = 0.5,
-          distill_temperature: float = 2.0) -> TrainResult:
+          distill_temperature: float = 2.0, min_exit_layer: int = 1, bucket_scheme: str = "types",
+          importance_model: str | Path | None = None, importance_order: str = "low-first") -> TrainResult:
     """Fine-tune a HashEE (or, with ``dense=True``, a plain) sequence classifier and save the run.
 
     Args:
@@ -217,6 +221,14 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
             instead of building one; ``hash_kind`` is then ignored.
         target_speedup: build a frequency table whose analytic FLOPs reduction on the training texts
             is this (:func:`hashee.calibration.calibrate_budget`, within 5 %).
+        min_exit_layer: the earliest exit layer (default 1; 2 keeps every token for two layers); the
+            buckets (default: one per layer from there) spread over ``min_exit_layer..L``.
+        bucket_scheme: with ``target_speedup``, what bucket boundaries are fractions of: ``types``
+            (the seed: distinct token types) or ``mass`` (token occurrences).
+        importance_model: with ``hash_kind="importance"``, a fine-tuned dense run whose attention from
+            [CLS] ranks the vocabulary (:mod:`hashee.calibration.importance`); the table is calibrated
+            to ``target_speedup``.  ``importance_order``: ``low-first`` (unimportant tokens exit
+            first) or ``high-first``.
         teacher: a run directory (e.g. a ``--dense`` run on the same task and tokenizer) whose logits
             the student also learns from (:mod:`hashee.distill`): ``distill_alpha`` weighs the
             teacher's term against the labels', ``distill_temperature`` softens both distributions.
@@ -241,21 +253,15 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
         teacher_path = check_distillation(teacher, distill_alpha, distill_temperature)
         recipe["distillation"] = {"teacher": str(teacher_path), "alpha": float(distill_alpha),
                                   "temperature": float(distill_temperature)}
-    from hashee.calibration import HASH_KINDS, build_exit_table, calibrate_budget
-
-    if exit_table is not None and target_speedup is not None:
-        raise HashConfigError("pass either an exit table or a target speed-up, not both")
-    if target_speedup is not None and hash_kind != "frequency":
-        raise HashConfigError(f"a target speed-up calibrates frequency buckets; it cannot be used with {hash_kind!r}")
-    if dense and (exit_table is not None or target_speedup is not None):
+    table_options = _TableOptions(hash_kind, exit_table, target_speedup, min_exit_layer, bucket_scheme,
+                                  importance_model, importance_order)
+    if dense and table_options.any_given():
         raise HashConfigError("a dense run has no exit table; drop --dense or the exit-table options")
-    if exit_table is not None and not isinstance(exit_table, ExitTable):
-        exit_table = ExitTable.load(exit_table)
-    if exit_table is not None:
-        num_layers = exit_table.num_layers
-        num_buckets = int(exit_table.metadata.get("num_buckets") or len(np.unique(exit_table.layers)))
-    if not dense and exit_table is None and hash_kind not in HASH_KINDS:
-        raise HashConfigError(f"unknown hash kind {hash_kind!r}; valid kinds are {', '.join(HASH_KINDS)}")
+    if not dense:
+        table_options.check()
+        if table_options.exit_table is not None:
+            num_layers = table_options.exit_table.num_layers
+            num_buckets = table_options.given_buckets()
     for name, path in (("train_file", train_file), ("dev_file", dev_file)):
         if path is not None and not Path(path).is_file():
             raise DataError(f"{name} {path} {'is not a file' if Path(path).exists() else 'does not exist'}")
@@ -264,7 +270,8 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
         raise TrainConfigError(f"output_dir {output_dir} exists and is not a folder")
     config = _load_config(backbone_path)
     depth = EncoderDims.from_config(config).num_layers
-    layers, buckets = _table_size(depth, num_layers, num_buckets, backbone_path)
+    layers, buckets = _table_size(depth, num_layers, num_buckets, backbone_path,
+                                  1 if dense or exit_table is not None else min_exit_layer)
     columns = (text_column, pair_column, label_column)
     task = _load_task(Path(train_file), Path(dev_file) if dev_file is not None else None, columns, regression)
     tokenizer = _load_tokenizer(backbone_path)
@@ -293,16 +300,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     dims = EncoderDims.from_config(model.config).against(reference)
     table = None
     if not dense:
-        embeddings = model.get_input_embeddings().weight.detach().cpu().numpy() if hash_kind == "cluster" else None
-        labels = task.train.label_ids(task.label_map) if hash_kind == "mi" else None
-        if exit_table is not None:
-            table = exit_table
-        elif target_speedup is not None:
-            table = calibrate_budget(tokenizer, task.train.inputs(), target_speedup, layers, buckets,
-                                     dims=dims, max_length=max_length)
-        else:
-            table = build_exit_table(hash_kind, tokenizer, texts=task.train.inputs(), labels=labels,
-                                     num_layers=layers, num_buckets=buckets, embeddings=embeddings, seed=seed)
+        table = table_options.build(model, tokenizer, task, layers, buckets, dims, max_length, seed, progress)
         model = _import_modeling().HashEEForSequenceClassification.from_dense(model, table)
     teacher_model = None
     if teacher_path is not None:
@@ -338,6 +336,9 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
         "recipe": recipe,
         "depth": {"layers": layers, "backbone_layers": depth},
         "exit_table": ({"hash_kind": table.kind, "num_layers": layers, "num_buckets": buckets,
+                        "min_exit_layer": min_exit_layer, "bucket_scheme": bucket_scheme,
+                        "importance": ({"model": str(importance_model), "order": importance_order}
+                                       if importance_model is not None else None),
                         "histogram": table.histogram(), **table.to_meta()} if table is not None else None),
         "train": {"global_step": output.global_step, "train_loss": output.training_loss,
                   "runtime_s": output.metrics.get("train_runtime")},
@@ -351,6 +352,86 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     return TrainResult(output_dir=output_dir, kind=kind, metrics=metrics, flops=flops,
                        train_loss=output.training_loss, global_step=output.global_step,
                        log_history=list(trainer.state.log_history), exit_table=table, model=model)
+
+
+@dataclass
+class _TableOptions:
+    """How a HashEE run gets its exit table: given, built by kind, or calibrated to a FLOPs budget."""
+
+    hash_kind: str
+    exit_table: Any
+    target_speedup: float | None
+    min_exit_layer: int
+    bucket_scheme: str
+    importance_model: str | Path | None
+    importance_order: str
+
+    def any_given(self) -> bool:
+        return (self.exit_table is not None or self.target_speedup is not None or self.min_exit_layer != 1
+                or self.bucket_scheme != "types" or self.importance_model is not None)
+
+    def check(self) -> None:
+        """Every inconsistency as a :class:`HashConfigError`, before anything heavy loads."""
+        from hashee.calibration import HASH_KINDS
+        from hashee.calibration.budget import BUCKET_SCHEMES
+        from hashee.calibration.importance import IMPORTANCE_ORDERS
+
+        kinds = (*HASH_KINDS, "importance")
+        if self.exit_table is not None and (self.target_speedup is not None or self.min_exit_layer != 1
+                                            or self.bucket_scheme != "types"):
+            raise HashConfigError("pass either an exit table or the options that build one (a target speed-up, "
+                                  "a lowest exit layer, a bucket scheme), not both")
+        if self.exit_table is None and self.hash_kind not in kinds:
+            raise HashConfigError(f"unknown hash kind {self.hash_kind!r}; valid kinds are {', '.join(kinds)}")
+        calibrated = ("frequency", "importance")
+        if self.target_speedup is not None and self.hash_kind not in calibrated:
+            raise HashConfigError(f"a target speed-up calibrates frequency or importance buckets; it cannot be used "
+                                  f"with {self.hash_kind!r}")
+        if self.bucket_scheme not in BUCKET_SCHEMES:
+            raise HashConfigError(f"unknown bucket scheme {self.bucket_scheme!r}; use one of {', '.join(BUCKET_SCHEMES)}")
+        if self.bucket_scheme != "types" and self.target_speedup is None:
+            raise HashConfigError("a bucket scheme applies to calibrated tables: pass a target speed-up too")
+        if self.hash_kind == "importance" and (self.importance_model is None or self.target_speedup is None):
+            raise HashConfigError("the importance hash needs a fine-tuned dense run to measure importance on "
+                                  "(--importance-model RUN) and a FLOPs budget (--target-speedup X)")
+        if self.importance_model is not None and self.hash_kind != "importance":
+            raise HashConfigError("an importance model only applies to --hash importance")
+        if self.importance_order not in IMPORTANCE_ORDERS:
+            raise HashConfigError(f"unknown importance order {self.importance_order!r}; use one of "
+                                  f"{', '.join(IMPORTANCE_ORDERS)}")
+        if self.exit_table is not None and not isinstance(self.exit_table, ExitTable):
+            self.exit_table = ExitTable.load(self.exit_table)
+
+    def given_buckets(self) -> int:
+        table = self.exit_table
+        return int(table.metadata.get("num_buckets") or len(np.unique(table.layers)))
+
+    def build(self, model: Any, tokenizer: Any, task: "_Task", layers: int, buckets: int, dims: EncoderDims,
+              max_length: int, seed: int, progress: bool) -> ExitTable:
+        """The run's table (the model is the dense classifier, already cut to ``layers``)."""
+        from hashee.calibration import build_exit_table, calibrate_budget
+
+        if self.exit_table is not None:
+            return self.exit_table
+        texts = task.train.inputs()
+        if self.target_speedup is not None:
+            ranking, kind = None, "frequency"
+            if self.hash_kind == "importance":
+                ranking, kind = self._importance_ranking(tokenizer, texts, max_length, progress), "importance"
+            return calibrate_budget(tokenizer, texts, self.target_speedup, layers, buckets, dims=dims,
+                                    max_length=max_length, lowest_layer=self.min_exit_layer,
+                                    scheme=self.bucket_scheme, ranking=ranking, ranking_kind=kind)
+        embeddings = model.get_input_embeddings().weight.detach().cpu().numpy() if self.hash_kind == "cluster" else None
+        labels = task.train.label_ids(task.label_map) if self.hash_kind == "mi" else None
+        return build_exit_table(self.hash_kind, tokenizer, texts=texts, labels=labels, num_layers=layers,
+                                num_buckets=buckets, embeddings=embeddings, seed=seed, lowest_layer=self.min_exit_layer)
+
+    def _importance_ranking(self, tokenizer: Any, texts: list, max_length: int, progress: bool) -> np.ndarray:
+        from hashee.calibration.importance import cls_attention_importance, importance_ranking, load_importance_model
+
+        scorer = load_importance_model(self.importance_model, len(tokenizer))
+        importance, counts = cls_attention_importance(scorer, tokenizer, texts, max_length, progress=progress)
+        return importance_ranking(importance, counts, self.importance_order)
 
 
 def _truncate(model: Any, layers: int) -> None:

@@ -41,6 +41,14 @@ def test_points_are_named_by_kind_size_and_recipe():
     assert [p.name for p in points] == ["dense-L6", "static-L3+kd_a0.9", "static-L2+kd_a0.9", "hashee-1.5x+kd_a0.9",
                                         "hashee-2x+kd_a0.9"]
     assert points[0].recipe["teacher"] is None  # the dense point is the teacher: it is not distilled
+    lever = frontier.plan_points(6, [2], [2.5], {"hash_kind": "importance", "min_exit_layer": 2}, seeds=1)
+    # the static and dense points of a table lever are the seed recipe's: trained once, shared
+    assert [p.name for p in lever] == ["dense-L6", "static-L2", "hashee-2.5x+importance_min2"]
+    job = frontier.FrontierJob("t.tsv", "d.tsv", frontier.Path("out"))
+    kwargs = frontier.train_kwargs(job, lever[2], 42)
+    assert kwargs["importance_model"] == frontier.Path("out/runs/dense-L6/seed42") and kwargs["min_exit_layer"] == 2
+    assert "min_exit_layer" not in frontier.train_kwargs(job, lever[1], 42)
+    assert "--importance-model out/runs/dense-L6/seedSEED" in frontier.train_command(job, lever[2])
     plain = frontier.plan_points(6, [2], [2.5], {}, seeds=1)
     assert [p.name for p in plain] == ["dense-L6", "static-L2", "hashee-2.5x"]
     assert frontier.recipe_tag({**frontier.SEED_RECIPE, "learning_rate": 1e-4, "epochs": 5.0}) == "lr0.0001_ep5"

@@ -41,17 +41,23 @@ RUN_META = "hashee_train.json"  # written last by hashee.training.train: its pre
 # the seed recipe (hashee train's defaults); a frontier recipe lists what differs from it
 SEED_RECIPE: dict[str, Any] = {"learning_rate": 5e-5, "batch_size": 32, "epochs": 3.0, "warmup_ratio": 0.1,
                                "weight_decay": 0.01, "max_length": 128, "max_steps": None, "teacher": None,
-                               "distill_alpha": 0.5, "distill_temperature": 2.0, "init": None}
+                               "distill_alpha": 0.5, "distill_temperature": 2.0, "init": None,
+                               "hash_kind": "frequency", "min_exit_layer": 1, "bucket_scheme": "types",
+                               "importance_order": "low-first"}
 # short names of recipe options in point names, and their ``hashee train`` flags
 _SHORT = {"learning_rate": "lr", "batch_size": "bs", "epochs": "ep", "warmup_ratio": "wu", "weight_decay": "wd",
           "max_length": "len", "max_steps": "steps", "teacher": "kd", "distill_alpha": "a",
-          "distill_temperature": "T", "init": "init"}
+          "distill_temperature": "T", "init": "init", "hash_kind": "", "min_exit_layer": "min",
+          "bucket_scheme": "", "importance_order": ""}
 _FLAGS = {"learning_rate": "--lr", "batch_size": "--batch-size", "epochs": "--epochs",
           "warmup_ratio": "--warmup-ratio", "weight_decay": "--weight-decay", "max_length": "--max-length",
           "max_steps": "--max-steps", "teacher": "--teacher", "distill_alpha": "--distill-alpha",
-          "distill_temperature": "--distill-temperature"}
+          "distill_temperature": "--distill-temperature", "hash_kind": "--hash", "min_exit_layer": "--min-exit-layer",
+          "bucket_scheme": "--bucket-scheme", "importance_order": "--importance-order"}
 # what the dense point of a recipe leaves out: it is the teacher and the initialisation of the others
 _DISTILLATION = ("teacher", "distill_alpha", "distill_temperature", "init")
+# how HashEE's exit table is made: static and dense points leave them out (they share their runs)
+_TABLE = ("hash_kind", "min_exit_layer", "bucket_scheme", "importance_order")
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ def recipe_tag(recipe: dict[str, Any]) -> str:
             continue
         if key in ("distill_alpha", "distill_temperature") and not recipe.get("teacher"):
             continue
+        if key == "importance_order" and recipe.get("hash_kind") != "importance":
+            continue
         value = recipe[key]
         if key in ("teacher", "init"):
             value = "" if value == "dense" else "-" + Path(str(value)).name
@@ -95,8 +103,13 @@ def recipe_tag(recipe: dict[str, Any]) -> str:
 
 
 def undistilled(recipe: dict[str, Any]) -> dict[str, Any]:
-    """``recipe`` without its distillation and initialisation options (the recipe of its dense point)."""
-    return {**recipe, **{key: SEED_RECIPE[key] for key in _DISTILLATION}}
+    """``recipe`` without its distillation, initialisation and table options (the recipe of its dense point)."""
+    return {**recipe, **{key: SEED_RECIPE[key] for key in (*_DISTILLATION, *_TABLE)}}
+
+
+def without_table(recipe: dict[str, Any]) -> dict[str, Any]:
+    """``recipe`` without the options that only shape HashEE's exit table (the recipe of its static points)."""
+    return {**recipe, **{key: SEED_RECIPE[key] for key in _TABLE}}
 
 
 def check_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +137,7 @@ def plan_points(depth: int, depths: Sequence[int], speedups: Sequence[float], re
     _check_grid(depth, depths, speedups, seeds)
     recipe = check_recipe(recipe)
     points = [FrontierPoint("dense", depth, None, undistilled(recipe), depth)] if dense else []
-    points += [FrontierPoint("static", k, None, recipe, depth) for k in sorted(set(depths), reverse=True)]
+    points += [FrontierPoint("static", k, None, without_table(recipe), depth) for k in sorted(set(depths), reverse=True)]
     points += [FrontierPoint("hashee", depth, float(x), recipe, depth) for x in sorted(set(speedups))]
     return points
 
@@ -158,6 +171,12 @@ def train_kwargs(job: FrontierJob, point: FrontierPoint, seed: int) -> dict[str,
                               "output_dir": job.run_dir(point, seed), "seed": seed, **job.columns, **recipe}
     if init is not None:  # start from a fine-tuned model: the frontier's dense run of this seed, or a folder
         kwargs["backbone"] = job.run_dir(point.teacher(), seed) if init == "dense" else Path(init)
+    for key in _TABLE:
+        value = kwargs.pop(key)
+        if point.kind == "hashee" and value != SEED_RECIPE[key]:
+            kwargs[key] = value
+    if kwargs.get("hash_kind") == "importance":  # measured on the frontier's dense run of this seed
+        kwargs["importance_model"] = job.run_dir(point.teacher(), seed)
     if teacher == "dense":
         teacher = job.run_dir(point.teacher(), seed)
     kwargs["teacher"] = teacher
@@ -193,6 +212,8 @@ def train_command(job: FrontierJob, point: FrontierPoint, seed: int | str = "SEE
         value = point.recipe.get(key)
         if key in ("distill_alpha", "distill_temperature") and not point.recipe.get("teacher"):
             continue
+        if key == "hash_kind" and value == "importance":
+            words += ["--importance-model", str(job.run_dir(point.teacher(), 0).parent / f"seed{seed}")]
         if value == "dense":
             value = job.run_dir(point.teacher(), 0).parent / f"seed{seed}"
         if value != SEED_RECIPE[key]:
@@ -302,8 +323,9 @@ def collect(output_dir: Path) -> dict[str, Any]:
 
 def _members(points: list[dict[str, Any]], recipe: dict[str, Any]) -> list[dict[str, Any]]:
     """The points trained with ``recipe``, and the dense point it distils from (or is compared with)."""
-    tag, teacher_tag = recipe_tag(recipe), recipe_tag(undistilled(recipe))
-    return [p for p in points if recipe_tag(p["recipe"]) == (teacher_tag if p["kind"] == "dense" else tag)]
+    wanted = {"hashee": recipe_tag(recipe), "static": recipe_tag(without_table(recipe)),
+              "dense": recipe_tag(undistilled(recipe))}
+    return [p for p in points if recipe_tag(p["recipe"]) == wanted[p["kind"]]]
 
 
 def static_curve(points: list[dict[str, Any]], recipe: dict[str, Any]) -> list[tuple[float, float]]:
@@ -313,9 +335,15 @@ def static_curve(points: list[dict[str, Any]], recipe: dict[str, Any]) -> list[t
 
 
 def _recipes(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One recipe per tag among the static and HashEE points (the dense point alone: its own)."""
+    """One recipe per tag, HashEE points' first (a static point's recipe stands for itself only if no
+    HashEE point was trained with it)."""
     recipes: dict[str, dict[str, Any]] = {}
-    for point in sorted(points, key=lambda p: p["kind"] == "dense"):
+    order = {"hashee": 0, "static": 1, "dense": 2}
+    covered = {recipe_tag(change(p["recipe"])) for p in points if p["kind"] == "hashee"
+               for change in (without_table, undistilled)}
+    for point in sorted(points, key=lambda p: order[p["kind"]]):
+        if point["kind"] != "hashee" and recipe_tag(point["recipe"]) in covered:
+            continue
         recipes.setdefault(recipe_tag(point["recipe"]), point["recipe"])
     return [recipes[tag] for tag in sorted(recipes)]
 

@@ -28,6 +28,7 @@ from hashee.calibration.exit_tables import (
     base_metadata,
     bucket_layers,
     cuts_from_boundaries,
+    cuts_from_mass,
     encode_for_counting,
     encode_with_specials,
     frequency_ranking,
@@ -43,6 +44,7 @@ MAX_BISECTION_STEPS = 64
 REFINE = 0.1  # bisection goes on until within REFINE * tolerance (or the steps run out)
 _FLOPS_CHUNK = 2048  # sequences per batch_flops call (bounds the [chunk, L, seq] temporary)
 MINILM_HIDDEN, MINILM_FFN = 384, 1536
+BUCKET_SCHEMES = ("types", "mass")
 
 
 def boundaries_for_alpha(alpha: float, num_buckets: int) -> list[float]:
@@ -76,7 +78,9 @@ def corpus_flops(exit_layers: np.ndarray, dims: EncoderDims) -> FlopsReport:
 
 def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: float, num_layers: int,
                      num_buckets: int, dims: EncoderDims | None = None, unseen: str | int = "last",
-                     tolerance: float = 0.05, max_length: int = 128) -> ExitTable:
+                     tolerance: float = 0.05, max_length: int = 128, lowest_layer: int = 1,
+                     scheme: str = "types", ranking: np.ndarray | None = None,
+                     ranking_kind: str = "frequency") -> ExitTable:
     """Frequency exit table whose FLOPs reduction on ``texts`` is ``target_speedup`` (within tolerance).
 
     Args:
@@ -89,6 +93,12 @@ def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: 
         unseen: exit layer of ids not in the corpus (``"last"``, ``"first"`` or a layer).
         tolerance: accepted relative error ``|achieved / target - 1|``, in (0, 1).
         max_length: truncation length of the corpus sequences, special tokens included.
+        lowest_layer: the earliest exit layer (1, the seed; 2 keeps every token for two layers).
+        scheme: what the bucket boundaries are fractions of: ``"types"`` (the seed: distinct token
+            types) or ``"mass"`` (token occurrences in the corpus, so each bucket's share of the work
+            is what the boundary says).
+        ranking: seen ids in exit order, earliest first (default: by corpus frequency, most frequent
+            first); ``ranking_kind`` names it in the table (e.g. ``"importance"``).
 
     Returns:
         An :class:`ExitTable` of kind ``frequency`` with ``metadata["bucket_boundaries"]`` set to the
@@ -100,8 +110,10 @@ def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: 
             reachable range and what to change).
         DataError: malformed or empty texts.
     """
-    layers = bucket_layers(num_layers, num_buckets)
+    layers = bucket_layers(num_layers, num_buckets, lowest_layer)
     num_layers, num_buckets = int(num_layers), int(num_buckets)
+    if scheme not in BUCKET_SCHEMES:
+        raise HashConfigError(f"unknown bucket scheme {scheme!r}; use one of {', '.join(BUCKET_SCHEMES)}")
     unseen_layer = _resolve_unseen(unseen, num_layers)
     max_length = _check_int("max_length", max_length, 1)
     if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float, np.integer, np.floating)) \
@@ -125,14 +137,21 @@ def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: 
     specials = _special_ids(tokenizer, vocab_size)
 
     count_ids, _ = encode_for_counting(tokenizer, items, vocab_size)
-    ranked = frequency_ranking(count_ids, vocab_size, specials)
+    ranked = frequency_ranking(count_ids, vocab_size, specials) if ranking is None else \
+        _check_ranking(ranking, vocab_size, specials)
     if ranked.shape[0] == 0:
         raise DataError("the corpus has no non-special tokens to rank")
+    counts = np.bincount(count_ids, minlength=vocab_size)[ranked]
     corpus_ids, mask = pad_ragged(*encode_with_specials(tokenizer, items, vocab_size, max_length))
 
+    def cuts(alpha: float) -> np.ndarray:
+        boundaries = boundaries_for_alpha(alpha, num_buckets)
+        if scheme == "mass":
+            return cuts_from_mass(boundaries, counts)
+        return cuts_from_boundaries(boundaries, ranked.shape[0], num_buckets)
+
     def speedup(alpha: float) -> float:
-        cuts = cuts_from_boundaries(boundaries_for_alpha(alpha, num_buckets), ranked.shape[0], num_buckets)
-        table = table_from_ranking(ranked, cuts, layers, vocab_size, specials, unseen_layer, num_layers)
+        table = table_from_ranking(ranked, cuts(alpha), layers, vocab_size, specials, unseen_layer, num_layers)
         return corpus_flops(np.where(mask, table[corpus_ids], 0), dims).speedup
 
     lo, hi = ALPHA_RANGE  # speedup(lo) is the largest, speedup(hi) the smallest
@@ -174,8 +193,13 @@ def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: 
     boundaries = boundaries_for_alpha(alpha, num_buckets)
     meta = base_metadata(layers, 0, vocab_size, specials)
     table = ranked_table(ranked, boundaries, layers, vocab_size, specials, unseen, num_layers, meta, len(items))
+    if scheme == "mass":  # the same boundaries, as fractions of occurrences
+        table = table_from_ranking(ranked, cuts(alpha), layers, vocab_size, specials, _resolve_unseen(unseen, num_layers),
+                                   num_layers)
     meta["calibration"] = {
-        "family": "bucket k starts at fraction (k/B)**alpha of the frequency-sorted seen types",
+        "family": f"bucket k starts at fraction (k/B)**alpha of the {ranking_kind}-sorted seen "
+                  f"{'token occurrences' if scheme == 'mass' else 'types'}",
+        "scheme": scheme, "lowest_layer": int(lowest_layer), "ranking": ranking_kind,
         "alpha": float(alpha), "target_speedup": target, "achieved_speedup": float(achieved),
         "tolerance": tolerance, "reachable_speedup": [float(slowest), float(fastest)],
         "max_length": max_length,
@@ -183,7 +207,17 @@ def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: 
                  "intermediate_size": dims.intermediate_size, "num_labels": dims.num_labels,
                  "embedding_size": dims.embedding_size},
     }
-    return ExitTable(layers=table, num_layers=num_layers, kind="frequency", metadata=meta)
+    return ExitTable(layers=table, num_layers=num_layers, kind=ranking_kind, metadata=meta)
+
+
+def _check_ranking(ranking: Any, vocab_size: int, specials: np.ndarray) -> np.ndarray:
+    """A given ranking: distinct in-vocabulary ids, special tokens removed (they exit at L)."""
+    ranked = np.asarray(ranking, dtype=np.int64).reshape(-1)
+    if ranked.size and (ranked.min() < 0 or ranked.max() >= vocab_size):
+        raise HashConfigError(f"the ranking holds ids outside 0..{vocab_size - 1}")
+    if np.unique(ranked).shape[0] != ranked.shape[0]:
+        raise HashConfigError("the ranking lists an id more than once")
+    return ranked[~np.isin(ranked, specials)]
 
 
 def texts_flops(table: ExitTable, tokenizer: Any, texts: Iterable[TextItem], dims: EncoderDims,

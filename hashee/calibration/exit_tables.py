@@ -60,19 +60,24 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
-def bucket_layers(num_layers: int, num_buckets: int) -> list[int]:
-    """Exit layer of each bucket: ``1 + floor(L * b / B)`` for ``b = 0..B-1``.
+def bucket_layers(num_layers: int, num_buckets: int, lowest: int = 1) -> list[int]:
+    """Exit layer of each bucket: ``lowest + floor((L - lowest + 1) * b / B)`` for ``b = 0..B-1``.
 
-    Raises :class:`HashConfigError` unless ``1 <= B <= L``.
+    With ``lowest = 1`` (the seed) that is ``1 + floor(L * b / B)``; ``lowest = 2`` keeps every token
+    for at least two layers.  Raises :class:`HashConfigError` unless ``1 <= B <= L - lowest + 1``.
     """
     num_layers = _check_int("num_layers", num_layers, 1)
     num_buckets = _check_int("num_buckets", num_buckets, 1)
-    if num_buckets > num_layers:
+    lowest = _check_int("the lowest exit layer", lowest, 1)
+    if lowest > num_layers:
+        raise HashConfigError(f"the lowest exit layer ({lowest}) exceeds num_layers ({num_layers})")
+    span = num_layers - lowest + 1
+    if num_buckets > span:
         raise HashConfigError(
-            f"num_buckets ({num_buckets}) exceeds num_layers ({num_layers}): two buckets would share a "
-            f"layer; use at most {num_layers} buckets (or an encoder with more layers)"
+            f"num_buckets ({num_buckets}) exceeds the {span} exit layers {lowest}..{num_layers}: two buckets "
+            f"would share a layer; use at most {span} buckets (or an encoder with more layers)"
         )
-    return [1 + (num_layers * b) // num_buckets for b in range(num_buckets)]
+    return [lowest + (span * b) // num_buckets for b in range(num_buckets)]
 
 
 def _resolve_unseen(unseen: Any, num_layers: int) -> int:
@@ -297,6 +302,16 @@ def cuts_from_boundaries(boundaries: Sequence[float] | None, num_seen: int, num_
     return np.clip(np.ceil(frac * num_seen - 1e-6), 0, num_seen).astype(np.int64)
 
 
+def cuts_from_mass(boundaries: Sequence[float], counts: np.ndarray) -> np.ndarray:
+    """Rank positions where buckets start when ``boundaries`` are fractions of token *occurrences*.
+
+    ``counts`` are the corpus counts of the ranked types, in rank order: type ``i`` falls in the
+    bucket whose boundary the occurrences before it have not yet reached.
+    """
+    before = np.concatenate(([0.0], np.cumsum(counts, dtype=np.float64)[:-1])) / max(float(counts.sum()), 1.0)
+    return np.searchsorted(before, np.asarray(boundaries, dtype=np.float64) - 1e-12, side="left").astype(np.int64)
+
+
 def table_from_ranking(ranked: np.ndarray, cuts: np.ndarray, layers: Sequence[int], vocab_size: int,
                        special_ids: np.ndarray, unseen_layer: int, num_layers: int) -> np.ndarray:
     """Exit layers for the whole vocabulary from a ranking of seen ids and bucket cut positions."""
@@ -370,7 +385,7 @@ def base_metadata(layers: Sequence[int], seed: int, vocab_size: int, special_ids
 def build_exit_table(kind: str, tokenizer: Any, texts: Iterable[TextItem] | None = None,
                      labels: Any = None, num_layers: int = 12, num_buckets: int = 3,
                      embeddings: Any = None, seed: int = 0, unseen: str | int = "last",
-                     bucket_boundaries: Sequence[float] | None = None) -> ExitTable:
+                     bucket_boundaries: Sequence[float] | None = None, lowest_layer: int = 1) -> ExitTable:
     """Build an exit table of hash kind ``kind`` covering all ``len(tokenizer)`` ids.
 
     Args:
@@ -387,6 +402,7 @@ def build_exit_table(kind: str, tokenizer: Any, texts: Iterable[TextItem] | None
             ``"first"`` or a layer number.
         bucket_boundaries: for ``frequency``/``mi``, ``B - 1`` non-decreasing fractions of the sorted
             seen types at which buckets split (default: equal type counts).
+        lowest_layer: the earliest exit layer (default 1); buckets spread over ``lowest_layer..L``.
 
     Raises:
         HashConfigError: inconsistent arguments (unknown kind, ``B > L``, missing inputs, ...).
@@ -394,7 +410,7 @@ def build_exit_table(kind: str, tokenizer: Any, texts: Iterable[TextItem] | None
     """
     if kind not in HASH_KINDS:
         raise HashConfigError(f"unknown hash kind {kind!r}; valid kinds are {', '.join(HASH_KINDS)}")
-    layers = bucket_layers(num_layers, num_buckets)
+    layers = bucket_layers(num_layers, num_buckets, lowest_layer)
     num_layers, num_buckets = int(num_layers), int(num_buckets)
     seed = _check_int("seed", seed, 0)
     _resolve_unseen(unseen, num_layers)  # validated for every kind, used by frequency and mi

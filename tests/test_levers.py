@@ -1,0 +1,142 @@
+"""The accuracy levers of issue 12: each one changes what it claims to (none is silently a no-op)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hashee.calibration import calibrate_budget
+from hashee.calibration.budget import boundaries_for_alpha
+from hashee.calibration.exit_tables import bucket_layers, encode_for_counting
+from hashee.errors import HashConfigError
+from hashee.flops import EncoderDims
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def texts(sst2_sentences):
+    return [text for text, _ in sst2_sentences[:200]]
+
+
+def _seen(table, tokenizer, texts):
+    ids, _ = encode_for_counting(tokenizer, [(t, None) for t in texts], len(tokenizer))
+    counts = np.bincount(ids, minlength=len(tokenizer))
+    specials = np.asarray(tokenizer.all_special_ids)
+    counts[specials] = 0
+    return counts
+
+
+def test_lowest_exit_layer_moves_every_bucket_up():
+    assert bucket_layers(6, 6) == [1, 2, 3, 4, 5, 6]
+    assert bucket_layers(6, 5, lowest=2) == [2, 3, 4, 5, 6]
+    assert bucket_layers(12, 3, lowest=3) == [3, 6, 9]
+    with pytest.raises(HashConfigError, match="at most 5 buckets"):
+        bucket_layers(6, 6, lowest=2)
+
+
+def test_calibrated_table_with_a_lowest_exit_layer(minilm_tokenizer, texts):
+    dims = EncoderDims(6, 384, 1536)
+    seed = calibrate_budget(minilm_tokenizer, texts, 2.0, 6, 6, dims=dims)
+    lifted = calibrate_budget(minilm_tokenizer, texts, 2.0, 6, 5, dims=dims, lowest_layer=2)
+    counts = _seen(lifted, minilm_tokenizer, texts)
+    assert seed.layers[counts > 0].min() == 1
+    assert lifted.layers[counts > 0].min() == 2  # no token leaves after layer 1
+    assert abs(lifted.metadata["calibration"]["achieved_speedup"] / 2.0 - 1) <= 0.05
+    assert lifted.metadata["calibration"]["lowest_layer"] == 2
+
+
+def test_mass_scheme_splits_token_occurrences_not_types(minilm_tokenizer, texts):
+    dims = EncoderDims(6, 384, 1536)
+    types = calibrate_budget(minilm_tokenizer, texts, 2.0, 6, 3, dims=dims)
+    mass = calibrate_budget(minilm_tokenizer, texts, 2.0, 6, 3, dims=dims, scheme="mass")
+    assert not np.array_equal(types.layers, mass.layers)
+    counts = _seen(mass, minilm_tokenizer, texts)
+    layers = bucket_layers(6, 3)
+    # the first bucket holds (about) the first boundary's share of occurrences, not of types
+    boundary = boundaries_for_alpha(mass.metadata["calibration"]["alpha"], 3)[0]
+    first = counts[mass.layers == layers[0]].sum() / counts.sum()
+    biggest = counts.max() / counts.sum()  # a bucket edge falls between two types
+    assert abs(first - boundary) <= biggest + 1e-9
+    share_of_types = (mass.layers[counts > 0] == layers[0]).mean()
+    assert abs(share_of_types - boundary) > 0.05  # the type share is far from it: it really is by mass
+    for table in (types, mass):
+        assert abs(table.metadata["calibration"]["achieved_speedup"] / 2.0 - 1) <= 0.05
+    with pytest.raises(HashConfigError, match="bucket scheme"):
+        calibrate_budget(minilm_tokenizer, texts, 2.0, 6, 3, dims=dims, scheme="tokens")
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory, minilm_tokenizer):
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    folder = tmp_path_factory.mktemp("tiny-cls")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, initializer_range=0.5)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    minilm_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_importance_is_the_attention_received_from_cls(tiny_classifier, minilm_tokenizer, texts):
+    from hashee.calibration.importance import cls_attention_importance, load_importance_model
+
+    model = load_importance_model(tiny_classifier, len(minilm_tokenizer))
+    sample = texts[:12]
+    importance, counts = cls_attention_importance(model, minilm_tokenizer, sample, batch_size=5)
+    # reference: one sentence at a time (no padding), numpy accumulation
+    sums = np.zeros(len(minilm_tokenizer))
+    seen = np.zeros(len(minilm_tokenizer))
+    with torch.no_grad():
+        for text in sample:
+            batch = minilm_tokenizer(text, return_tensors="pt", truncation=True, max_length=128)
+            attentions = model(**batch, output_attentions=True).attentions
+            received = np.mean([a[0, :, 0, :].numpy() for a in attentions], axis=(0, 1))
+            for token, value in zip(batch["input_ids"][0].numpy(), received):
+                sums[token] += value
+                seen[token] += 1
+    np.testing.assert_array_equal(counts, seen)
+    want = np.divide(sums, seen, out=np.zeros_like(sums), where=seen > 0)
+    np.testing.assert_allclose(importance, want, atol=1e-6)
+    assert np.ptp(importance[seen > 0]) > 1e-3  # the ranking has something to rank
+
+
+def test_train_with_the_importance_hash_sends_important_tokens_late(tiny_classifier, sst2_sentences, tmp_path,
+                                                                    minilm_tokenizer):
+    from hashee.calibration.importance import cls_attention_importance, load_importance_model
+    from hashee.training import train
+
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in sst2_sentences[:60]))
+    runs = {}
+    for order in ("low-first", "high-first"):
+        runs[order] = train(tiny_classifier, train_file=data, hash_kind="importance", importance_model=tiny_classifier,
+                            importance_order=order, target_speedup=1.5, max_steps=1, batch_size=8, progress=False,
+                            output_dir=tmp_path / order)
+    model = load_importance_model(tiny_classifier, len(minilm_tokenizer))
+    importance, counts = cls_attention_importance(model, minilm_tokenizer, [t for t, _ in sst2_sentences[:60]])
+    specials = np.asarray(minilm_tokenizer.all_special_ids)
+    counts[specials] = 0
+    for order, sign in (("low-first", 1), ("high-first", -1)):
+        table = runs[order].exit_table
+        assert table.kind == "importance"
+        early = importance[(counts > 0) & (table.layers == 1)].mean()
+        late = importance[(counts > 0) & (table.layers == 3)].mean()
+        assert sign * (late - early) > 0
+        assert abs(runs[order].exit_table.metadata["calibration"]["achieved_speedup"] / 1.5 - 1) <= 0.05
+    with pytest.raises(HashConfigError, match="importance-model"):
+        train(tiny_classifier, train_file=data, hash_kind="importance", target_speedup=1.5, output_dir=tmp_path / "x")
+    with pytest.raises(HashConfigError, match="target speed-up"):
+        train(tiny_classifier, train_file=data, bucket_scheme="mass", output_dir=tmp_path / "x")
+
+
+def test_train_min_exit_layer_reaches_the_table(tiny_classifier, sst2_sentences, tmp_path):
+    from hashee.training import train
+
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in sst2_sentences[:60]))
+    run = train(tiny_classifier, train_file=data, min_exit_layer=2, max_steps=1, batch_size=8, progress=False,
+                output_dir=tmp_path / "run")
+    assert run.exit_table.layers.min() == 2 and run.exit_table.metadata["bucket_layers"] == [2, 3]
+    assert run.flops_reduction > 1.0
