@@ -68,7 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         target_speedup=args.target_speedup, teacher=args.teacher, distill_alpha=args.distill_alpha,
         distill_temperature=args.distill_temperature, min_exit_layer=args.min_exit_layer,
         bucket_scheme=args.bucket_scheme, importance_model=args.importance_model,
-        importance_order=args.importance_order,
+        importance_order=args.importance_order, pooling=args.pooling,
     )
     print(format_train_report(result))
     return 0
@@ -256,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit-table kind (importance: ranked by a fine-tuned dense run's attention from [CLS], "
                         "with --importance-model and --target-speedup)")
     _add_table_levers(p)
+    _add_pooling(p)
     p.add_argument("--layers", type=int, help="K: train the backbone's first K layers (default: all of them); "
                                               "with --dense a static-depth model, FLOPs against the full depth")
     p.add_argument("--buckets", type=int, help="B (default: the number of layers)")
@@ -475,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_pooling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
+                   help="what the head reads: the [CLS] state (default) or the mean of the tokens' exit states")
+
+
 def _add_table_levers(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-exit-layer", type=int, default=1,
                    help="earliest exit layer (default 1; 2 keeps every token for two layers)")
@@ -527,6 +533,7 @@ def add_frontier_parser(sub: argparse._SubParsersAction) -> None:
     recipe.add_argument("--hash", choices=("frequency", "importance"), default="frequency",
                         help="HashEE points' table: frequency, or importance measured on each seed's dense run")
     _add_table_levers(recipe)
+    _add_pooling(recipe)
     recipe.add_argument("--init", help="'dense' (start static and HashEE runs from each seed's fine-tuned dense run) "
                                        "or a model folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -553,7 +560,8 @@ def cmd_frontier(args: argparse.Namespace) -> int:
                   "max_length": args.max_length, "max_steps": args.max_steps, "teacher": args.teacher,
                   "distill_alpha": args.distill_alpha, "distill_temperature": args.distill_temperature,
                   "init": args.init, "hash_kind": args.hash, "min_exit_layer": args.min_exit_layer,
-                  "bucket_scheme": args.bucket_scheme, "importance_order": args.importance_order}
+                  "bucket_scheme": args.bucket_scheme, "importance_order": args.importance_order,
+                  "pooling": args.pooling}
         points = frontier.plan_points(frontier.backbone_depth(job.backbone), args.depths, args.speedups, recipe,
                                       seeds=args.seeds, dense=not args.no_dense)
         result = frontier.run_frontier(job, points, seeds=args.seeds)

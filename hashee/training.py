@@ -194,7 +194,8 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
           regression: bool | None = None, progress: bool = True, exit_table: Any = None,
           target_speedup: float | None = None, teacher: str | Path | None = None, distill_alpha: float = 0.5,
           distill_temperature: float = 2.0, min_exit_layer: int = 1, bucket_scheme: str = "types",
-          importance_model: str | Path | None = None, importance_order: str = "low-first") -> TrainResult:
+          importance_model: str | Path | None = None, importance_order: str = "low-first",
+          pooling: str = "cls") -> TrainResult:
     """Fine-tune a HashEE (or, with ``dense=True``, a plain) sequence classifier and save the run.
 
     Args:
@@ -229,6 +230,9 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
             [CLS] ranks the vocabulary (:mod:`hashee.calibration.importance`); the table is calibrated
             to ``target_speedup``.  ``importance_order``: ``low-first`` (unimportant tokens exit
             first) or ``high-first``.
+        pooling: what the head reads: ``cls`` (the [CLS] state, the seed) or ``mean`` (the mean of every
+            real token's state at its exit layer).  A dense run with ``mean`` is the HashEE model with
+            every token at the last layer (it equals the dense model apart from the pooling).
         teacher: a run directory (e.g. a ``--dense`` run on the same task and tokenizer) whose logits
             the student also learns from (:mod:`hashee.distill`): ``distill_alpha`` weighs the
             teacher's term against the labels', ``distill_temperature`` softens both distributions.
@@ -255,6 +259,9 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
                                   "temperature": float(distill_temperature)}
     table_options = _TableOptions(hash_kind, exit_table, target_speedup, min_exit_layer, bucket_scheme,
                                   importance_model, importance_order)
+    if pooling not in ("cls", "mean"):
+        raise HashConfigError(f"unknown pooling {pooling!r}; use cls or mean")
+    recipe["pooling"] = pooling
     if dense and table_options.any_given():
         raise HashConfigError("a dense run has no exit table; drop --dense or the exit-table options")
     if not dense:
@@ -301,7 +308,10 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     table = None
     if not dense:
         table = table_options.build(model, tokenizer, task, layers, buckets, dims, max_length, seed, progress)
-        model = _import_modeling().HashEEForSequenceClassification.from_dense(model, table)
+    elif pooling != "cls":  # dense with another pooling: every token at the last layer
+        table = ExitTable(layers=np.full(len(tokenizer), layers, dtype=np.int64), num_layers=layers, kind="dense")
+    if table is not None:
+        model = _import_modeling().HashEEForSequenceClassification.from_dense(model, table, pooling=pooling)
     teacher_model = None
     if teacher_path is not None:
         from hashee.distill import load_teacher
@@ -315,12 +325,13 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     kind = "dense" if dense else "hashee"
     metrics = None
     if dev_set is not None:
-        logits, flops = predict_dataset(model, dev_set, tokenizer, kind, max(batch_size, 64), progress, "dev",
+        model_kind = "hashee" if table is not None else "dense"
+        logits, flops = predict_dataset(model, dev_set, tokenizer, model_kind, max(batch_size, 64), progress, "dev",
                                         reference_layers=reference)
         metrics = compute_metrics(logits, task.dev.label_ids(task.label_map), task.regression,
                                   None if task.regression else task.num_labels)
     else:
-        flops = table_flops(table, train_set, dims)
+        flops = table_flops(table if not dense else None, train_set, dims)
 
     # ---- save the run
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -339,7 +350,8 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
                         "min_exit_layer": min_exit_layer, "bucket_scheme": bucket_scheme,
                         "importance": ({"model": str(importance_model), "order": importance_order}
                                        if importance_model is not None else None),
-                        "histogram": table.histogram(), **table.to_meta()} if table is not None else None),
+                        "histogram": table.histogram(), **table.to_meta()} if table is not None and not dense
+                       else None),
         "train": {"global_step": output.global_step, "train_loss": output.training_loss,
                   "runtime_s": output.metrics.get("train_runtime")},
         "dev_metrics": metrics,

@@ -49,6 +49,9 @@ def test_points_are_named_by_kind_size_and_recipe():
     assert kwargs["importance_model"] == frontier.Path("out/runs/dense-L6/seed42") and kwargs["min_exit_layer"] == 2
     assert "min_exit_layer" not in frontier.train_kwargs(job, lever[1], 42)
     assert "--importance-model out/runs/dense-L6/seedSEED" in frontier.train_command(job, lever[2])
+    pooled = frontier.plan_points(6, [2], [2.5], {"pooling": "mean"}, seeds=1)
+    assert [p.name for p in pooled] == ["dense-L6+pool-mean", "static-L2+pool-mean", "hashee-2.5x+pool-mean"]
+    assert all(frontier.train_kwargs(job, p, 42)["pooling"] == "mean" for p in pooled)
     plain = frontier.plan_points(6, [2], [2.5], {}, seeds=1)
     assert [p.name for p in plain] == ["dense-L6", "static-L2", "hashee-2.5x"]
     assert frontier.recipe_tag({**frontier.SEED_RECIPE, "learning_rate": 1e-4, "epochs": 5.0}) == "lr0.0001_ep5"

@@ -140,3 +140,55 @@ def test_train_min_exit_layer_reaches_the_table(tiny_classifier, sst2_sentences,
                 output_dir=tmp_path / "run")
     assert run.exit_table.layers.min() == 2 and run.exit_table.metadata["bucket_layers"] == [2, 3]
     assert run.flops_reduction > 1.0
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_mean_pooling_reads_the_mean_of_exit_states(family):
+    from hashee.exit_table import ExitTable
+    from hashee.modeling import HashEEForSequenceClassification
+    from tests.tiny import tiny_dense
+
+    dense = tiny_dense(family, num_layers=3, initializer_range=0.5)
+    ids = torch.randint(5, 120, (3, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    full = ExitTable(layers=np.full(120, 3, dtype=np.int64), num_layers=3, kind="random")
+    model = HashEEForSequenceClassification.from_dense(dense, full, pooling="mean").eval()
+    cls = HashEEForSequenceClassification.from_dense(dense, full).eval()
+    with torch.no_grad():
+        base = getattr(dense, family)
+        last = base(input_ids=ids, attention_mask=mask).last_hidden_state
+        weights = mask[:, :, None].float()
+        pooled = (last * weights).sum(1) / weights.sum(1)
+        want = model.family.head(dense, pooled[:, None])
+        got = model(input_ids=ids, attention_mask=mask).logits
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+        assert (got - cls(input_ids=ids, attention_mask=mask).logits).abs().max() > 1e-3
+        # a sentence alone equals the same sentence in the padded batch
+        alone = model(input_ids=ids[1:2, :4], attention_mask=mask[1:2, :4]).logits
+        np.testing.assert_allclose(alone.numpy(), got[1:2].numpy(), atol=1e-5)
+        # with early exits, the mean is over each token's state at its exit layer
+        exits = torch.full_like(ids, 3)
+        exits[:, 2:] = 1
+        early = model(input_ids=ids, attention_mask=mask, exit_layers=exits).logits
+        assert (early - got).abs().max() > 1e-4
+
+
+def test_train_and_export_a_mean_pooled_run(tiny_classifier, sst2_sentences, tmp_path):
+    import json
+
+    from hashee.exporter import export
+    from hashee.training import train
+
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in sst2_sentences[:40]))
+    run = train(tiny_classifier, train_file=data, dev_file=data, pooling="mean", max_steps=1, batch_size=8,
+                progress=False, output_dir=tmp_path / "hashee")
+    assert run.model.config.pooling == "mean"
+    dense = train(tiny_classifier, train_file=data, dev_file=data, pooling="mean", dense=True, max_steps=1,
+                  batch_size=8, progress=False, output_dir=tmp_path / "dense")
+    assert dense.flops_reduction == pytest.approx(1.0) and dense.model.config.pooling == "mean"
+    assert json.loads((tmp_path / "dense" / "hashee_train.json").read_text())["kind"] == "dense"
+    for target in ("onnxruntime", "tensorrt"):  # export validates the graph against PyTorch (1e-4)
+        result = export(tmp_path / "hashee", tmp_path / f"bundle-{target}", target=target, progress=False)
+        assert result.meta is not None

@@ -43,17 +43,17 @@ SEED_RECIPE: dict[str, Any] = {"learning_rate": 5e-5, "batch_size": 32, "epochs"
                                "weight_decay": 0.01, "max_length": 128, "max_steps": None, "teacher": None,
                                "distill_alpha": 0.5, "distill_temperature": 2.0, "init": None,
                                "hash_kind": "frequency", "min_exit_layer": 1, "bucket_scheme": "types",
-                               "importance_order": "low-first"}
+                               "importance_order": "low-first", "pooling": "cls"}
 # short names of recipe options in point names, and their ``hashee train`` flags
 _SHORT = {"learning_rate": "lr", "batch_size": "bs", "epochs": "ep", "warmup_ratio": "wu", "weight_decay": "wd",
           "max_length": "len", "max_steps": "steps", "teacher": "kd", "distill_alpha": "a",
           "distill_temperature": "T", "init": "init", "hash_kind": "", "min_exit_layer": "min",
-          "bucket_scheme": "", "importance_order": ""}
+          "bucket_scheme": "", "importance_order": "", "pooling": "pool-"}
 _FLAGS = {"learning_rate": "--lr", "batch_size": "--batch-size", "epochs": "--epochs",
           "warmup_ratio": "--warmup-ratio", "weight_decay": "--weight-decay", "max_length": "--max-length",
           "max_steps": "--max-steps", "teacher": "--teacher", "distill_alpha": "--distill-alpha",
           "distill_temperature": "--distill-temperature", "hash_kind": "--hash", "min_exit_layer": "--min-exit-layer",
-          "bucket_scheme": "--bucket-scheme", "importance_order": "--importance-order"}
+          "bucket_scheme": "--bucket-scheme", "importance_order": "--importance-order", "pooling": "--pooling"}
 # what the dense point of a recipe leaves out: it is the teacher and the initialisation of the others
 _DISTILLATION = ("teacher", "distill_alpha", "distill_temperature", "init")
 # how HashEE's exit table is made: static and dense points leave them out (they share their runs)
@@ -286,8 +286,9 @@ def finished(run_dir: Path, point: FrontierPoint) -> bool:
     except json.JSONDecodeError:
         return False  # cut short while writing: train it again
     recipe = meta.get("recipe") or {}
-    for key in ("learning_rate", "batch_size", "epochs", "warmup_ratio", "weight_decay", "max_length", "max_steps"):
-        if recipe.get(key) != point.recipe[key]:
+    for key in ("learning_rate", "batch_size", "epochs", "warmup_ratio", "weight_decay", "max_length", "max_steps",
+                "pooling"):
+        if recipe.get(key, SEED_RECIPE[key]) != point.recipe[key]:
             raise TrainConfigError(f"{run_dir} was trained with {key}={recipe.get(key)!r}, not "
                                    f"{point.recipe[key]!r}; move it away or use another output folder")
     return True

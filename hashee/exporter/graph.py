@@ -157,6 +157,16 @@ def _layer(b: GraphBuilder, model: Any, index: int, hidden: str, env: dict[str, 
     return b.op(custom_ops.SCATTER_ACTIVE, [hidden, index_rows, out], domain=custom_ops.DOMAIN)
 
 
+def _pooled(b: GraphBuilder, model: Any, states: str, keep: str) -> str:
+    """What the head reads: the [CLS] state, or (``pooling == "mean"``) the mean of the real tokens' states."""
+    if getattr(model.config, "pooling", "cls") != "mean":
+        return b.op("Gather", [states, b.const(0)], axis=1, hint="cls")
+    weights = b.op("Unsqueeze", [b.op("Cast", [keep], to=FLOAT), b.const([2])], hint="mean_weights")
+    total = b.op("ReduceSum", [b.op("Mul", [states, weights]), b.const([1])], keepdims=0, hint="mean_sum")
+    count = b.op("Max", [b.op("ReduceSum", [weights, b.const([1])], keepdims=0), b.const(1.0, np.float32)])
+    return b.op("Div", [total, count], hint="mean_pooled")
+
+
 def build_graph(model: Any, target: str = "onnxruntime", opset: int = MIN_OPSET,
                 token_outputs: bool = False) -> tuple[Any, GraphSpec]:
     """The ONNX ``ModelProto`` of a :class:`~hashee.modeling.HashEEForSequenceClassification` and its spec.
@@ -209,8 +219,7 @@ def build_graph(model: Any, target: str = "onnxruntime", opset: int = MIN_OPSET,
     b.scope = "outputs"
     states = b.op("Reshape", [hidden, b.op("Concat", [batch, seq, b.const([hidden_size])], axis=0)],
                   outputs=["token_states" if token_outputs else "outputs/states"])
-    cls = b.op("Gather", [states, b.const(0)], axis=1, hint="cls")
-    logits = head(b, model, cls)
+    logits = head(b, model, _pooled(b, model, states, keep))
     b.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="outputs/logits"))
 
     def value_info(spec: dict[str, Any]) -> Any:

@@ -9,6 +9,9 @@ from transformers import AutoConfig, PretrainedConfig
 from hashee.errors import BackboneError
 
 
+POOLINGS = ("cls", "mean")
+
+
 class HashEEConfig(PretrainedConfig):
     """Configuration of a HashEE model.
 
@@ -17,6 +20,8 @@ class HashEEConfig(PretrainedConfig):
             ``model_type`` (bert, roberta, distilbert, albert, electra).
         exit_table: the exit table's metadata (:meth:`hashee.ExitTable.to_meta`); the table's values
             are saved with the weights (buffer ``exit_table_layers``).
+        pooling: what feeds the backbone's head: ``cls`` (the [CLS] state, the seed) or ``mean`` (the mean
+            of every real token's state at its exit layer).
         kwargs: the usual :class:`~transformers.PretrainedConfig` fields; ``num_labels``,
             ``id2label``, ``label2id`` and ``problem_type`` describe the task and are kept in sync
             with the backbone.
@@ -25,9 +30,12 @@ class HashEEConfig(PretrainedConfig):
     model_type = "hashee"
 
     def __init__(self, backbone: dict[str, Any] | None = None, exit_table: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+                 pooling: str = "cls", **kwargs: Any) -> None:
+        if pooling not in POOLINGS:
+            raise BackboneError(f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
         self.backbone = dict(backbone) if backbone else {}
         self.exit_table = dict(exit_table) if exit_table else {}
+        self.pooling = pooling
         super().__init__(**kwargs)
 
     def backbone_config(self) -> PretrainedConfig:

@@ -79,11 +79,12 @@ class HashEEForSequenceClassification(PreTrainedModel):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dense(cls, dense: PreTrainedModel | str | Path, exit_table: ExitTable, **dense_kwargs: Any
-                   ) -> "HashEEForSequenceClassification":
+    def from_dense(cls, dense: PreTrainedModel | str | Path, exit_table: ExitTable, pooling: str = "cls",
+                   **dense_kwargs: Any) -> "HashEEForSequenceClassification":
         """Wrap a Hugging Face ``*ForSequenceClassification`` model (or a backbone folder) with a table.
 
-        ``dense_kwargs`` (``num_labels``, ``id2label``, ``problem_type``, ...) are passed to
+        ``pooling``: ``cls`` (the head reads the [CLS] state) or ``mean`` (the mean of every real
+        token's state at its exit layer).  ``dense_kwargs`` (``num_labels``, ``id2label``, ``problem_type``, ...) are passed to
         ``AutoModelForSequenceClassification.from_pretrained`` when ``dense`` is a path.
         """
         if not isinstance(exit_table, ExitTable):
@@ -110,7 +111,7 @@ class HashEEForSequenceClassification(PreTrainedModel):
             backbone=dense_config.to_dict(), exit_table=exit_table.to_meta(),
             num_labels=dense_config.num_labels, id2label=dense_config.id2label,
             label2id=dense_config.label2id, problem_type=dense_config.problem_type,
-            pad_token_id=dense_config.pad_token_id,
+            pad_token_id=dense_config.pad_token_id, pooling=pooling,
         )
         model = cls(config, dense=dense)
         model.exit_table_layers.copy_(torch.as_tensor(exit_table.layers.astype(np.int64)))
@@ -143,6 +144,8 @@ class HashEEForSequenceClassification(PreTrainedModel):
             attention_mask: [batch, seq], 1 for real tokens and 0 for padding (default: all 1).
             token_type_ids: [batch, seq] segment ids, for families that use them.
             exit_layers: [batch, seq] integers in 1..L overriding the table (padding entries ignored).
+                The head reads the [CLS] state, or with ``config.pooling == "mean"`` the mean of every
+                real token's state at its exit layer.
             labels: [batch] class ids (or floats for regression); adds ``loss`` to the output.
             output_token_states: also return every token's state at its exit layer.
         """
@@ -195,9 +198,14 @@ class HashEEForSequenceClassification(PreTrainedModel):
         for index in range(1, self.num_layers + 1):
             layer = self.family.layer(self.dense, index - 1)
             grid = grid_layer(grid, layer, plan, index, training=self.training)
-        states = plan.from_grid(grid, embedded) if output_token_states else None
-        cls_states = states[:, :1] if states is not None else plan.from_grid(grid, embedded, positions=1)
-        logits = self.family.head(self.dense, cls_states)
+        mean = getattr(self.config, "pooling", "cls") == "mean"
+        states = plan.from_grid(grid, embedded) if output_token_states or mean else None
+        if mean:  # every real token's state at its exit layer, averaged
+            weights = keep.to(states.dtype)[:, :, None]
+            pooled = ((states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1))[:, None]
+        else:
+            pooled = states[:, :1] if states is not None else plan.from_grid(grid, embedded, positions=1)
+        logits = self.family.head(self.dense, pooled)
         loss = self._loss(logits, labels) if labels is not None else None
         return HashEEOutput(loss=loss, logits=logits, exit_layers=exits,
                             token_states=states)
