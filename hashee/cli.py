@@ -68,7 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         target_speedup=args.target_speedup, teacher=args.teacher, distill_alpha=args.distill_alpha,
         distill_temperature=args.distill_temperature, min_exit_layer=args.min_exit_layer,
         bucket_scheme=args.bucket_scheme, importance_model=args.importance_model,
-        importance_order=args.importance_order, pooling=args.pooling,
+        importance_order=args.importance_order, pooling=args.pooling, adapt_steps=args.adapt_steps,
+        adapt_learning_rate=args.adapt_lr,
     )
     print(format_train_report(result))
     return 0
@@ -257,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --importance-model and --target-speedup)")
     _add_table_levers(p)
     _add_pooling(p)
+    _add_adaptation(p)
     p.add_argument("--layers", type=int, help="K: train the backbone's first K layers (default: all of them); "
                                               "with --dense a static-depth model, FLOPs against the full depth")
     p.add_argument("--buckets", type=int, help="B (default: the number of layers)")
@@ -476,6 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_adaptation(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapt-steps", type=int, default=0,
+                   help="exit-aware adaptation before fine-tuning: steps teaching the HashEE (or cut) model to "
+                        "reproduce the full-depth backbone's hidden states on the training texts (default 0: off)")
+    p.add_argument("--adapt-lr", type=float, default=1e-4, help="learning rate of the adaptation (default 1e-4)")
+
+
 def _add_pooling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
                    help="what the head reads: the [CLS] state (default) or the mean of the tokens' exit states")
@@ -534,6 +543,7 @@ def add_frontier_parser(sub: argparse._SubParsersAction) -> None:
                         help="HashEE points' table: frequency, or importance measured on each seed's dense run")
     _add_table_levers(recipe)
     _add_pooling(recipe)
+    _add_adaptation(recipe)
     recipe.add_argument("--init", help="'dense' (start static and HashEE runs from each seed's fine-tuned dense run) "
                                        "or a model folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -561,7 +571,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
                   "distill_alpha": args.distill_alpha, "distill_temperature": args.distill_temperature,
                   "init": args.init, "hash_kind": args.hash, "min_exit_layer": args.min_exit_layer,
                   "bucket_scheme": args.bucket_scheme, "importance_order": args.importance_order,
-                  "pooling": args.pooling}
+                  "pooling": args.pooling, "adapt_steps": args.adapt_steps, "adapt_learning_rate": args.adapt_lr}
         points = frontier.plan_points(frontier.backbone_depth(job.backbone), args.depths, args.speedups, recipe,
                                       seeds=args.seeds, dense=not args.no_dense)
         result = frontier.run_frontier(job, points, seeds=args.seeds)

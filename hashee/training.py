@@ -10,6 +10,7 @@ afterwards is :func:`hashee.evaluation.evaluate`.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import platform
@@ -195,7 +196,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
           target_speedup: float | None = None, teacher: str | Path | None = None, distill_alpha: float = 0.5,
           distill_temperature: float = 2.0, min_exit_layer: int = 1, bucket_scheme: str = "types",
           importance_model: str | Path | None = None, importance_order: str = "low-first",
-          pooling: str = "cls") -> TrainResult:
+          pooling: str = "cls", adapt_steps: int = 0, adapt_learning_rate: float = 1e-4) -> TrainResult:
     """Fine-tune a HashEE (or, with ``dense=True``, a plain) sequence classifier and save the run.
 
     Args:
@@ -233,6 +234,10 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
         pooling: what the head reads: ``cls`` (the [CLS] state, the seed) or ``mean`` (the mean of every
             real token's state at its exit layer).  A dense run with ``mean`` is the HashEE model with
             every token at the last layer (it equals the dense model apart from the pooling).
+        adapt_steps: exit-aware adaptation (:mod:`hashee.adapt`) before fine-tuning: this many steps
+            teaching the routed (HashEE) or cut (``num_layers`` below the depth) model to reproduce the
+            full-depth backbone's last hidden states on the training texts (no labels), at
+            ``adapt_learning_rate``.
         teacher: a run directory (e.g. a ``--dense`` run on the same task and tokenizer) whose logits
             the student also learns from (:mod:`hashee.distill`): ``distill_alpha`` weighs the
             teacher's term against the labels', ``distill_temperature`` softens both distributions.
@@ -262,6 +267,9 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     if pooling not in ("cls", "mean"):
         raise HashConfigError(f"unknown pooling {pooling!r}; use cls or mean")
     recipe["pooling"] = pooling
+    _check_adaptation(adapt_steps, adapt_learning_rate, dense and num_layers in (None, _depth_hint(backbone_path)))
+    if adapt_steps:
+        recipe["adaptation"] = {"steps": int(adapt_steps), "learning_rate": float(adapt_learning_rate)}
     if dense and table_options.any_given():
         raise HashConfigError("a dense run has no exit table; drop --dense or the exit-table options")
     if not dense:
@@ -302,6 +310,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     finally:
         transformers.logging.set_verbosity(verbosity)
     reference = depth if layers < depth else None
+    full_depth = copy.deepcopy(model) if adapt_steps else None  # adaptation's frozen target
     if reference is not None:
         _truncate(model, layers)
     dims = EncoderDims.from_config(model.config).against(reference)
@@ -312,6 +321,13 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
         table = ExitTable(layers=np.full(len(tokenizer), layers, dtype=np.int64), num_layers=layers, kind="dense")
     if table is not None:
         model = _import_modeling().HashEEForSequenceClassification.from_dense(model, table, pooling=pooling)
+    if full_depth is not None:
+        from hashee.adapt import adapt
+
+        losses = adapt(model, full_depth, train_set, tokenizer, adapt_steps, adapt_learning_rate, batch_size, seed,
+                       output_dir, progress)
+        recipe["adaptation"].update(first_loss=losses[0], last_loss=losses[-1])
+        del full_depth
     teacher_model = None
     if teacher_path is not None:
         from hashee.distill import load_teacher
@@ -444,6 +460,19 @@ class _TableOptions:
         scorer = load_importance_model(self.importance_model, len(tokenizer))
         importance, counts = cls_attention_importance(scorer, tokenizer, texts, max_length, progress=progress)
         return importance_ranking(importance, counts, self.importance_order)
+
+
+def _depth_hint(backbone: Path) -> int:
+    return EncoderDims.from_config(_load_config(backbone)).num_layers
+
+
+def _check_adaptation(steps: Any, learning_rate: Any, full_dense: bool) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise TrainConfigError(f"adapt_steps must be a whole number of steps >= 0, got {steps!r}")
+    if steps and full_dense:
+        raise TrainConfigError("adaptation teaches a HashEE or cut (--layers K) model to match the full-depth dense "
+                               "model; a full-depth dense run has nothing to adapt: drop --adapt-steps")
+    _check_number("adapt_learning_rate", learning_rate, 0, None, False, False)
 
 
 def _truncate(model: Any, layers: int) -> None:

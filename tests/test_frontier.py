@@ -52,6 +52,11 @@ def test_points_are_named_by_kind_size_and_recipe():
     pooled = frontier.plan_points(6, [2], [2.5], {"pooling": "mean"}, seeds=1)
     assert [p.name for p in pooled] == ["dense-L6+pool-mean", "static-L2+pool-mean", "hashee-2.5x+pool-mean"]
     assert all(frontier.train_kwargs(job, p, 42)["pooling"] == "mean" for p in pooled)
+    adapted = frontier.plan_points(6, [2], [2.5], {"adapt_steps": 200}, seeds=1)
+    assert [p.name for p in adapted] == ["dense-L6", "static-L2+adapt200", "hashee-2.5x+adapt200"]
+    assert "adapt_steps" not in frontier.train_kwargs(job, adapted[0], 42) or \
+        frontier.train_kwargs(job, adapted[0], 42)["adapt_steps"] == 0
+    assert frontier.train_kwargs(job, adapted[1], 42)["adapt_steps"] == 200
     plain = frontier.plan_points(6, [2], [2.5], {}, seeds=1)
     assert [p.name for p in plain] == ["dense-L6", "static-L2", "hashee-2.5x"]
     assert frontier.recipe_tag({**frontier.SEED_RECIPE, "learning_rate": 1e-4, "epochs": 5.0}) == "lr0.0001_ep5"

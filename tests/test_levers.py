@@ -192,3 +192,56 @@ def test_train_and_export_a_mean_pooled_run(tiny_classifier, sst2_sentences, tmp
     for target in ("onnxruntime", "tensorrt"):  # export validates the graph against PyTorch (1e-4)
         result = export(tmp_path / "hashee", tmp_path / f"bundle-{target}", target=target, progress=False)
         assert result.meta is not None
+
+
+def test_adaptation_brings_the_routed_model_closer_to_dense(tiny_classifier, minilm_tokenizer, sst2_sentences,
+                                                            tmp_path):
+    import copy
+
+    from transformers import AutoModelForSequenceClassification
+
+    from hashee.adapt import adapt, final_states, state_loss
+    from hashee.calibration import build_exit_table
+    from hashee.data import Examples, tokenize_examples
+    from hashee.modeling import HashEEForSequenceClassification
+
+    texts = [t for t, _ in sst2_sentences[:48]]
+    dense = AutoModelForSequenceClassification.from_pretrained(tiny_classifier)
+    teacher = copy.deepcopy(dense).eval()
+    table = build_exit_table("frequency", minilm_tokenizer, texts=texts, num_layers=3, num_buckets=3)
+    student = HashEEForSequenceClassification.from_dense(dense, table)
+    held_out = minilm_tokenizer([t for t, _ in sst2_sentences[100:116]], padding=True, return_tensors="pt")
+
+    def gap():
+        student.eval()
+        with torch.no_grad():
+            return float(state_loss(final_states(student, held_out), final_states(teacher, held_out),
+                                    held_out["attention_mask"]))
+
+    before = gap()
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
+    data = tokenize_examples(Examples(texts=texts), minilm_tokenizer, 64, None)
+    losses = adapt(student, teacher, data, minilm_tokenizer, steps=20, learning_rate=1e-3, batch_size=8, seed=0,
+                   output_dir=tmp_path / "adapt")
+    after = gap()
+    assert after < 0.7 * before, (before, after)
+    assert losses[-1] < losses[0]
+    assert all(torch.equal(frozen[k], v) for k, v in teacher.state_dict().items())  # the target never moves
+
+
+def test_train_with_adaptation_records_it_and_refuses_a_full_dense_run(tiny_classifier, sst2_sentences, tmp_path):
+    import json
+
+    from hashee.errors import TrainConfigError
+    from hashee.training import train
+
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in sst2_sentences[:40]))
+    steps = dict(max_steps=1, batch_size=8, progress=False)
+    train(tiny_classifier, train_file=data, adapt_steps=4, adapt_learning_rate=1e-3, output_dir=tmp_path / "h", **steps)
+    train(tiny_classifier, train_file=data, dense=True, num_layers=2, adapt_steps=4, output_dir=tmp_path / "s", **steps)
+    for run in ("h", "s"):
+        adaptation = json.loads((tmp_path / run / "hashee_train.json").read_text())["recipe"]["adaptation"]
+        assert adaptation["steps"] == 4 and adaptation["last_loss"] > 0
+    with pytest.raises(TrainConfigError, match="nothing to adapt"):
+        train(tiny_classifier, train_file=data, dense=True, adapt_steps=4, output_dir=tmp_path / "d", **steps)
