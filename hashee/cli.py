@@ -66,7 +66,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         text_column=_column(args.text_column), pair_column=_column(args.pair_column),
         label_column=_column(args.label_column), progress=not args.quiet, exit_table=args.exit_table,
         target_speedup=args.target_speedup, teacher=args.teacher, distill_alpha=args.distill_alpha,
-        distill_temperature=args.distill_temperature, min_exit_layer=args.min_exit_layer,
+        distill_temperature=args.distill_temperature, distill_hidden=args.distill_hidden,
+        min_exit_layer=args.min_exit_layer,
         bucket_scheme=args.bucket_scheme, importance_model=args.importance_model,
         importance_order=args.importance_order, pooling=args.pooling, adapt_steps=args.adapt_steps,
         adapt_learning_rate=args.adapt_lr,
@@ -271,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-alpha", type=float, default=0.5,
                    help="weight of the teacher's soft targets against the labels (default 0.5)")
     p.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature (default 2)")
+    p.add_argument("--distill-hidden", type=float, default=0.0,
+                   help="weight of a hidden-state term: final token states against the teacher's (default 0)")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=float, default=3.0)
@@ -539,6 +542,7 @@ def add_frontier_parser(sub: argparse._SubParsersAction) -> None:
     recipe.add_argument("--teacher", help="'dense' (each seed's own dense run) or a run directory to distil from")
     recipe.add_argument("--distill-alpha", type=float, default=0.5)
     recipe.add_argument("--distill-temperature", type=float, default=2.0)
+    recipe.add_argument("--distill-hidden", type=float, default=0.0, help="weight of the hidden-state term")
     recipe.add_argument("--hash", choices=("frequency", "importance"), default="frequency",
                         help="HashEE points' table: frequency, or importance measured on each seed's dense run")
     _add_table_levers(recipe)
@@ -569,6 +573,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
                   "warmup_ratio": args.warmup_ratio, "weight_decay": args.weight_decay,
                   "max_length": args.max_length, "max_steps": args.max_steps, "teacher": args.teacher,
                   "distill_alpha": args.distill_alpha, "distill_temperature": args.distill_temperature,
+                  "distill_hidden": args.distill_hidden,
                   "init": args.init, "hash_kind": args.hash, "min_exit_layer": args.min_exit_layer,
                   "bucket_scheme": args.bucket_scheme, "importance_order": args.importance_order,
                   "pooling": args.pooling, "adapt_steps": args.adapt_steps, "adapt_learning_rate": args.adapt_lr}

@@ -6,7 +6,10 @@ usual mix (Hinton et al., 2015)::
 
     loss = (1 - alpha) * task_loss + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
-and, for regression, ``(1 - alpha) * MSE(student, label) + alpha * MSE(student, teacher)``.  The
+and, for regression, ``(1 - alpha) * MSE(student, label) + alpha * MSE(student, teacher)``.  With
+``hidden > 0`` a hidden-state term is added: ``hidden * state_loss(student states, teacher states)``,
+every real token's final state (at its exit layer for HashEE) against the teacher's last hidden state
+(:func:`hashee.adapt.state_loss`; the teacher must then be a dense model of the same hidden size).  The
 teacher runs frozen, in eval mode, on exactly the student's batches (same tokenizer ids); it can be any
 run directory with the task's labels (dense or HashEE).  Imported only when a teacher is given.
 """
@@ -24,15 +27,17 @@ from transformers import Trainer
 from hashee.errors import BackboneError, TrainConfigError
 
 
-def check_distillation(teacher: str | Path, alpha: float, temperature: float) -> Path:
+def check_distillation(teacher: str | Path, alpha: float, temperature: float, hidden: float = 0.0) -> Path:
     """Validate the options before anything heavy loads; returns the teacher folder."""
-    for name, value in (("distill_alpha", alpha), ("distill_temperature", temperature)):
+    for name, value in (("distill_alpha", alpha), ("distill_temperature", temperature), ("distill_hidden", hidden)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise TrainConfigError(f"{name} must be a number, got {value!r}")
     if not 0.0 <= alpha <= 1.0:
         raise TrainConfigError(f"distill_alpha must be within [0, 1] (the weight of the teacher's term), got {alpha}")
     if temperature <= 0:
         raise TrainConfigError(f"distill_temperature must be positive, got {temperature}")
+    if hidden < 0:
+        raise TrainConfigError(f"distill_hidden must be >= 0 (the weight of the hidden-state term), got {hidden}")
     path = Path(teacher)
     if not (path / "config.json").is_file():
         raise BackboneError(f"teacher {path} is not a run directory (no config.json); pass a folder written by "
@@ -89,18 +94,40 @@ class DistillationTrainer(Trainer):
     """A Hugging Face ``Trainer`` whose training loss mixes the labels with a frozen teacher's logits."""
 
     def __init__(self, *args: Any, teacher: Any, alpha: float, temperature: float, regression: bool,
-                 **kwargs: Any) -> None:
+                 hidden: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device)
-        self.alpha, self.temperature, self.regression = alpha, temperature, regression
+        self.alpha, self.temperature, self.regression, self.hidden = alpha, temperature, regression, hidden
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         labels = inputs["labels"]
         features = {k: v for k, v in inputs.items() if k != "labels"}
+        if self.hidden:
+            return self._with_hidden(model, features, labels, return_outputs)
         outputs = model(**features)
         with torch.no_grad():
             teacher_logits = self.teacher(**features).logits
         loss = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature,
                                  self.regression)
         return (loss, outputs) if return_outputs else loss
+
+    def _with_hidden(self, model: Any, features: dict[str, Any], labels: Any, return_outputs: bool) -> Any:
+        """Logit and hidden-state terms from one forward of each model."""
+        from hashee.adapt import state_loss
+
+        states, outputs = _states_and_logits(model, features)
+        with torch.no_grad():
+            teacher_states, teacher = _states_and_logits(self.teacher, features)
+        loss = distillation_loss(outputs.logits, teacher.logits, labels, self.alpha, self.temperature, self.regression)
+        loss = loss + self.hidden * state_loss(states, teacher_states, features["attention_mask"])
+        return (loss, outputs) if return_outputs else loss
+
+
+def _states_and_logits(model: Any, features: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+    """Every token's final state and the model's output, from one forward (HashEE or Hugging Face)."""
+    if getattr(model.config, "model_type", None) == "hashee":
+        outputs = model(**features, output_token_states=True)
+        return outputs.token_states, outputs
+    outputs = model(**features, output_hidden_states=True)
+    return outputs.hidden_states[-1], outputs

@@ -196,7 +196,8 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
           target_speedup: float | None = None, teacher: str | Path | None = None, distill_alpha: float = 0.5,
           distill_temperature: float = 2.0, min_exit_layer: int = 1, bucket_scheme: str = "types",
           importance_model: str | Path | None = None, importance_order: str = "low-first",
-          pooling: str = "cls", adapt_steps: int = 0, adapt_learning_rate: float = 1e-4) -> TrainResult:
+          pooling: str = "cls", adapt_steps: int = 0, adapt_learning_rate: float = 1e-4,
+          distill_hidden: float = 0.0) -> TrainResult:
     """Fine-tune a HashEE (or, with ``dense=True``, a plain) sequence classifier and save the run.
 
     Args:
@@ -240,7 +241,9 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
             ``adapt_learning_rate``.
         teacher: a run directory (e.g. a ``--dense`` run on the same task and tokenizer) whose logits
             the student also learns from (:mod:`hashee.distill`): ``distill_alpha`` weighs the
-            teacher's term against the labels', ``distill_temperature`` softens both distributions.
+            teacher's term against the labels', ``distill_temperature`` softens both distributions,
+            ``distill_hidden`` (default 0) weighs a hidden-state term (final token states against the
+            teacher's last hidden states).
 
     Raises:
         BackboneError, DataError, HashConfigError, TrainConfigError: with what to change.
@@ -259,9 +262,11 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     if teacher is not None:
         from hashee.distill import check_distillation
 
-        teacher_path = check_distillation(teacher, distill_alpha, distill_temperature)
+        teacher_path = check_distillation(teacher, distill_alpha, distill_temperature, distill_hidden)
         recipe["distillation"] = {"teacher": str(teacher_path), "alpha": float(distill_alpha),
-                                  "temperature": float(distill_temperature)}
+                                  "temperature": float(distill_temperature), "hidden": float(distill_hidden)}
+    elif distill_hidden:
+        raise TrainConfigError("distill_hidden weighs a term against a teacher: pass --teacher too")
     table_options = _TableOptions(hash_kind, exit_table, target_speedup, min_exit_layer, bucket_scheme,
                                   importance_model, importance_order)
     if pooling not in ("cls", "mean"):
@@ -511,7 +516,7 @@ def _make_trainer(model: Any, tokenizer: Any, train_set: TokenizedDataset, dev_s
 
         Trainer = DistillationTrainer  # noqa: N806 - the same constructor, one more loss term
         extra = {"teacher": teacher, "alpha": recipe["distillation"]["alpha"], "regression": task.regression,
-                 "temperature": recipe["distillation"]["temperature"]}
+                 "temperature": recipe["distillation"]["temperature"], "hidden": recipe["distillation"]["hidden"]}
     trainer = Trainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=dev_set, **extra,
         data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,

@@ -245,3 +245,43 @@ def test_train_with_adaptation_records_it_and_refuses_a_full_dense_run(tiny_clas
         assert adaptation["steps"] == 4 and adaptation["last_loss"] > 0
     with pytest.raises(TrainConfigError, match="nothing to adapt"):
         train(tiny_classifier, train_file=data, dense=True, adapt_steps=4, output_dir=tmp_path / "d", **steps)
+
+
+def test_hidden_state_distillation_adds_the_state_term(tiny_classifier, minilm_tokenizer, sst2_sentences, tmp_path):
+    from transformers import AutoModelForSequenceClassification, TrainingArguments
+
+    from hashee.calibration import build_exit_table
+    from hashee.distill import DistillationTrainer
+    from hashee.errors import TrainConfigError
+    from hashee.modeling import HashEEForSequenceClassification
+    from hashee.training import train
+
+    texts = [t for t, _ in sst2_sentences[:8]]
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_classifier).eval()
+    torch.manual_seed(1)
+    other = AutoModelForSequenceClassification.from_pretrained(tiny_classifier)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    table = build_exit_table("frequency", minilm_tokenizer, texts=texts, num_layers=3, num_buckets=3)
+    student = HashEEForSequenceClassification.from_dense(other, table).eval()
+    batch = dict(minilm_tokenizer(texts, padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor([y for _, y in sst2_sentences[:8]])
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    losses = {}
+    for hidden in (0.0, 2.0):
+        trainer = DistillationTrainer(model=student, args=args, teacher=teacher, alpha=0.5, temperature=2.0,
+                                      regression=False, hidden=hidden)
+        with torch.no_grad():
+            losses[hidden] = float(trainer.compute_loss(student, dict(batch)))
+    with torch.no_grad():  # reference: numpy MSE per hidden unit over the real tokens
+        mine = student(**{k: v for k, v in batch.items() if k != "labels"}, output_token_states=True).token_states
+        theirs = teacher(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True).hidden_states[-1]
+    mask = batch["attention_mask"].numpy().astype(bool)
+    want = ((mine.numpy() - theirs.numpy())[mask] ** 2).mean()
+    assert want > 1e-4
+    assert losses[2.0] - losses[0.0] == pytest.approx(2.0 * want, rel=1e-4)
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in sst2_sentences[:20]))
+    with pytest.raises(TrainConfigError, match="--teacher"):
+        train(tiny_classifier, train_file=data, distill_hidden=1.0, output_dir=tmp_path / "x")

@@ -421,7 +421,7 @@ def test_train_with_a_teacher_follows_the_teacher(backbone, sst2, dense_run, tmp
     assert (student == teacher_labels).mean() >= 0.75  # with the labels alone it would side with them
     record = json.loads((tmp_path / "kd" / TRAIN_META).read_text())
     assert record["recipe"]["distillation"] == {"teacher": str(tmp_path / "contrarian"), "alpha": 1.0,
-                                                "temperature": 2.0}
+                                                "temperature": 2.0, "hidden": 0.0}
 
 
 def test_bad_teachers_and_distillation_options(backbone, sst2, dense_run, tmp_path):
