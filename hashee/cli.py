@@ -70,7 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         min_exit_layer=args.min_exit_layer,
         bucket_scheme=args.bucket_scheme, importance_model=args.importance_model,
         importance_order=args.importance_order, pooling=args.pooling, adapt_steps=args.adapt_steps,
-        adapt_learning_rate=args.adapt_lr,
+        adapt_learning_rate=args.adapt_lr, curriculum=args.curriculum,
     )
     print(format_train_report(result))
     return 0
@@ -501,6 +501,8 @@ def _add_table_levers(p: argparse.ArgumentParser) -> None:
                         "token occurrences")
     p.add_argument("--importance-order", choices=("low-first", "high-first"), default="low-first",
                    help="--hash importance: unimportant tokens exit first (default) or important ones")
+    p.add_argument("--curriculum", type=float, default=0.0,
+                   help="share of the steps over which tokens move from the last layer to their exits (default 0)")
 
 
 def _numbers(kind: type, what: str) -> Callable[[str], list]:
@@ -576,7 +578,8 @@ def cmd_frontier(args: argparse.Namespace) -> int:
                   "distill_hidden": args.distill_hidden,
                   "init": args.init, "hash_kind": args.hash, "min_exit_layer": args.min_exit_layer,
                   "bucket_scheme": args.bucket_scheme, "importance_order": args.importance_order,
-                  "pooling": args.pooling, "adapt_steps": args.adapt_steps, "adapt_learning_rate": args.adapt_lr}
+                  "pooling": args.pooling, "adapt_steps": args.adapt_steps, "adapt_learning_rate": args.adapt_lr,
+                  "curriculum": args.curriculum}
         points = frontier.plan_points(frontier.backbone_depth(job.backbone), args.depths, args.speedups, recipe,
                                       seeds=args.seeds, dense=not args.no_dense)
         result = frontier.run_frontier(job, points, seeds=args.seeds)

@@ -107,7 +107,7 @@ class DistillationTrainer(Trainer):
             return self._with_hidden(model, features, labels, return_outputs)
         outputs = model(**features)
         with torch.no_grad():
-            teacher_logits = self.teacher(**features).logits
+            teacher_logits = self.teacher(**_teacher_inputs(features)).logits
         loss = distillation_loss(outputs.logits, teacher_logits, labels, self.alpha, self.temperature,
                                  self.regression)
         return (loss, outputs) if return_outputs else loss
@@ -118,10 +118,15 @@ class DistillationTrainer(Trainer):
 
         states, outputs = _states_and_logits(model, features)
         with torch.no_grad():
-            teacher_states, teacher = _states_and_logits(self.teacher, features)
+            teacher_states, teacher = _states_and_logits(self.teacher, _teacher_inputs(features))
         loss = distillation_loss(outputs.logits, teacher.logits, labels, self.alpha, self.temperature, self.regression)
         loss = loss + self.hidden * state_loss(states, teacher_states, features["attention_mask"])
         return (loss, outputs) if return_outputs else loss
+
+
+def _teacher_inputs(features: dict[str, Any]) -> dict[str, Any]:
+    """The student's inputs without its exit layers (a curriculum's): the teacher routes on its own."""
+    return {k: v for k, v in features.items() if k != "exit_layers"}
 
 
 def _states_and_logits(model: Any, features: dict[str, Any]) -> tuple[torch.Tensor, Any]:

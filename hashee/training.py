@@ -197,7 +197,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
           distill_temperature: float = 2.0, min_exit_layer: int = 1, bucket_scheme: str = "types",
           importance_model: str | Path | None = None, importance_order: str = "low-first",
           pooling: str = "cls", adapt_steps: int = 0, adapt_learning_rate: float = 1e-4,
-          distill_hidden: float = 0.0) -> TrainResult:
+          distill_hidden: float = 0.0, curriculum: float = 0.0) -> TrainResult:
     """Fine-tune a HashEE (or, with ``dense=True``, a plain) sequence classifier and save the run.
 
     Args:
@@ -239,6 +239,8 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
             teaching the routed (HashEE) or cut (``num_layers`` below the depth) model to reproduce the
             full-depth backbone's last hidden states on the training texts (no labels), at
             ``adapt_learning_rate``.
+        curriculum: the share of the optimiser steps over which HashEE tokens move from the last layer
+            to their table exits (:mod:`hashee.curriculum`; default 0: the table from the first step).
         teacher: a run directory (e.g. a ``--dense`` run on the same task and tokenizer) whose logits
             the student also learns from (:mod:`hashee.distill`): ``distill_alpha`` weighs the
             teacher's term against the labels', ``distill_temperature`` softens both distributions,
@@ -273,6 +275,10 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
         raise HashConfigError(f"unknown pooling {pooling!r}; use cls or mean")
     recipe["pooling"] = pooling
     _check_adaptation(adapt_steps, adapt_learning_rate, dense and num_layers in (None, _depth_hint(backbone_path)))
+    _check_number("curriculum", curriculum, 0, 1, False, True)
+    if curriculum and dense:
+        raise HashConfigError("the exit curriculum moves HashEE tokens to their exits; a dense run has none")
+    recipe["curriculum"] = float(curriculum)
     if adapt_steps:
         recipe["adaptation"] = {"steps": int(adapt_steps), "learning_rate": float(adapt_learning_rate)}
     if dense and table_options.any_given():
@@ -492,7 +498,7 @@ def _make_trainer(model: Any, tokenizer: Any, train_set: TokenizedDataset, dev_s
     """A Hugging Face ``Trainer`` for the recipe: no hub, no reporting, no checkpoints, eval per epoch.
 
     With a ``teacher`` model, a :class:`hashee.distill.DistillationTrainer` with the recipe's
-    ``distillation`` weights.
+    ``distillation`` weights; with a ``curriculum`` ratio, the exit curriculum of :mod:`hashee.curriculum`.
     """
     import torch
     from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
@@ -517,6 +523,10 @@ def _make_trainer(model: Any, tokenizer: Any, train_set: TokenizedDataset, dev_s
         Trainer = DistillationTrainer  # noqa: N806 - the same constructor, one more loss term
         extra = {"teacher": teacher, "alpha": recipe["distillation"]["alpha"], "regression": task.regression,
                  "temperature": recipe["distillation"]["temperature"], "hidden": recipe["distillation"]["hidden"]}
+    if recipe.get("curriculum"):
+        from hashee.curriculum import with_curriculum
+
+        Trainer = with_curriculum(Trainer, max(1, round(recipe["curriculum"] * total_steps)))  # noqa: N806
     trainer = Trainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=dev_set, **extra,
         data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,

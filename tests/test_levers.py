@@ -285,3 +285,62 @@ def test_hidden_state_distillation_adds_the_state_term(tiny_classifier, minilm_t
     data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in sst2_sentences[:20]))
     with pytest.raises(TrainConfigError, match="--teacher"):
         train(tiny_classifier, train_file=data, distill_hidden=1.0, output_dir=tmp_path / "x")
+
+
+def test_exit_curriculum_moves_from_the_last_layer_to_the_table(minilm_tokenizer, sst2_sentences):
+    from hashee.calibration import build_exit_table
+    from hashee.curriculum import curriculum_exits
+    from hashee.modeling import HashEEForSequenceClassification
+    from tests.tiny import tiny_dense
+
+    dense = tiny_dense("bert", vocab_size=30522, num_layers=3)
+    texts = [t for t, _ in sst2_sentences[:40]]
+    table = build_exit_table("frequency", minilm_tokenizer, texts=texts, num_layers=3, num_buckets=3)
+    model = HashEEForSequenceClassification.from_dense(dense, table)
+    batch = minilm_tokenizer(texts, padding=True, return_tensors="pt")
+    routed = model.exit_layers_for(batch["input_ids"], batch["attention_mask"])
+    real = batch["attention_mask"].bool()
+    early = real & (routed < 3)
+    assert early.sum() > 50
+    start = curriculum_exits(model, batch, 0.0, seed=1)
+    assert (start[real] == 3).all()  # every token at the last layer
+    np.testing.assert_array_equal(curriculum_exits(model, batch, 1.0, seed=1)[real], routed[real])
+    half = curriculum_exits(model, batch, 0.5, seed=1)
+    share = (half[early] == routed[early]).float().mean()
+    assert 0.4 < share < 0.6
+    assert not torch.equal(half, curriculum_exits(model, batch, 0.5, seed=2))  # a fresh draw every step
+
+
+def test_train_with_a_curriculum_trains_with_it(tiny_classifier, sst2_sentences, tmp_path):
+    import json
+
+    from hashee.training import _make_trainer, train
+
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in sst2_sentences[:40]))
+    run = train(tiny_classifier, train_file=data, curriculum=0.5, max_steps=2, batch_size=8, progress=False,
+                output_dir=tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "hashee_train.json").read_text())["recipe"]["curriculum"] == 0.5
+    assert run.global_step == 2
+    with pytest.raises(HashConfigError, match="dense run has none"):
+        train(tiny_classifier, train_file=data, curriculum=0.5, dense=True, output_dir=tmp_path / "x")
+    # the trainer train() builds routes the first step through the last layer only
+    from transformers import AutoTokenizer, DataCollatorWithPadding
+
+    from hashee.curriculum import CurriculumMixin
+    from hashee.data import tokenize_examples
+    from hashee.training import _load_task
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_classifier)
+    task = _load_task(data, None, (None, None, None), None)
+    dataset = tokenize_examples(task.train, tokenizer, 64, task.label_map)
+    recipe = json.loads((tmp_path / "run" / "hashee_train.json").read_text())["recipe"]
+    trainer = _make_trainer(run.model, tokenizer, dataset, None, task, tmp_path / "t", {**recipe, "max_steps": 4}, False)
+    assert isinstance(trainer, CurriculumMixin) and trainer.curriculum_steps == 2
+    batch = DataCollatorWithPadding(tokenizer)(dataset.features[:8])
+    model = run.model.eval()
+    with torch.no_grad():
+        first = float(trainer.compute_loss(model, dict(batch)))
+        last_layer = float(model(**batch, exit_layers=torch.full_like(batch["input_ids"], 3)).loss)
+        routed = float(model(**batch).loss)
+    assert first == pytest.approx(last_layer, rel=1e-6) and abs(routed - last_layer) > 1e-6
