@@ -269,18 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frequency hash with buckets calibrated to this FLOPs reduction on the training data")
     p.add_argument("--importance-model", help="--hash importance: the fine-tuned dense run that ranks the vocabulary")
     p.add_argument("--teacher", help="a run directory (e.g. a --dense run on the same task) to distil from")
-    p.add_argument("--distill-alpha", type=float, default=0.5,
-                   help="weight of the teacher's soft targets against the labels (default 0.5)")
-    p.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature (default 2)")
-    p.add_argument("--distill-hidden", type=float, default=0.0,
-                   help="weight of a hidden-state term: final token states against the teacher's (default 0)")
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--warmup-ratio", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
+    _add_recipe(p)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--output", required=True, help="run directory to write")
@@ -481,6 +470,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_recipe(p: argparse.ArgumentParser) -> None:
+    """The seed recipe's options (Table 8) and the distillation weights, shared by train and frontier."""
+    p.add_argument("--distill-alpha", type=float, default=0.5,
+                   help="weight of the teacher's soft targets against the labels (default 0.5)")
+    p.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature (default 2)")
+    p.add_argument("--distill-hidden", type=float, default=0.0,
+                   help="weight of a hidden-state term: final token states against the teacher's (default 0)")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-steps", type=int, help="stop (each run) after this many optimiser steps")
+
+
 def _add_adaptation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapt-steps", type=int, default=0,
                    help="exit-aware adaptation before fine-tuning: steps teaching the HashEE (or cut) model to "
@@ -534,17 +539,8 @@ def add_frontier_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-dense", action="store_true", help="skip the full-depth dense point")
     p.add_argument("--report-only", action="store_true", help="rewrite the reports from finished runs; train nothing")
     recipe = p.add_argument_group("recipe (defaults: the seed recipe; what differs names the points)")
-    recipe.add_argument("--lr", type=float, default=5e-5)
-    recipe.add_argument("--batch-size", type=int, default=32)
-    recipe.add_argument("--epochs", type=float, default=3.0)
-    recipe.add_argument("--warmup-ratio", type=float, default=0.1)
-    recipe.add_argument("--weight-decay", type=float, default=0.01)
-    recipe.add_argument("--max-length", type=int, default=128)
-    recipe.add_argument("--max-steps", type=int, help="stop each run after this many optimiser steps")
     recipe.add_argument("--teacher", help="'dense' (each seed's own dense run) or a run directory to distil from")
-    recipe.add_argument("--distill-alpha", type=float, default=0.5)
-    recipe.add_argument("--distill-temperature", type=float, default=2.0)
-    recipe.add_argument("--distill-hidden", type=float, default=0.0, help="weight of the hidden-state term")
+    _add_recipe(recipe)
     recipe.add_argument("--hash", choices=("frequency", "importance"), default="frequency",
                         help="HashEE points' table: frequency, or importance measured on each seed's dense run")
     _add_table_levers(recipe)
