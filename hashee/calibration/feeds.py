@@ -61,7 +61,7 @@ class BundleFeeder:
     def __init__(self, bundle: str | Path, meta: dict[str, Any] | None = None) -> None:
         from transformers import AutoTokenizer
 
-        from hashee.exporter.bundle import TABLE_FILE, TOKENIZER_DIR, read_bundle
+        from hashee.bundle import TABLE_FILE, TOKENIZER_DIR, read_bundle
 
         self.bundle = Path(bundle)
         self.meta = meta if meta is not None else read_bundle(self.bundle)

@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from hashee.bundle import FP16_FILE, MODEL_FILE, read_bundle, replace_precision_file
 from hashee.errors import ExportError, ValidationError
 
-FP16_FILE = "model.fp16.onnx"
+__all__ = ["FP16_FILE", "add_fp16", "build_fp16", "convert_fp16", "inline_functions"]
 EXTRA_BLOCKED_OPS = ["LayerNormalization", "Softmax", "ReduceSum", "ReduceMax", "ReduceMean", "ReduceMin",
                      "NonZero", "MultiHeadAttention", "SkipLayerNormalization", "Gelu", "FastGelu"]
 # logits of an fp16 graph vs the fp32 graph: absolute, scaled by max(1, largest |fp32 logit|)
@@ -206,7 +207,6 @@ def build_fp16(folder: Path, meta: dict[str, Any], output: Path) -> dict[str, An
     import onnx
 
     from hashee.calibration.feeds import BundleFeeder
-    from hashee.exporter.bundle import MODEL_FILE
 
     folder, output = Path(folder), Path(output)
     converted, info = convert_fp16(onnx.load(str(folder / MODEL_FILE)))
@@ -235,18 +235,11 @@ def add_fp16(bundle: str | Path) -> dict[str, Any]:
     import shutil
     import tempfile
 
-    from hashee.exporter.bundle import read_bundle, update_bundle
-
     bundle = Path(bundle)
     meta = read_bundle(bundle)
     scratch = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.fp16-", dir=bundle.absolute().parent))
     try:
         entry = build_fp16(bundle, meta, scratch / FP16_FILE)
-        precisions = {**meta.get("precisions", {}), "fp16": entry}
-        # engines built from an older fp16 file no longer match it
-        engines = [e for e in meta.get("engines", []) if e.get("precision") != "fp16"]
-        stale = tuple(e["file"] for e in meta.get("engines", []) if e.get("precision") == "fp16")
-        return update_bundle(bundle, {FP16_FILE: scratch / FP16_FILE}, {"precisions": precisions, "engines": engines or None},
-                             remove=stale)
+        return replace_precision_file(bundle, "fp16", {FP16_FILE: scratch / FP16_FILE}, entry)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -32,10 +32,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from hashee.bundle import INT8_FILE, MODEL_FILE, RANGES_FILE, read_bundle, replace_precision_file, sha256_file
 from hashee.errors import CalibrationError
 
-INT8_FILE = "model.int8.onnx"
-RANGES_FILE = "calibration/int8_ranges.json"
+__all__ = ["INT8_FILE", "METHODS", "RANGES_FILE", "calibrate_bundle", "keep_float_readers", "quantize_int8"]
 METHODS = ("minmax", "entropy", "percentile")
 PERCENTILE = 99.999
 CALIBRATION_BATCH = 16
@@ -234,7 +234,6 @@ def calibrate_bundle(bundle: str | Path, data_file: str | Path, method: str = "m
     import sys
 
     from hashee.calibration.feeds import BundleFeeder, read_texts
-    from hashee.exporter.bundle import MODEL_FILE, read_bundle, sha256_file, update_bundle
 
     started = time.perf_counter()
 
@@ -287,11 +286,7 @@ def calibrate_bundle(bundle: str | Path, data_file: str | Path, method: str = "m
             check = read_texts(eval_data, meta, eval_samples)
             entry["evaluation"] = {"data": str(eval_data.absolute()),
                                    **compare_files(bundle / MODEL_FILE, scratch / INT8_FILE, feeder, check).to_meta()}
-        precisions = {**meta.get("precisions", {}), "int8": entry}
-        stale = tuple(e["file"] for e in meta.get("engines", []) if e.get("precision") == "int8")
-        engines = [e for e in meta.get("engines", []) if e.get("precision") != "int8"]
-        update_bundle(bundle, {INT8_FILE: scratch / INT8_FILE, RANGES_FILE: ranges},
-                      {"precisions": precisions, "engines": engines or None}, remove=stale)
+        replace_precision_file(bundle, "int8", {INT8_FILE: scratch / INT8_FILE, RANGES_FILE: ranges}, entry)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return CalibrationResult(bundle, entry, reuse, time.perf_counter() - started)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hashee.errors import ExportError
-from hashee.exporter.bundle import MODEL_FILE, TOKENIZER_DIR, staged_folder, write_meta
+from hashee.bundle import MODEL_FILE, TOKENIZER_DIR, staged_folder, write_meta
 
 
 def export_dense(run_dir: Path, output: Path, config: dict[str, Any], opset: int, max_length: int | None,
@@ -27,7 +27,7 @@ def export_dense(run_dir: Path, output: Path, config: dict[str, Any], opset: int
 
     from hashee import __version__
     from hashee.evaluation import load_run
-    from hashee.exporter.bundle import REFERENCE_DIR
+    from hashee.bundle import REFERENCE_DIR
     from hashee.exporter.export import ExportResult, describe, resolve_max_length, save_reference
     from hashee.exporter.targets import MAX_OPSET, MIN_OPSET
     from hashee.exporter.validate import TOLERANCE, check_export

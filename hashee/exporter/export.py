@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from hashee.errors import ExitTableError, ExportError
-from hashee.exporter.bundle import MODEL_FILE, REFERENCE_DIR, TABLE_FILE, TOKENIZER_DIR, staged_folder, write_meta
+from hashee.bundle import MODEL_FILE, REFERENCE_DIR, TABLE_FILE, TOKENIZER_DIR, staged_folder, write_meta
 from hashee.exporter.targets import MIN_OPSET, TARGETS
 
 EXPORT_PRECISIONS = ("fp32", "fp16")
@@ -156,7 +156,7 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
 
     from hashee import __version__
     from hashee.evaluation import load_run
-    from hashee.exporter.bundle import check_output_folder
+    from hashee.bundle import check_output_folder
     from hashee.exporter.graph import build_graph, check_target
     from hashee.exporter.targets import tensorrt_violations
     from hashee.exporter.validate import TOLERANCE, check_export

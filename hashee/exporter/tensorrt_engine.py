@@ -30,10 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from hashee.bundle import ENGINES_DIR, PRECISION_FILES
 from hashee.errors import EngineError, ProfileError
 
-ENGINES_DIR = "engines"
-PRECISION_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 INSTALL_HINT = "install it with: pip install 'hashee[tensorrt]', NVIDIA's wheel, which needs an NVIDIA driver"
 _DIMS = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
 
@@ -183,7 +182,7 @@ def build_engine(bundle: str | Path, precision: str = "fp32", profiles: list[str
         EngineError: wrong bundle kind/target, missing precision file, TensorRT or GPU missing,
             a parse or build failure (with TensorRT's messages).
     """
-    from hashee.exporter.bundle import read_bundle, update_bundle
+    from hashee.bundle import read_bundle, update_bundle
 
     started = time.perf_counter()
 

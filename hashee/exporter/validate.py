@@ -202,7 +202,7 @@ def validate_bundle(bundle: str | Path, data_file: str | Path, reference: str | 
     from hashee.data import load_examples
     from hashee.errors import BundleError, DataError
     from hashee.evaluation import load_run
-    from hashee.exporter.bundle import MODEL_FILE, TABLE_FILE, TOKENIZER_DIR, read_bundle
+    from hashee.bundle import MODEL_FILE, TABLE_FILE, TOKENIZER_DIR, read_bundle
 
     bundle = Path(bundle)
     meta = read_bundle(bundle)

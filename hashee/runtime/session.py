@@ -22,7 +22,7 @@ import numpy as np
 
 from hashee.errors import InputError
 from hashee.runtime.batching import active_profile, check_batch_size, exit_masks, pad, plan_batches
-from hashee.runtime.bundle import Bundle, open_bundle, tokenizer_config
+from hashee.bundle import Bundle, open_bundle, tokenizer_config
 from hashee.runtime.inputs import TextEncoder, normalize_texts, warn_truncated
 from hashee.runtime.runners import make_runner
 from hashee.runtime.runners.base import Runner

@@ -365,7 +365,7 @@ def run_infer(bundle: str | Path, input_path: str | Path, output: str | Path, en
     if engine == "local" and path.is_dir():
         raise InputError(f"--engine local reads one file; {path} is a folder (use --engine ray for folders)")
     fmt = detect_format(path, fmt)
-    from hashee.runtime.bundle import open_bundle
+    from hashee.bundle import open_bundle
 
     open_bundle(bundle, verify=False)  # a bad bundle fails here, before any worker starts
     text, pair, ident = resolve_columns(input_columns(path, fmt), text_column, pair_column, id_column, path)

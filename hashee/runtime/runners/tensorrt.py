@@ -43,7 +43,7 @@ import numpy as np
 
 from hashee.errors import BackendError, EngineError, ProfileError
 from hashee.exporter.tensorrt_engine import Profile
-from hashee.runtime.bundle import Bundle
+from hashee.bundle import Bundle
 from hashee.runtime.runners import cuda_index
 from hashee.runtime.runners.base import Runner
 

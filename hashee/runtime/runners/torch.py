@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from hashee.errors import BackendError, BundleError
-from hashee.runtime.bundle import Bundle
+from hashee.bundle import Bundle
 from hashee.runtime.runners.base import Runner
 
 
