@@ -243,6 +243,16 @@ class Bundle:
         return self.problem_type == "regression"
 
     @property
+    def label2id(self) -> dict[str, int]:
+        """Label name -> class id (how a data file's labels map onto the model's outputs)."""
+        return {name: i for i, name in enumerate(self.labels)}
+
+    @property
+    def input_names(self) -> list[str]:
+        """The graph inputs the manifest declares (``onnx.inputs``)."""
+        return [s["name"] for s in self.meta.get("onnx", {}).get("inputs", []) if isinstance(s, dict) and "name" in s]
+
+    @property
     def engines(self) -> list[dict[str, Any]]:
         """TensorRT engines listed in the manifest (``hashee build-engine``; entry keys: see
         :mod:`hashee.runtime.runners.tensorrt`)."""
@@ -284,7 +294,16 @@ def _int(meta: dict[str, Any], keys: tuple[str, ...], meta_path: Path) -> int:
 def open_bundle(folder: str | Path, verify: bool = True) -> Bundle:
     """Read and check a bundle folder; raise :class:`BundleError` / :class:`ExitTableError` naming the fix."""
     folder = Path(folder)
-    meta = read_bundle(folder, verify=verify)
+    return bundle_view(folder, read_bundle(folder, verify=verify))
+
+
+def bundle_view(folder: str | Path, meta: dict[str, Any]) -> Bundle:
+    """The typed view of a manifest ``meta`` for the files in ``folder``, checked as :func:`open_bundle` does.
+
+    Exporters call it on a staged folder before ``hashee.json`` exists, so that the file they are about
+    to write is validated through the very runtime that will serve it.
+    """
+    folder = Path(folder)
     meta_path = folder / META_FILE
     kind = meta.get("kind")
     if kind not in ("hashee", "dense"):
@@ -293,9 +312,7 @@ def open_bundle(folder: str | Path, verify: bool = True) -> Bundle:
     problem_type = task.get("problem_type", "single_label_classification")
     if problem_type not in TASKS:
         raise BundleError(f"{meta_path} has task {problem_type!r}; the runtime serves {', '.join(TASKS)}")
-    num_labels = _int(meta, ("task", "num_labels"), meta_path)
-    id2label = task.get("id2label") or {}
-    labels = [str(id2label.get(str(i), i)) for i in range(num_labels)]
+    labels = task_labels(meta, meta_path)
     num_layers = _int(meta, ("backbone", "num_layers"), meta_path)
     vocab_size = _int(meta, ("backbone", "vocab_size"), meta_path)
     max_length = _int(meta, ("max_length",), meta_path)
@@ -315,6 +332,14 @@ def open_bundle(folder: str | Path, verify: bool = True) -> Bundle:
     return Bundle(path=folder, meta=meta, kind=kind, num_layers=num_layers, max_length=max_length,
                   problem_type=problem_type, labels=labels, model_file=model_file, tokenizer_dir=tokenizer_dir,
                   exit_table=table, reference_dir=reference_dir)
+
+
+def task_labels(meta: dict[str, Any], meta_path: Path | str = META_FILE) -> list[str]:
+    """The label names of a manifest, by class id (``task.id2label``; a missing name is its id)."""
+    task = meta.get("task") if isinstance(meta.get("task"), dict) else {}
+    num_labels = _int(meta, ("task", "num_labels"), Path(meta_path))
+    id2label = task.get("id2label") or {}
+    return [str(id2label.get(str(i), i)) for i in range(num_labels)]
 
 
 def tokenizer_config(bundle: Bundle) -> dict[str, Any]:

@@ -165,28 +165,28 @@ class PrecisionReport:
 
 def compare_to_fp32(fp32_file: Path, other_file: Path, feeder: Any, precision: str, tolerance: float,
                     min_agreement: float) -> PrecisionReport:
-    """Run the exporter's validation cases through both files; raise when they disagree.
+    """Run the exporter's validation cases through both files, each on a runtime Session; raise when they disagree.
 
     The check on |difference| is relative to the logits' scale (``tolerance * max(1, max |logit|)``)
     because fp16 keeps about three significant digits; labels must agree on at least ``min_agreement``
     of the real-text rows (classification only).
     """
-    from hashee.exporter.validate import ort_session
-
-    reference, candidate = ort_session(fp32_file), ort_session(other_file)
+    reference, candidate = feeder.session_for(fp32_file), feeder.session_for(other_file)
     cases: dict[str, float] = {}
     agree = total = 0
     worst_excess = 0.0
     classification = feeder.meta.get("task", {}).get("problem_type") != "regression"
     for name, feed in feeder.edge_feeds():
-        (ref,) = reference.run(["logits"], feed)
-        (out,) = candidate.run(["logits"], feed)
+        ref = reference.run(**feed)["logits"]
+        out = candidate.run(**feed)["logits"]
         diff = float(np.max(np.abs(out.astype(np.float64) - ref), initial=0.0))
         cases[name] = diff
         worst_excess = max(worst_excess, diff / (tolerance * max(1.0, float(np.max(np.abs(ref), initial=0.0)))))
         if classification and name in ("text, padded batch of mixed lengths", "sentence pairs", "batch of 1"):
             agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
             total += len(ref)
+    reference.close()
+    candidate.close()
     agreement = agree / total if classification and total else None
     report = PrecisionReport(precision, max(cases.values()), agreement, tolerance, total, cases)
     if worst_excess > 1.0:

@@ -158,15 +158,13 @@ class Comparison:
 def compare_files(fp32_file: Path, other_file: Path, feeder: Any, data: Any, batch_size: int = 32,
                   timing_repeats: int = 1, name: str = "int8") -> Comparison:
     """Accuracy, label agreement, max |difference| and ORT CPU samples/s (length-sorted batches)."""
-    from hashee.exporter.validate import ort_session
-
-    sessions = {"fp32": ort_session(fp32_file), "other": ort_session(other_file)}
+    sessions = {"fp32": feeder.session_for(fp32_file), "other": feeder.session_for(other_file)}
     batches = list(feeder.batches(data, batch_size, sort=True))
     preds = {name: np.zeros(len(data), dtype=np.int64) for name in sessions}
     worst = 0.0
     for rows, feed in batches:
-        (ref,) = sessions["fp32"].run(["logits"], feed)
-        (out,) = sessions["other"].run(["logits"], feed)
+        ref = sessions["fp32"].run(**feed)["logits"]
+        out = sessions["other"].run(**feed)["logits"]
         preds["fp32"][rows], preds["other"][rows] = ref.argmax(-1), out.argmax(-1)
         worst = max(worst, float(np.max(np.abs(out - ref))))
     speed: dict[str, float] = {}
@@ -174,7 +172,7 @@ def compare_files(fp32_file: Path, other_file: Path, feeder: Any, data: Any, bat
         for key, session in sessions.items():
             start = time.perf_counter()
             for _, feed in batches:
-                session.run(["logits"], feed)
+                session.run(**feed)
             speed[key] = max(speed.get(key, 0.0), len(data) / (time.perf_counter() - start))
     gold = data.labels
     accuracy = (lambda p: None) if gold is None else (lambda p: float((p == gold).mean()))
