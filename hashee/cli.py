@@ -127,7 +127,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from hashee.calibration.dynamic_int8 import quantize_bundle
 
     result = quantize_bundle(args.bundle, data=args.data, samples=args.samples, per_channel=not args.per_tensor,
-                             fuse=args.fuse, min_agreement=args.min_agreement, progress=not args.quiet)
+                             fuse=args.fuse, min_agreement=args.min_agreement,
+                             quantize_head=args.quantize_head, progress=not args.quiet)
     print(result.format())
     return 0
 
@@ -353,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="real sentences for the check (.tsv/.csv/.jsonl; default: the bundled SST-2 dev sample)")
     p.add_argument("--samples", type=int, default=400, help="check sentences to use (default 400)")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per matrix instead of per output channel")
+    p.add_argument("--quantize-head", action="store_true",
+                   help="also quantise the pooler and classifier (default: they stay fp32; one row per sequence)")
     p.add_argument("--min-agreement", type=float, default=0.995,
                    help="refuse below this share of fp32 labels on the check sentences (default 0.995)")
     fuse = p.add_mutually_exclusive_group()

@@ -146,6 +146,8 @@ def test_int8_never_touches_the_exit_mask_and_index_path(made, family, kind):
     assert {"attention_mask", "input_ids"} <= mask_tensors and len(mask_tensors) > 30
     weights = {i.name for i in fp32.graph.initializer}
     weight_matmuls = {n.name for n in fp32.graph.node if n.op_type == "MatMul" and n.input[1] in weights}
+    head = weight_matmuls & dynamic_int8.head_nodes(fp32.graph)
+    assert len(head) == 2  # pooler and classifier: kept fp32
 
     model = onnx.load(str(bundle / DYNAMIC_INT8_FILE))
     inits = {i.name: i for i in model.graph.initializer}
@@ -154,7 +156,10 @@ def test_int8_never_touches_the_exit_mask_and_index_path(made, family, kind):
     quantised = [n for n in model.graph.node if n.op_type in QUANT_OPS]
     assert not [n for n in quantised if n.op_type == "QuantizeLinear"]  # dynamic: no static Q/DQ at all
     integer = [n for n in quantised if n.op_type == "MatMulInteger"]
-    assert len(integer) == len(weight_matmuls)
+    assert len(integer) == len(weight_matmuls) - len(head) == 4 * 6  # q, k, v, attention output, FFN in/out
+    float_matmuls = {n.name: n for n in model.graph.node if n.op_type == "MatMul"}
+    assert all(name in float_matmuls and inits[float_matmuls[name].input[1]].data_type == onnx.TensorProto.FLOAT
+               for name in head)
     for node in quantised:
         if node.op_type == "DynamicQuantizeLinear":  # reads a float hidden state, never a mask/index tensor
             assert node.input[0] not in mask_tensors, node.name
@@ -191,8 +196,8 @@ def test_disagreement_below_the_threshold_is_refused_with_nothing_written(made, 
 
     real = dynamic_int8.quantize_graph
 
-    def flipped(model, output, per_channel=True):  # a planted disagreement: the int8 graph's logits negated
-        info = real(model, output, per_channel)
+    def flipped(model, output, *args):  # a planted disagreement: the int8 graph's logits negated
+        info = real(model, output, *args)
         quantised = onnx.load(str(output))
         for node in quantised.graph.node:
             node.output[:] = ["logits/raw" if name == "logits" else name for name in node.output]
@@ -236,3 +241,41 @@ def test_requantising_replaces_the_file_and_keeps_the_manifest_coherent(made):
     assert again["files"]["model.onnx"] == first["files"]["model.onnx"]
     assert again["files"][DYNAMIC_INT8_FILE] == sha256_file(bundle / DYNAMIC_INT8_FILE)
     assert json.loads((bundle / "hashee.json").read_text())["files"] == {k: v for k, v in again["files"].items()}
+
+
+# ----------------------------------------------------------------------------------------- bench
+def test_bench_shows_dense_and_hashee_in_fp32_and_int8_side_by_side(made, tmp_path):
+    pytest.importorskip("matplotlib")
+    from hashee.bench.driver import BackendSpec, precision_refusal, run_bench
+    from hashee.samples import SST2_DEV
+
+    hashee, dense = made("bert"), made("bert", "dense")
+    result = run_bench(hashee, str(SST2_DEV), tmp_path / "out", backends=["onnxruntime"], batch_sizes=[1, 4],
+                       dense=dense, repeats=2, limit=12, precisions=["fp32", "int8"], progress=False)
+    by_key = {r["key"]: r for r in result["backends"]}
+    keys = ("onnxruntime-dense", "onnxruntime-dense-int8", "onnxruntime-hashee", "onnxruntime-hashee-int8")
+    assert set(by_key) == set(keys) and result["precisions"] == ["fp32", "int8"]
+    for key in keys:
+        assert by_key[key]["status"] == "ok", by_key[key]["reason"]
+        assert by_key[key]["device"] == "onnxruntime-cpu"
+    for key in keys[1::2]:  # int8 against the same model's fp32 rows: close, but not the fp32 file again
+        par = by_key[key]["parity_fp32"]
+        assert par["reference"] == key.removesuffix("-int8") and 0 < par["max_abs_diff"] < 0.2
+    for size in ("1", "4"):
+        over = result["speedups"][size]["over_dense_fp32"]
+        base = by_key["onnxruntime-dense"]["results"][size]["samples_per_s"]
+        assert set(over) == set(keys[1:])
+        for key in keys[1:]:
+            assert over[key] == pytest.approx(by_key[key]["results"][size]["samples_per_s"] / base)
+        assert result["speedups"][size]["onnxruntime_hashee_int8_over_dense_int8"] == pytest.approx(
+            over["onnxruntime-hashee-int8"] / over["onnxruntime-dense-int8"])
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "## ONNX Runtime: fp32 and dynamic int8, dense and HashEE (x over dense fp32)" in text
+    for row in ("| dense fp32 |", "| dense int8 |", "| HashEE fp32 |", "| HashEE int8 |"):
+        assert row in text
+
+    plain = tmp_path / "plain"
+    export(Path(read_bundle(hashee)["source"]["run_dir"]), plain, progress=False, max_length=MAX_LENGTH)
+    reason = precision_refusal(BackendSpec("onnxruntime", "hashee", plain, precision="int8"))
+    assert reason is not None and f"hashee quantize {plain}" in reason
+    assert precision_refusal(BackendSpec("onnxruntime", "hashee", plain)) is None

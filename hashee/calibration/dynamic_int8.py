@@ -7,8 +7,9 @@ This module applies it to any bundle, dense or HashEE, so the two compose:
 * int8 weights (symmetric, per output channel unless ``per_channel=False``), activations quantised at
   run time (``DynamicQuantizeLinear``: uint8, per tensor), the products in ``MatMulInteger`` (or
   ``QAttention`` for a fused dense ``Attention`` node);
-* only weight ``MatMul``/``Gemm`` nodes (second input an initializer) are quantised, named one by one
-  (``nodes_to_quantize``): the exit-mask and index path (NonZero, GatherND/ScatterND indices, CumSum,
+* only weight ``MatMul``/``Gemm`` nodes (second input an initializer) of the encoder are quantised, named
+  one by one (``nodes_to_quantize``); the classification head (pooler, classifier: a [CLS] row per
+  sequence, nothing to gain) stays fp32 unless ``quantize_head``; the exit-mask and index path (NonZero, GatherND/ScatterND indices, CumSum,
   counts, the additive attention mask) holds no weight MatMul, so it is never quantised; attention
   score/context products, LayerNorm, Softmax and GELU stay fp32;
 * the graph is quantised from a copy with the ``hashee`` local functions inlined
@@ -109,20 +110,43 @@ def fused_dense_graph(model_file: Path, backbone: dict[str, Any]) -> tuple[Any, 
     return optimized.model, fused
 
 
-def quantizable_nodes(graph: Any) -> list[str]:
-    """Names of the nodes to quantise: weight MatMul/Gemm (second input an initializer) and fused Attention."""
+NORMS = ("LayerNormalization", "SkipLayerNormalization", "SkipSimplifiedLayerNormalization",
+         "EmbedLayerNormalization", "SimplifiedLayerNormalization")
+
+
+def head_nodes(graph: Any) -> set[str]:
+    """Nodes from which no LayerNorm is reachable: the classification head after the last encoder layer.
+
+    Every encoder projection feeds a residual LayerNorm; the pooler and classifier (one [CLS] row per
+    sequence) do not.
+    """
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    feeds_norm: set[str] = set()
+    for node in reversed(graph.node):  # nodes are topologically sorted
+        if node.op_type in NORMS or any(c.name in feeds_norm for o in node.output for c in consumers.get(o, ())):
+            feeds_norm.add(node.name)
+    return {n.name for n in graph.node if n.name not in feeds_norm}
+
+
+def quantizable_nodes(graph: Any, quantize_head: bool = False) -> list[str]:
+    """Names of the nodes to quantise: weight MatMul/Gemm (second input an initializer) and fused Attention;
+    without ``quantize_head``, not the classification head (:func:`head_nodes`)."""
     weights = {i.name for i in graph.initializer}
-    return [n.name for n in graph.node
-            if n.op_type in WEIGHT_OPS + FUSED_OPS and len(n.input) > 1 and n.input[1] in weights]
+    head = set() if quantize_head else head_nodes(graph)
+    return [n.name for n in graph.node if n.op_type in WEIGHT_OPS + FUSED_OPS and len(n.input) > 1
+            and n.input[1] in weights and n.name not in head]
 
 
-def quantize_graph(model: Any, output: Path, per_channel: bool = True) -> dict[str, Any]:
+def quantize_graph(model: Any, output: Path, per_channel: bool = True, quantize_head: bool = False) -> dict[str, Any]:
     """Dynamic-quantise a prepared ``model`` into ``output``; returns what was done (manifest fields)."""
     import onnx
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    nodes = quantizable_nodes(model.graph)
+    nodes = quantizable_nodes(model.graph, quantize_head)
     if not nodes:
         raise CalibrationError("the graph has no MatMul/Gemm with a weight initializer: nothing to quantise")
     op_types = sorted({n.op_type for n in model.graph.node if n.name in set(nodes)})
@@ -141,6 +165,7 @@ def quantize_graph(model: Any, output: Path, per_channel: bool = True) -> dict[s
             "quantized_nodes": len(nodes), "quantized_ops": counts,
             "weights": "int8, symmetric, " + ("per output channel" if per_channel else "per tensor"),
             "activations": "uint8, per tensor, quantised at run time", "per_channel": per_channel,
+            "head": "int8" if quantize_head else "fp32 (pooler and classifier: one row per sequence)",
             "functions_inlined": True, "shape_inference": "onnxruntime symbolic_shape_infer (auto_merge)"}
 
 
@@ -287,7 +312,7 @@ def _check_texts(data: str | Path | None, meta: dict[str, Any], samples: int) ->
 
 def quantize_bundle(bundle: str | Path, data: str | Path | None = None, samples: int = DEFAULT_SAMPLES,
                     per_channel: bool = True, fuse: bool | None = None, min_agreement: float = MIN_AGREEMENT,
-                    progress: bool = True) -> QuantizeResult:
+                    quantize_head: bool = False, progress: bool = True) -> QuantizeResult:
     """Add (or replace) ``model.int8-dynamic.onnx`` in a bundle (dense, HashEE or embedded exit table).
 
     Args:
@@ -298,6 +323,8 @@ def quantize_bundle(bundle: str | Path, data: str | Path | None = None, samples:
         fuse: run ONNX Runtime's transformer optimizer first; default: for dense bundles only (HashEE graphs
             carry their own contrib ops).
         min_agreement: refuse below this share of fp32 labels (tests plant a disagreement with it).
+        quantize_head: also quantise the pooler/classifier (one row per sequence: no speed to gain, and the
+            most sensitive to rounding; off by default).
 
     Raises:
         ValidationError: int8 disagrees with fp32 (nothing is written).
@@ -333,7 +360,7 @@ def quantize_bundle(bundle: str | Path, data: str | Path | None = None, samples:
     try:
         output = scratch / DYNAMIC_INT8_FILE
         say(f"quantising ({'per-channel' if per_channel else 'per-tensor'} int8 weights)")
-        info = quantize_graph(model, output, per_channel)
+        info = quantize_graph(model, output, per_channel, quantize_head)
         del model
         say(f"checking against fp32 on {len(texts)} sentences of {source} and edge inputs")
         check = compare_to_fp32(bundle, output, texts, gold, min_agreement)
