@@ -290,3 +290,19 @@ def test_bench_shows_dense_and_hashee_in_fp32_and_int8_side_by_side(made, tmp_pa
     reason = precision_refusal(BackendSpec("onnxruntime", "hashee", plain, precision="int8"))
     assert reason is not None and f"hashee quantize {plain}" in reason
     assert precision_refusal(BackendSpec("onnxruntime", "hashee", plain)) is None
+
+
+def test_auto_takes_the_dynamic_int8_file_on_a_cpu_and_batchmates_move_it_only_slightly(made):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("a GPU is present: auto may take TensorRT or CUDA here")
+    bundle = made("bert")
+    texts = [t for t in sample_texts(64) if len(t.split()) < 30]
+    with Session.load(bundle, precision="int8") as session:  # backend="auto"
+        assert session.backend == "onnxruntime-cpu" and session.precision == "int8"
+        batched, alone = session.predict_logits(texts, batch_size=32), session.predict_logits(texts, batch_size=1)
+    # activations are quantised per tensor at run time, so the scale depends on the batch: not bit-equal as
+    # fp32 is, but within the int8-vs-fp32 tolerance
+    assert 0 < np.abs(batched - alone).max() <= 0.1 * max(1.0, np.abs(alone).max())
+    assert (batched.argmax(-1) == alone.argmax(-1)).mean() >= TINY_MIN_AGREEMENT
