@@ -180,9 +180,11 @@ class Agreement:
     cases: dict[str, float] = field(default_factory=dict)
     accuracy_fp32: float | None = None
     accuracy: float | None = None
+    num_sentences: int = 0
 
     def to_meta(self) -> dict[str, Any]:
         return {"reference": "model.onnx through hashee.runtime.Session on ONNX Runtime CPU",
+                "num_sentences": self.num_sentences,
                 "label_agreement": self.label_agreement, "num_examples": self.num_examples,
                 "max_abs_diff": self.max_abs_diff, "cases": self.cases, "accuracy_fp32": self.accuracy_fp32,
                 "accuracy": self.accuracy}
@@ -213,7 +215,6 @@ def _exit_cases(session: Any, texts: list[str], seed: int = 0) -> list[tuple[str
                         ("random exit layers", rng.integers(1, layers + 1, size=ids.shape))):
         exits = exits * (mask != 0)
         masks = np.stack([exits >= layer for layer in range(1, layers + 1)])
-        masks[0] |= mask.astype(bool)
         cases.append((name, {"input_ids": ids, "attention_mask": mask, "exit_masks": masks}))
     return cases
 
@@ -227,10 +228,15 @@ def compare_to_fp32(bundle_dir: Path, candidate: Path, texts: Sequence[Any], gol
     as max |difference|.  Raises :class:`ValidationError` when the agreement is below ``min_agreement``
     or an output is not finite.
     """
+    fp32, int8 = _sessions(bundle_dir, candidate)
+    with fp32, int8:
+        return _compare(fp32, int8, list(texts), gold, min_agreement)
+
+
+def _compare(fp32: Any, int8: Any, texts: list[Any], gold: np.ndarray | None, min_agreement: float) -> Agreement:
+    """:func:`compare_to_fp32` on two open sessions."""
     from hashee.runtime.inputs import TruncationWarning
 
-    fp32, int8 = _sessions(bundle_dir, candidate)
-    texts = list(texts)
     firsts = [t[0] if isinstance(t, tuple) else t for t in texts]
     long_text = " ".join(firsts[:64]) * 4
     cases: dict[str, float] = {}
@@ -258,10 +264,8 @@ def compare_to_fp32(bundle_dir: Path, candidate: Path, texts: Sequence[Any], gol
         for name, feed in _exit_cases(fp32, firsts[:16]):
             ref, out = fp32.run(**feed)["logits"], int8.run(**feed)["logits"]
             cases[name] = float(np.max(np.abs(out.astype(np.float64) - ref), initial=0.0))
-    fp32.close()
-    int8.close()
     agreement = agree / total if classification and total else None
-    report = Agreement(agreement, total, max(cases.values()), cases, accuracy_fp32, accuracy)
+    report = Agreement(agreement, total, max(cases.values()), cases, accuracy_fp32, accuracy, len(texts))
     if agreement is not None and agreement < min_agreement:
         raise ValidationError(f"the dynamic int8 graph predicts the fp32 graph's label on only {100 * agreement:.1f} % "
                               f"of {total} check sentences (needs {100 * min_agreement:g} %); nothing was written")
@@ -291,9 +295,9 @@ class QuantizeResult:
         acc = ""
         if check.get("accuracy") is not None:
             acc = (f", accuracy int8 {check['accuracy']:.4f} vs fp32 {check['accuracy_fp32']:.4f}")
-        lines.append(f"check vs fp32 ({check['num_examples']} sentences of {check['data']} and edge inputs, the runtime "
-                     f"Session on ONNX Runtime CPU): label agreement {text}, max |difference| "
-                     f"{check['max_abs_diff']:.3g}{acc}")
+        lines.append(f"check vs fp32 through the runtime Session on ONNX Runtime CPU ({check['num_sentences']} sentences "
+                     f"of {check['data']}, a batch of 1, pairs and edge inputs): label agreement {text} of "
+                     f"{check['num_examples']} rows, max |difference| {check['max_abs_diff']:.3g}{acc}")
         lines.append(f"run it: hashee predict {self.bundle} --backend onnxruntime --precision int8 \"text\"  "
                      f"(took {self.seconds:.1f} s)")
         return "\n".join(lines)
