@@ -30,7 +30,7 @@ from hashee.calibration.fp16 import inline_functions, mask_logic_nodes, mask_log
 from hashee.cli import main  # noqa: E402
 from hashee.errors import PrecisionError, ValidationError  # noqa: E402
 from hashee.exporter import export, read_bundle  # noqa: E402
-from hashee.exporter.bundle import sha256_file  # noqa: E402
+from hashee.bundle import sha256_file  # noqa: E402
 from hashee.exporter.validate import sample_texts  # noqa: E402
 from hashee.modeling import HashEEForSequenceClassification  # noqa: E402
 from hashee.runtime import Session  # noqa: E402

@@ -45,10 +45,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from hashee.bundle import DYNAMIC_INT8_FILE, MODEL_FILE, read_bundle, replace_precision_file
+from hashee.bundle import DYNAMIC_INT8_KEY as MANIFEST_KEY  # hashee.json: precisions["int8-dynamic"]
 from hashee.errors import CalibrationError, ValidationError
-
-DYNAMIC_INT8_FILE = "model.int8-dynamic.onnx"
-MANIFEST_KEY = "int8-dynamic"  # hashee.json: precisions["int8-dynamic"]
 #: the least share of check sentences on which int8 must predict the fp32 label
 MIN_AGREEMENT = 0.995
 DEFAULT_SAMPLES = 400
@@ -191,7 +190,7 @@ class Agreement:
 
 
 def _sessions(bundle_dir: Path, candidate: Path) -> tuple[Any, Any]:
-    from hashee.runtime.bundle import open_bundle
+    from hashee.bundle import open_bundle
     from hashee.runtime.runners.onnxruntime import OnnxRuntimeRunner
     from hashee.runtime.session import Session
 
@@ -336,8 +335,6 @@ def quantize_bundle(bundle: str | Path, data: str | Path | None = None, samples:
     """
     import onnx
 
-    from hashee.exporter.bundle import MODEL_FILE, read_bundle, update_bundle
-
     started = time.perf_counter()
 
     def say(message: str) -> None:
@@ -371,8 +368,7 @@ def quantize_bundle(bundle: str | Path, data: str | Path | None = None, samples:
         entry = {"file": DYNAMIC_INT8_FILE, "source": MODEL_FILE, "format": "dynamic", "runtime": "onnxruntime-cpu",
                  **info, "fused_before_quantization": fused or None,
                  "validation": {"data": source, "min_agreement": min_agreement, **check.to_meta()}}
-        precisions = {**meta.get("precisions", {}), MANIFEST_KEY: entry}
-        update_bundle(bundle, {DYNAMIC_INT8_FILE: output}, {"precisions": precisions})
+        replace_precision_file(bundle, MANIFEST_KEY, {DYNAMIC_INT8_FILE: output}, entry)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return QuantizeResult(bundle, entry, time.perf_counter() - started)

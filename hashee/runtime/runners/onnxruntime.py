@@ -15,15 +15,15 @@ from typing import Any
 
 import numpy as np
 
+from hashee.bundle import DYNAMIC_INT8_KEY, Bundle, inside
+from hashee.bundle import ORT_TRT_CACHE_DIR as CACHE_DIR
 from hashee.errors import BackendError, BundleError, PrecisionError
-from hashee.runtime.bundle import Bundle
 from hashee.runtime.runners import cuda_index
 from hashee.runtime.runners.base import Runner
 
 SHORT = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
-CACHE_DIR = "engines/onnxruntime-trt"
 #: precision -> the ``precisions`` entry of hashee.json whose file ONNX Runtime runs (fp32: model.onnx)
-ORT_PRECISIONS = {"fp32": None, "int8": "int8-dynamic"}
+ORT_PRECISIONS = {"fp32": None, "int8": DYNAMIC_INT8_KEY}
 
 
 def ort_model_file(bundle: Bundle, precision: str | None) -> Any:
@@ -31,8 +31,6 @@ def ort_model_file(bundle: Bundle, precision: str | None) -> Any:
 
     Raises :class:`PrecisionError` naming the command that adds the file when the bundle lacks it.
     """
-    from hashee.exporter.bundle import inside
-
     if precision in (None, "fp32"):
         return bundle.model_file
     if precision not in ORT_PRECISIONS:
