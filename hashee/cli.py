@@ -1,5 +1,5 @@
 """The ``hashee`` command line: ``hash | train | eval | export | validate | predict | convert |
-calibrate | build-engine | export-triton | validate-triton | infer | bench | demo``.
+calibrate | quantize | build-engine | export-triton | validate-triton | infer | bench | demo``.
 
 Only the standard library is imported at module level, so ``hashee --help`` answers without torch;
 each subcommand imports what it needs when it runs.  A user error (:class:`hashee.errors.HasheeError`)
@@ -129,6 +129,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from hashee.calibration.dynamic_int8 import quantize_bundle
+
+    result = quantize_bundle(args.bundle, data=args.data, samples=args.samples, per_channel=not args.per_tensor,
+                             fuse=args.fuse, min_agreement=args.min_agreement,
+                             quantize_head=args.quantize_head, progress=not args.quiet)
+    print(result.format())
+    return 0
+
+
 def cmd_build_engine(args: argparse.Namespace) -> int:
     from hashee.exporter.tensorrt_engine import build_engine
 
@@ -205,6 +215,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     result = run_bench(args.bundle, args.data, args.output, backends=parse_list(args.backends, str, "--backends"),
                        batch_sizes=parse_list(args.batch_sizes, int, "--batch-sizes"), dense=args.dense,
+                       precisions=parse_list(args.precisions, str, "--precisions"),
                        repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device,
                        limit=args.limit, optimize_dense_graph=not args.no_dense_optimization,
                        max_batches=args.max_batches,
@@ -344,6 +355,31 @@ def add_calibrate(sub: Any) -> None:
     p.set_defaults(handler=cmd_calibrate)
 
 
+def add_quantize(sub: Any) -> None:
+    """The ``hashee quantize`` subcommand."""
+    p = sub.add_parser("quantize", help="add dynamic INT8 for ONNX Runtime CPU (model.int8-dynamic.onnx) to a bundle",
+                       description="Quantise a bundle's weight MatMuls to int8 with ONNX Runtime's dynamic quantisation "
+                                   "(activations quantised at run time; the exit-mask/index path untouched), from a "
+                                   "copy with the hashee functions inlined and shapes inferred; check it against fp32 "
+                                   "through the runtime Session on real sentences and edge inputs; refuse (exit 1, "
+                                   "nothing written) below 99.5 %% label agreement. Runs with --precision int8 on "
+                                   "ONNX Runtime. Dense, HashEE and embedded-table bundles.")
+    p.add_argument("bundle", help="bundle folder written by `hashee export` (also --dense or --embed-exit-table)")
+    p.add_argument("--data", help="real sentences for the check (.tsv/.csv/.jsonl; default: the bundled SST-2 dev sample)")
+    p.add_argument("--samples", type=int, default=400, help="check sentences to use (default 400)")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per matrix instead of per output channel")
+    p.add_argument("--quantize-head", action="store_true",
+                   help="also quantise the pooler and classifier (default: they stay fp32; one row per sequence)")
+    p.add_argument("--min-agreement", type=float, default=0.995,
+                   help="refuse below this share of fp32 labels on the check sentences (default 0.995)")
+    fuse = p.add_mutually_exclusive_group()
+    fuse.add_argument("--fuse", dest="fuse", action="store_true", default=None,
+                      help="run ONNX Runtime's transformer optimizer first (default for dense bundles)")
+    fuse.add_argument("--no-fuse", dest="fuse", action="store_false", help="quantise the graph as exported")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=cmd_quantize)
+
+
 def add_build_engine(sub: Any) -> None:
     """The ``hashee build-engine`` subcommand."""
     p = sub.add_parser("build-engine", help="build a TensorRT engine from a tensorrt-target bundle (needs a GPU)",
@@ -387,7 +423,8 @@ def add_predict(sub: Any) -> None:
     p.add_argument("--output", help="JSON lines file to write, one result per input in order (default: stdout)")
     p.add_argument("--backend", default="auto", help="auto (default), onnxruntime, tensorrt or torch")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"),
-                   help="the TensorRT engine of this precision (default: fp32, else fp16, else int8)")
+                   help="TensorRT: the engine of this precision (default: fp32, else fp16, else int8); ONNX Runtime: "
+                        "int8 runs the dynamic int8 model of `hashee quantize` on the CPU")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the best available)")
     p.add_argument("--threads", type=int, help="intra-op threads (default: the library's)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -469,6 +506,9 @@ def add_bench(sub: Any) -> None:
     p.add_argument("--backends", default="torch,onnxruntime,tensorrt",
                    help="comma-separated: torch, onnxruntime, tensorrt (one that cannot run is reported as skipped)")
     p.add_argument("--batch-sizes", default="1,8,32,128", help="comma-separated batch sizes (default 1,8,32,128)")
+    p.add_argument("--precisions", default="fp32",
+                   help="comma-separated: fp32, int8 (ONNX Runtime: the dynamic int8 model of `hashee quantize`, "
+                        "dense and HashEE; TensorRT: the int8 engine; PyTorch: fp32 only). Default fp32")
     p.add_argument("--dense", help="dense baseline: a dense bundle (hashee export --dense) or a run folder (exported "
                                    "with Optimum here); default: the HashEE model's own weights without early exit")
     p.add_argument("--repeats", type=int, default=5, help="timed passes per backend and batch size (default 5)")
@@ -624,6 +664,7 @@ SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     add_export,
     add_convert,
     add_calibrate,
+    add_quantize,
     add_build_engine,
     add_validate,
     add_predict,

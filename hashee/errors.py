@@ -53,6 +53,10 @@ class BackendError(HasheeError, RuntimeError):
     """A runtime backend is unknown, or cannot run here (no GPU, library or engine for it)."""
 
 
+class PrecisionError(BackendError):
+    """The bundle holds no model of the asked precision for this backend; the message names the command that adds it."""
+
+
 class CalibrationError(HasheeError, ValueError):
     """INT8 calibration cannot run as asked (method, sample count, saved ranges that do not fit)."""
 

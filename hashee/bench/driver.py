@@ -37,6 +37,9 @@ from hashee.runtime.runners.tensorrt import TensorRTRunner
 from hashee.runtime.session import _special
 
 RUNTIMES = ("torch", "onnxruntime", "tensorrt")
+#: precisions ``--precisions`` takes: int8 is the dynamic int8 model on ONNX Runtime (``hashee quantize``) and the
+#: int8 engine on TensorRT (``hashee calibrate`` + ``hashee build-engine --precision int8``)
+PRECISIONS = ("fp32", "int8")
 RUNTIME_LABELS = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
 DEFAULT_BATCH_SIZES = (1, 8, 32, 128)
 ORT_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "electra": "bert", "distilbert": "bert", "albert": "bert"}
@@ -51,14 +54,16 @@ class BackendSpec:
     bundle: Path | None
     reference: Path | None = None
     skip: str | None = None  # reason, when known before starting a worker
+    precision: str = "fp32"
 
     @property
     def key(self) -> str:
-        return f"{self.runtime}-{self.model}"
+        return f"{self.runtime}-{self.model}" + ("" if self.precision == "fp32" else f"-{self.precision}")
 
     @property
     def label(self) -> str:
-        return f"{RUNTIME_LABELS[self.runtime]} {'HashEE' if self.model == 'hashee' else 'dense'}"
+        return (f"{RUNTIME_LABELS[self.runtime]} {'HashEE' if self.model == 'hashee' else 'dense'}"
+                + ("" if self.precision == "fp32" else f" {self.precision}"))
 
 
 def parse_list(text: str | Sequence[Any], kind: type, what: str) -> list[Any]:
@@ -172,12 +177,49 @@ def optimize_dense(bundle_dir: Path, output: Path, say: Callable[[str], None]) -
         return bundle_dir, f"plain Optimum export (ONNX Runtime optimizer failed: {type(exc).__name__}: {exc})"
 
 
-def tensorrt_refusal(bundle_dir: Path, device: str | None, threads: int | None) -> str | None:
+def tensorrt_refusal(bundle_dir: Path, device: str | None, threads: int | None,
+                     precision: str | None = None) -> str | None:
     """Why the TensorRT runner cannot run ``bundle_dir`` here (checked without starting a worker), or None."""
     try:
-        TensorRTRunner(open_bundle(bundle_dir, verify=False), device, threads)
+        TensorRTRunner(open_bundle(bundle_dir, verify=False), device, threads, precision)
     except BackendError as exc:
         return str(exc)
+    return None
+
+
+def precision_refusal(spec: BackendSpec) -> str | None:
+    """Why ``spec`` cannot run at its precision (the bundle lacks the file, or the runtime has no such mode)."""
+    if spec.precision == "fp32" or spec.bundle is None:
+        return None
+    if spec.runtime == "onnxruntime":
+        from hashee.errors import HasheeError
+        from hashee.runtime.bundle import open_bundle
+        from hashee.runtime.runners.onnxruntime import ort_model_file
+
+        try:
+            ort_model_file(open_bundle(spec.bundle, verify=False), spec.precision)
+        except HasheeError as exc:
+            return str(exc)
+    return None
+
+
+def quantize_own_dense(dense_bundle: Path, output: Path, say: Callable[[str], None]) -> str | None:
+    """Add dynamic int8 to the dense bundle this bench exported into its work folder (never to a user's).
+
+    Returns why it could not (the quantiser's refusal), else None.
+    """
+    from hashee.calibration.dynamic_int8 import MANIFEST_KEY, quantize_bundle
+    from hashee.runtime.bundle import open_bundle
+
+    if Path(dense_bundle).absolute() != (output / "work" / "dense-bundle").absolute():
+        return None
+    if MANIFEST_KEY in open_bundle(dense_bundle, verify=False).meta.get("precisions", {}):
+        return None
+    say("quantising the dense baseline (dynamic int8, hashee quantize)")
+    try:
+        quantize_bundle(dense_bundle, progress=False)
+    except HasheeError as exc:
+        return f"hashee quantize {dense_bundle} refused: {exc}"
     return None
 
 
@@ -292,12 +334,15 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
               batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, dense: str | Path | None = None, repeats: int = 5,
               warmup: int = 1, threads: int | None = None, device: str | None = None, limit: int | None = None,
               optimize_dense_graph: bool = True, max_batches: int | None = None, progress: bool = True,
-              command: str | None = None) -> dict[str, Any]:
+              command: str | None = None, precisions: Sequence[str] = ("fp32",)) -> dict[str, Any]:
     """Benchmark ``bundle`` (HashEE) against its dense baseline on ``data``; write results to ``output``.
 
     Returns the ``results.json`` content.  See the module docstring for what is measured.
     ``max_batches`` caps the batches of each timed pass (evenly spread over the length-sorted plan, so
     short and long inputs stay represented); accuracy and parity always cover every example.
+    ``precisions`` (``fp32``, ``int8``) adds int8 rows: on ONNX Runtime the dynamic int8 models of ``hashee
+    quantize`` (dense and HashEE; the dense baseline this bench exports itself is quantised here), on TensorRT
+    the int8 engines (PyTorch rows stay fp32); ratios are over the same runtime's dense fp32.
     """
     import multiprocessing
 
@@ -307,6 +352,11 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
     unknown = [b for b in backends if b not in RUNTIMES]
     if unknown:
         raise InputError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}")
+    wrong = [p for p in precisions if p not in PRECISIONS]
+    if wrong or not precisions:
+        raise InputError(f"unknown precision(s) {', '.join(map(str, wrong)) or '(none given)'}; choose from "
+                         f"{', '.join(PRECISIONS)}")
+    precisions = [p for p in PRECISIONS if p in set(precisions)]
     batch_sizes = sorted({int(b) for b in batch_sizes})
     if not batch_sizes or batch_sizes[0] < 1:
         raise InputError("batch sizes must be positive integers")
@@ -358,6 +408,9 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
     dense_bundle, dense_origin = None, "dense baselines not requested (no torch/onnxruntime backend)"
     if any(b in ("torch", "onnxruntime", "tensorrt") for b in backends):
         dense_bundle, dense_origin = resolve_dense(dense, hashee_bundle, output, say)
+    dense_int8_refusal = None
+    if dense_bundle is not None and "int8" in precisions and "onnxruntime" in backends:
+        dense_int8_refusal = quantize_own_dense(dense_bundle, output, say)
     dense_ort, dense_ort_note = dense_bundle, "plain Optimum export"
     if dense_bundle is not None and "onnxruntime" in backends and optimize_dense_graph:
         dense_ort, dense_ort_note = optimize_dense(dense_bundle, output, say)
@@ -373,15 +426,21 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
     for runtime in RUNTIMES:
         if runtime not in backends:
             continue
-        for model in ("dense", "hashee"):
-            if model == "dense":
-                path = dense_ort if runtime == "onnxruntime" else dense_bundle
-                spec = BackendSpec(runtime, model, path, dense_reference if runtime == "torch" else None,
-                                   skip=None if path is not None else dense_origin)
-            else:
-                spec = BackendSpec(runtime, model, Path(bundle),
-                                   hashee_reference if runtime == "torch" else None)
-            specs.append(spec)
+        for precision in precisions:
+            if runtime == "torch" and precision != "fp32":
+                continue  # PyTorch rows are the fp32 references
+            for model in ("dense", "hashee"):
+                if model == "dense":
+                    path = dense_ort if runtime == "onnxruntime" else dense_bundle
+                    spec = BackendSpec(runtime, model, path, dense_reference if runtime == "torch" else None,
+                                       skip=None if path is not None else dense_origin, precision=precision)
+                    if runtime == "onnxruntime" and precision == "int8":
+                        spec.skip = spec.skip or dense_int8_refusal
+                else:
+                    spec = BackendSpec(runtime, model, Path(bundle),
+                                       hashee_reference if runtime == "torch" else None, precision=precision)
+                spec.skip = spec.skip or precision_refusal(spec)
+                specs.append(spec)
 
     context = multiprocessing.get_context("spawn")
     say(f"starting {len(specs)} backend workers: {', '.join(s.key for s in specs)}")
@@ -391,15 +450,17 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
     records: dict[str, dict[str, Any]] = {}
     for spec in specs:
         record = {"key": spec.key, "label": spec.label, "runtime": spec.runtime, "model": spec.model,
+                  "precision": spec.precision,
                   "bundle": str(spec.bundle) if spec.bundle else None, "status": "ok", "reason": None}
         records[spec.key] = record
         if spec.skip is None and spec.runtime == "tensorrt":
-            spec.skip = tensorrt_refusal(spec.bundle, device, threads)
+            spec.skip = tensorrt_refusal(spec.bundle, device, threads, None if spec.precision == "fp32" else spec.precision)
         if spec.skip:
             record.update(status="skipped", reason=spec.skip)
             say(f"{spec.label}: skipped ({spec.skip})")
             continue
         payload = {"bundle": str(spec.bundle), "backend": spec.runtime, "device": device, "threads": threads,
+                   "precision": None if spec.precision == "fp32" else spec.precision,
                    "reference": str(spec.reference) if spec.reference else None, "inputs": inputs,
                    "plans": plan_payload, "accuracy_plan": accuracy_plan}
         workers.append(Worker(context, spec, payload))
@@ -466,6 +527,9 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
         else:
             reason = records.get(reference_key, {}).get("reason") or "the torch backend was not run"
             record["parity"] = {"reference": None, "reason": f"no PyTorch reference: {reason}"}
+        fp32_key = f"{record['runtime']}-{record['model']}"
+        if record["precision"] != "fp32" and fp32_key in logits:  # int8 against fp32 on the same runtime
+            record["parity_fp32"] = {"reference": fp32_key, **parity(out, logits[fp32_key], regression)}
 
     # speed-ups: realised (same runtime, HashEE over dense) against the FLOPs ideal
     ideal = stats["flops"]["speedup"]
@@ -485,6 +549,17 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
         if h and t and h["status"] == t["status"] == "ok":
             row["onnxruntime_hashee_over_torch_dense"] = (h["results"][str(size)]["samples_per_s"]
                                                           / t["results"][str(size)]["samples_per_s"])
+        over = {}  # every row over the same runtime's dense fp32 (dense int8, HashEE fp32, HashEE int8)
+        for key, record in records.items():
+            base = records.get(f"{record['runtime']}-dense")
+            if key != f"{record['runtime']}-dense" and record["status"] == "ok" and base and base["status"] == "ok":
+                over[key] = record["results"][str(size)]["samples_per_s"] / base["results"][str(size)]["samples_per_s"]
+        if over:
+            row["over_dense_fp32"] = over
+        h, d = records.get("onnxruntime-hashee-int8"), records.get("onnxruntime-dense-int8")
+        if h and d and h["status"] == d["status"] == "ok":
+            row["onnxruntime_hashee_int8_over_dense_int8"] = (h["results"][str(size)]["samples_per_s"]
+                                                              / d["results"][str(size)]["samples_per_s"])
         speedups[str(size)] = row
 
     versions = {}
@@ -512,7 +587,7 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
                   "onnxruntime_graph": dense_ort_note},
         "data": {"name": dataset["name"], "file": str(dataset["file"]), "description": dataset["description"],
                  "pairs": isinstance(inputs[0], tuple), **{k: stats[k] for k in ("examples", "tokens")}},
-        "batch_sizes": batch_sizes, "repeats": repeats, "warmup": warmup, "threads": threads, "device": device,
+        "batch_sizes": batch_sizes, "precisions": precisions, "repeats": repeats, "warmup": warmup, "threads": threads, "device": device,
         "timing": "per batch: exit masks + the backend's inference call (host arrays out, GPU work synchronised); "
                   "tokenisation excluded; samples/s = examples timed per pass / median pass time",
         "max_batches": max_batches,

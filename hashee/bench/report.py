@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-ORDER = ("torch-dense", "onnxruntime-dense", "tensorrt-dense", "torch-hashee", "onnxruntime-hashee", "tensorrt-hashee")
+ORDER = ("torch-dense", "onnxruntime-dense", "onnxruntime-dense-int8", "tensorrt-dense", "tensorrt-dense-int8",
+         "torch-hashee", "onnxruntime-hashee", "onnxruntime-hashee-int8", "tensorrt-hashee", "tensorrt-hashee-int8")
 
 
 def _ordered(result: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(result["backends"], key=lambda r: ORDER.index(r["key"]) if r["key"] in ORDER else len(ORDER))
+
+
+RUNTIME_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
 
 
 def _num(value: Any, fmt: str = "{:.1f}") -> str:
@@ -30,14 +34,18 @@ def main_table(result: dict[str, Any]) -> list[str]:
     ]
     for record in _ordered(result):
         model = "HashEE" if record["model"] == "hashee" else "dense"
-        backend = record["label"].rsplit(" ", 1)[0]
+        precision = record.get("precision", "fp32")
+        if precision != "fp32":
+            model += f" {precision}"
+        backend = RUNTIME_NAMES.get(record["runtime"], record["runtime"])
         if record["status"] != "ok":
             lines.append(f"| {model} | {backend} | skipped: {record['reason']} |" + " |" * (len(sizes) + 2))
             continue
         metric = record.get("metric")
         metric_text = _num(metric["main"], "{:.4f}") if metric else "n/a"
         flops = result["flops"]["speedup"] if record["model"] == "hashee" else 1.0
-        base = by_key.get(f"{record['runtime']}-dense") if record["model"] == "hashee" else by_key.get("torch-dense")
+        over_runtime = record["model"] == "hashee" or record.get("precision", "fp32") != "fp32"
+        base = by_key.get(f"{record['runtime']}-dense") if over_runtime else by_key.get("torch-dense")
         cells = []
         for size in sizes:
             value = record["results"][size]["samples_per_s"]
@@ -49,6 +57,45 @@ def main_table(result: dict[str, Any]) -> list[str]:
         lines.append(f"| {model} | {backend} | {metric_text} | {flops:.2f}x | " + " | ".join(cells)
                      + f" | {_num(peak, '{:.0f}')} |")
     return lines
+
+
+def precision_table(result: dict[str, Any]) -> list[str]:
+    """ONNX Runtime CPU: dense fp32, dense int8, HashEE fp32, HashEE int8 with ratios over dense fp32."""
+    by_key = {r["key"]: r for r in result["backends"]}
+    keys = ("onnxruntime-dense", "onnxruntime-dense-int8", "onnxruntime-hashee", "onnxruntime-hashee-int8")
+    if not any(k.endswith("-int8") and k in by_key for k in keys):
+        return []
+    sizes = [str(s) for s in result["batch_sizes"]]
+    base = by_key.get("onnxruntime-dense")
+    lines = ["## ONNX Runtime: fp32 and dynamic int8, dense and HashEE (x over dense fp32)", "",
+             "int8 = `hashee quantize` (dynamic: int8 weights per output channel, activations quantised at run "
+             "time); dense rows run the fused Optimum graph. Label agreement: with the same model's fp32 rows.", "",
+             "| model | accuracy | label agreement with fp32 | " + " | ".join(f"batch {s}" for s in sizes) + " |",
+             "| --- | --- | --- | " + " | ".join("---" for _ in sizes) + " |"]
+    names = {"onnxruntime-dense": "dense fp32", "onnxruntime-dense-int8": "dense int8",
+             "onnxruntime-hashee": "HashEE fp32", "onnxruntime-hashee-int8": "HashEE int8"}
+    for key in keys:
+        record = by_key.get(key)
+        if record is None:
+            continue
+        if record["status"] != "ok":
+            lines.append(f"| {names[key]} | skipped: {record['reason']} |" + " |" * (len(sizes) + 1))
+            continue
+        metric = record.get("metric")
+        agree = record.get("parity_fp32", {}).get("label_agreement")
+        cells = []
+        for size in sizes:
+            value = record["results"][size]["samples_per_s"]
+            ok = base and base.get("status") == "ok"
+            cells.append(f"{value:.1f} ({value / base['results'][size]['samples_per_s']:.2f}x)" if ok else f"{value:.1f}")
+        lines.append(f"| {names[key]} | {_num(metric and metric['main'], '{:.4f}')} | "
+                     f"{_num(agree, '{:.2%}') if key.endswith('-int8') else '-'} | " + " | ".join(cells) + " |")
+    ratios = [result["speedups"][s].get("onnxruntime_hashee_int8_over_dense_int8") for s in sizes]
+    if any(r is not None for r in ratios):
+        lines.append("")
+        lines.append("HashEE int8 over dense int8: " + ", ".join(f"batch {s} {_num(r, '{:.2f}x')}"
+                                                               for s, r in zip(sizes, ratios)) + ".")
+    return lines + [""]
 
 
 def timed_text(result: dict[str, Any]) -> str:
@@ -82,6 +129,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
         "",
         *main_table(result),
         "",
+        *precision_table(result),
         "## Realised vs ideal speed-up (HashEE over dense, same runtime)",
         "",
         f"Analytic FLOPs on this data: dense {flops['dense_gflops']:.1f} GFLOPs, HashEE {flops['hashee_gflops']:.1f} "
@@ -156,7 +204,9 @@ def write_plot(result: dict[str, Any], path: Path) -> Path:
         if record["status"] != "ok":
             continue
         values = [record["results"][str(s)]["samples_per_s"] for s in sizes]
-        ax.plot(sizes, values, marker="o", color=colours.get(record["runtime"], "black"),
+        int8 = record.get("precision", "fp32") != "fp32"
+        ax.plot(sizes, values, marker="s" if int8 else "o", color=colours.get(record["runtime"], "black"),
+                alpha=0.6 if int8 else 1.0,
                 linestyle="-" if record["model"] == "hashee" else "--", label=record["label"])
     skipped = [r["label"] for r in result["backends"] if r["status"] != "ok"]
     ax.set_xscale("log", base=2)

@@ -50,7 +50,8 @@ class Measured:
 
         self.np = np
         self.session = Session.load(spec["bundle"], backend=spec["backend"], device=spec.get("device"),
-                                    threads=spec.get("threads"), reference=spec.get("reference"))
+                                    threads=spec.get("threads"), reference=spec.get("reference"),
+                                    precision=spec.get("precision"))
         firsts, seconds = normalize_texts(spec["inputs"])
         encoded = self.session.encoder.encode(firsts, seconds)
         self.count = len(firsts)

@@ -71,9 +71,13 @@ class Session:
             reference: for ``backend="torch"``, a run folder to take the weights from when the bundle
                 has no ``reference/`` folder.
             verify: check every file's sha256 (a few hundred ms for a 90 MB model).
-            precision: ``fp32``, ``fp16`` or ``int8``: the TensorRT engine of that precision (``tensorrt``
-                refuses when there is none for this GPU; ``auto`` then falls back to ONNX Runtime, which
-                runs the fp32 model).  ``None``: the first of fp32 > fp16 > int8 engines that runs here.
+            precision: ``fp32``, ``fp16`` or ``int8``.  On TensorRT, the engine of that precision (int8: built
+                from the Q/DQ ``model.int8.onnx`` of ``hashee calibrate``); ``None``: the first of fp32 > fp16 >
+                int8 engines that runs here.  On ONNX Runtime, ``int8`` is the dynamic int8 file of ``hashee
+                quantize`` (``model.int8-dynamic.onnx``, CPU) and fp32 is ``model.onnx``; ``auto`` without a
+                TensorRT engine of the asked precision runs ONNX Runtime (int8: the dynamic file; fp16: fp32).
+                A precision the bundle does not hold raises :class:`~hashee.errors.PrecisionError` naming
+                the command that adds it.
 
         Raises:
             BundleError, ExitTableError: the bundle is incomplete, corrupted or too new.
@@ -102,6 +106,11 @@ class Session:
         """The backend in use: ``onnxruntime-cpu``, ``onnxruntime-cuda``, ``onnxruntime-tensorrt``,
         ``tensorrt``, ``torch-cpu`` or ``torch-cuda``."""
         return self.runner.name
+
+    @property
+    def precision(self) -> str:
+        """The precision of the model that runs: ``fp32``, ``fp16`` or ``int8``."""
+        return str(getattr(self.runner, "precision", "fp32"))
 
     @property
     def labels(self) -> list[str]:

@@ -42,7 +42,8 @@ def make_runner(bundle: Bundle, backend: str = "auto", device: object = None, th
     """The runner for ``backend``; ``auto`` tries a TensorRT engine, then ONNX Runtime (CUDA, else CPU).
 
     ``precision`` (``fp32``, ``fp16``, ``int8``) picks the TensorRT engine of that precision; ONNX
-    Runtime and torch run the fp32 model, so they accept only ``None`` or ``fp32``.  With ``auto``, a
+    Runtime runs the fp32 model, or with ``int8`` the dynamic int8 file of ``hashee quantize`` (CPU);
+    torch runs fp32 only.  With ``auto``, a
     TensorRT engine is activated here, and any reason it cannot run (no GPU, no tensorrt, no engine
     for this GPU or precision, a plan that does not load) falls back to ONNX Runtime; a matching
     engine that fails to load also warns.
@@ -53,9 +54,10 @@ def make_runner(bundle: Bundle, backend: str = "auto", device: object = None, th
     from hashee.runtime.runners.tensorrt import check_precision
 
     precision = check_precision(precision)
-    if backend in ("onnxruntime", "torch") and precision not in (None, "fp32"):
+    if backend == "torch" and precision not in (None, "fp32") or backend == "onnxruntime" and precision == "fp16":
         raise BackendError(f"precision={precision!r} selects a TensorRT engine, but backend {backend!r} runs the fp32 "
-                           f"model; use backend='tensorrt' (or 'auto'), or precision=None")
+                           f"model{' (or int8: hashee quantize)' if backend == 'onnxruntime' else ''}; use "
+                           f"backend='tensorrt' (or 'auto'), or precision=None")
     if backend == "torch":
         from hashee.runtime.runners.torch import TorchRunner
 
@@ -77,4 +79,6 @@ def make_runner(bundle: Bundle, backend: str = "auto", device: object = None, th
                               f"({exc}); using ONNX Runtime", RuntimeWarning, stacklevel=3)
     from hashee.runtime.runners.onnxruntime import OnnxRuntimeRunner
 
-    return OnnxRuntimeRunner(bundle, device, threads)
+    # auto without a TensorRT engine: int8 is the dynamic int8 file (an error naming hashee quantize when absent);
+    # fp16 has no ONNX Runtime file and runs fp32, as before
+    return OnnxRuntimeRunner(bundle, device, threads, "int8" if precision == "int8" else None)

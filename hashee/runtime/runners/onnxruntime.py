@@ -1,5 +1,9 @@
 """ONNX Runtime runner: CPU, CUDA, and the TensorRT execution provider when this install has them.
 
+``precision="int8"`` runs the bundle's dynamic int8 file (``model.int8-dynamic.onnx``, made by
+``hashee quantize``; listed under ``precisions["int8-dynamic"]`` in ``hashee.json``) on the CPU; the Q/DQ
+``model.int8.onnx`` of ``hashee calibrate`` is TensorRT's and is never what this runner loads.
+
 The TensorRT provider caches the engines it builds in ``engines/onnxruntime-trt/`` inside the bundle
 (outside the manifest, so the bundle still verifies); a read-only bundle runs without a cache.
 """
@@ -11,13 +15,36 @@ from typing import Any
 
 import numpy as np
 
-from hashee.errors import BackendError, BundleError
+from hashee.bundle import DYNAMIC_INT8_KEY, Bundle, inside
 from hashee.bundle import ORT_TRT_CACHE_DIR as CACHE_DIR
-from hashee.bundle import Bundle
+from hashee.errors import BackendError, BundleError, PrecisionError
 from hashee.runtime.runners import cuda_index
 from hashee.runtime.runners.base import Runner
 
 SHORT = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
+#: precision -> the ``precisions`` entry of hashee.json whose file ONNX Runtime runs (fp32: model.onnx)
+ORT_PRECISIONS = {"fp32": None, "int8": DYNAMIC_INT8_KEY}
+
+
+def ort_model_file(bundle: Bundle, precision: str | None) -> Any:
+    """The ONNX file ONNX Runtime runs for ``precision`` (``None``/``fp32``: ``model.onnx``).
+
+    Raises :class:`PrecisionError` naming the command that adds the file when the bundle lacks it.
+    """
+    if precision in (None, "fp32"):
+        return bundle.model_file
+    if precision not in ORT_PRECISIONS:
+        raise PrecisionError(f"ONNX Runtime runs precision fp32 or int8 (dynamic, hashee quantize); "
+                             f"precision={precision!r} selects a TensorRT engine: use backend='tensorrt'")
+    key = ORT_PRECISIONS[precision]
+    entry = bundle.meta.get("precisions", {}).get(key)
+    if not isinstance(entry, dict) or not entry.get("file"):
+        raise PrecisionError(f"{bundle.path} holds no dynamic int8 model for ONNX Runtime; add it with: hashee quantize "
+                             f"{bundle.path} (model.int8.onnx from hashee calibrate is TensorRT's Q/DQ model)")
+    path = inside(bundle.path, entry["file"], f"the {precision} model")
+    if not path.is_file():
+        raise BundleError(f"the bundle's {precision} model {path} is missing; run hashee quantize {bundle.path} again")
+    return path
 
 
 def available_providers() -> list[str]:
@@ -56,9 +83,14 @@ def choose_providers(bundle: Bundle, device: str | None, available: list[str]) -
 class OnnxRuntimeRunner(Runner):
     """``model.onnx`` on an ``onnxruntime.InferenceSession`` (whose ``run`` is thread-safe)."""
 
-    def __init__(self, bundle: Bundle, device: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, bundle: Bundle, device: str | None = None, threads: int | None = None,
+                 precision: str | None = None) -> None:
         super().__init__()
         self.bundle, self.threads = bundle, threads
+        self.model_file = ort_model_file(bundle, precision)
+        self.precision = precision or "fp32"
+        if self.precision == "int8" and device is None:
+            device = "cpu"  # dynamic quantisation's kernels (DynamicQuantizeLinear, MatMulInteger) are CPU kernels
         self.providers = choose_providers(bundle, device, available_providers())
         self.session: Any = None
         self.name = "onnxruntime"
@@ -78,7 +110,7 @@ class OnnxRuntimeRunner(Runner):
             options.inter_op_num_threads = 1
         failures = tuple(getattr(state, n) for n in ("Fail", "InvalidProtobuf", "InvalidGraph", "NoSuchFile",
                                                      "InvalidArgument", "NotImplemented") if hasattr(state, n))
-        path = self.bundle.model_file
+        path = self.model_file
         try:
             self.session = ort.InferenceSession(str(path), options, providers=self.providers)
         except failures as exc:
