@@ -89,7 +89,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                     token_outputs=args.token_outputs, dense=args.dense, overwrite=args.overwrite,
                     progress=not args.quiet, precision=args.precision,
                     reference=args.with_reference,
-                    embed_exit_table=args.embed_exit_table)
+                    embed_exit_table=args.embed_exit_table, layout=args.layout)
     print(result.format())
     fp16 = result.meta.get("precisions", {}).get("fp16")
     if fp16:
@@ -293,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="bundle folder to write")
     p.add_argument("--target", default="onnxruntime", help="onnxruntime (default) or tensorrt")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--layout", choices=("packed", "prefix"), default="packed",
+                   help="packed (default: active tokens gathered across the batch) or prefix (the host sorts tokens "
+                        "by exit layer; per-layer masks exit_mask_1..L whose shapes carry the active widths, so "
+                        "every shape follows from input shapes: TensorRT profiles, CUDA graphs)")
     p.add_argument("--max-length", type=int, help="longest input the bundle accepts (default: the model's limit)")
     p.add_argument("--token-outputs", action="store_true", help="also output each token's state at its exit layer")
     p.add_argument("--dense", action="store_true", help="export the same weights without early exit (Optimum)")

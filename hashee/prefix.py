@@ -202,3 +202,28 @@ class CostModel:
     def choose(self, plan: PrefixBatch) -> PrefixBatch:
         """``plan`` when HashEE pays, else :meth:`PrefixBatch.dense` (same answers)."""
         return plan if self.prefers_hashee(plan) else plan.dense()
+
+
+def is_prefix_graph(input_names: list[str] | tuple[str, ...]) -> bool:
+    """Whether a graph with these inputs takes the prefix layout (``position_ids`` and ``exit_mask_1``)."""
+    return "position_ids" in input_names and mask_name(1) in input_names
+
+
+def layout_feed(feed: dict[str, np.ndarray], input_names: list[str] | tuple[str, ...], num_layers: int,
+                bucket: bool = False, max_length: int | None = None,
+                pad_id: int = 0) -> tuple[dict[str, np.ndarray], PrefixBatch | None]:
+    """A packed-layout feed (``exit_masks`` [L, batch, seq]) in the layout of a graph with ``input_names``.
+
+    Returns ``(feed, plan)``; ``plan`` is None for a packed graph (the feed is returned as is, with only
+    the graph's inputs), else the :class:`PrefixBatch` whose ``restore_rows`` / ``restore_tokens``
+    bring outputs back to the caller's rows.  A prefix graph outputs ``token_states`` in the original
+    order of its own (possibly bucket-padded) sequence: slice ``[:plan.rows, :plan.length]``.
+    """
+    if not is_prefix_graph(input_names):
+        return {k: v for k, v in feed.items() if k in input_names}, None
+    masks = feed.get("exit_masks")
+    if masks is None:
+        raise InputError("a prefix-layout graph is fed from exit masks [L, batch, seq]; none were given")
+    plan = plan_prefix(feed["input_ids"], feed["attention_mask"], exit_layers_from_masks(masks), num_layers,
+                       feed.get("token_type_ids"), bucket=bucket, max_length=max_length, pad_id=pad_id)
+    return plan.feed(input_names), plan

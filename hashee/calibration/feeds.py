@@ -86,7 +86,9 @@ class BundleFeeder:
         else:
             exits = np.asarray(exit_layers) * (feed["attention_mask"] != 0)
             feed["exit_masks"] = np.stack([exits >= layer for layer in range(1, self.num_layers + 1)])
-        return feed
+        from hashee.prefix import layout_feed
+
+        return layout_feed(feed, self.input_names, self.num_layers)[0]  # prefix bundles: sorted, L masks
 
     def batches(self, data: TextSet, batch_size: int = 32, sort: bool = False) -> Iterator[tuple[slice, dict]]:
         """``(rows, feed)`` over ``data`` in order (``sort``: by length, so padding is small)."""

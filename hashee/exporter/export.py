@@ -16,6 +16,7 @@ from hashee.exporter.bundle import MODEL_FILE, REFERENCE_DIR, TABLE_FILE, TOKENI
 from hashee.exporter.targets import MIN_OPSET, TARGETS
 
 EXPORT_PRECISIONS = ("fp32", "fp16")
+LAYOUTS = ("packed", "prefix")
 
 
 @dataclass
@@ -123,7 +124,7 @@ def describe(model_config: Any, num_layers: int) -> dict[str, Any]:
 def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime", opset: int = MIN_OPSET,
            max_length: int | None = None, token_outputs: bool = False, dense: bool = False,
            overwrite: bool = False, progress: bool = True, reference: bool = False,
-           precision: str = "fp32", embed_exit_table: bool = False) -> ExportResult:
+           precision: str = "fp32", embed_exit_table: bool = False, layout: str = "packed") -> ExportResult:
     """Export a run folder to a validated bundle at ``output``.
 
     Args:
@@ -147,6 +148,10 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
             in-graph, so the only inputs are the batch-first ``input_ids``, ``attention_mask`` (and
             ``token_type_ids``), as Triton's dynamic batching needs; also checked against the
             exit-masks graph within 1e-5.
+        layout: ``packed`` (default; inputs ``exit_masks`` [L, batch, seq]) or ``prefix`` (issue 14: the
+            host sorts each row by exit layer; inputs ``position_ids`` and ``exit_mask_1..L`` [batch, W_l];
+            no shape depends on tensor values, checked by :func:`~hashee.exporter.targets.value_dependent_shapes`;
+            see :mod:`hashee.exporter.prefix_graph`).  Recorded as ``onnx.layout`` in ``hashee.json``.
 
     Raises:
         ExportError, ExitTableError, BackboneError: the run folder or the arguments cannot be exported.
@@ -157,8 +162,9 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
     from hashee import __version__
     from hashee.evaluation import load_run
     from hashee.exporter.bundle import check_output_folder
-    from hashee.exporter.graph import build_graph, check_target
-    from hashee.exporter.targets import tensorrt_violations
+    from hashee.exporter.graph import check_target
+    from hashee.exporter.prefix_graph import build_layout_graph
+    from hashee.exporter.targets import tensorrt_violations, value_dependent_shapes
     from hashee.exporter.validate import TOLERANCE, check_export
 
     started = time.perf_counter()
@@ -169,6 +175,11 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
     if precision not in EXPORT_PRECISIONS:
         raise ExportError(f"unknown precision {precision!r} for export; choose one of {', '.join(EXPORT_PRECISIONS)} "
                           f"(int8 needs calibration data: hashee calibrate BUNDLE --data FILE)")
+    if layout not in LAYOUTS:
+        raise ExportError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout == "prefix" and (dense or embed_exit_table):
+        raise ExportError("--layout prefix applies to HashEE graphs fed by the host's sorted plan; it cannot be "
+                          "combined with --dense or --embed-exit-table")
     if dense and precision != "fp32":
         raise ExportError("--precision fp16 is for HashEE bundles; the dense baseline is exported in fp32")
     check_output_folder(output.absolute(), overwrite)
@@ -190,8 +201,8 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
     backbone_config = model.dense.config
     max_length = resolve_max_length(max_length, backbone_config, tokenizer)
     with staged_folder(output, overwrite) as stage:
-        say(f"building the graph (target {target}, opset {opset})")
-        proto, spec = build_graph(model, target, opset, token_outputs)
+        say(f"building the graph (target {target}, opset {opset}, layout {layout})")
+        proto, spec = build_layout_graph(model, target, opset, token_outputs, layout)
         masks_proto = None
         if embed_exit_table:
             from hashee.exporter.embed import embed_exit_table as embed
@@ -211,6 +222,11 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
             problems = tensorrt_violations(onnx.load(str(stage / MODEL_FILE)))
             if problems:
                 raise ExportError(f"{len(problems)} nodes would not import into TensorRT: " + "; ".join(problems[:5]))
+        if layout == "prefix":
+            problems = value_dependent_shapes(onnx.load(str(stage / MODEL_FILE)))
+            if problems:
+                raise ExportError(f"{len(problems)} nodes of the prefix graph have value-dependent shapes: "
+                                  + "; ".join(problems[:5]))
         say("validating on ONNX Runtime CPU against PyTorch (real text and edge inputs)")
         report = check_export(stage / MODEL_FILE, model, tokenizer, max_length)
         if masks_proto is not None:
@@ -235,7 +251,7 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
             "onnx": {"file": MODEL_FILE, "target": target, "precision": "fp32", "opset": opset,
                      "inputs": spec.inputs, "outputs": spec.outputs,
                      "custom_ops": ["hashee.GatherActive", "hashee.ScatterActive"],
-                     "exit_table": "embedded" if embed_exit_table else "input"},
+                     "exit_table": "embedded" if embed_exit_table else "input", "layout": layout},
             "tokenizer": TOKENIZER_DIR,
             "validation": {"tolerance": TOLERANCE, "cases": report},
             **({"reference": REFERENCE_DIR} if reference else {}),

@@ -133,10 +133,12 @@ def check_export(model_file: Path, model: Any, tokenizer: Any, max_length: int, 
 
     Returns ``{case: {output: max |difference|}}``.
     """
+    from hashee.prefix import is_prefix_graph, layout_feed
+
     session = ort_session(model_file)
     input_names = [i.name for i in session.get_inputs()]
     num_layers = 1 if dense else int(model.num_layers)
-    fixed_masks = dense or "exit_masks" not in input_names  # dense, or the exit table embedded in the graph
+    fixed_masks = dense or ("exit_masks" not in input_names and not is_prefix_graph(input_names))  # dense, or the exit table embedded in the graph
     report: dict[str, dict[str, float]] = {}
     for name, encoded, exits in edge_cases(tokenizer, num_layers, max_length):
         if fixed_masks and exits is not None:
@@ -145,7 +147,7 @@ def check_export(model_file: Path, model: Any, tokenizer: Any, max_length: int, 
             feed, reference = dense_reference(model, encoded, input_names)
         else:
             feed, reference = hashee_reference(model, encoded, input_names, exits)
-            feed = {k: v for k, v in feed.items() if k in input_names}
+            feed = layout_feed(feed, input_names, num_layers)[0]  # the prefix layout: sorted, L masks
         report[name] = compare(session, feed, reference)
     _raise_on_excess(report, tolerance, "the exported graph disagrees with the PyTorch reference")
     return report
@@ -203,6 +205,7 @@ def validate_bundle(bundle: str | Path, data_file: str | Path, reference: str | 
     from hashee.errors import BundleError, DataError
     from hashee.evaluation import load_run
     from hashee.exporter.bundle import MODEL_FILE, TABLE_FILE, TOKENIZER_DIR, read_bundle
+    from hashee.prefix import layout_feed
 
     bundle = Path(bundle)
     meta = read_bundle(bundle)
@@ -244,6 +247,7 @@ def validate_bundle(bundle: str | Path, data_file: str | Path, reference: str | 
             feed, ref = hashee_reference(model, encoded, input_names)
             exits = table[feed["input_ids"]] * (feed["attention_mask"] != 0)
             feed["exit_masks"] = np.stack([exits >= layer for layer in range(1, table_depth(meta) + 1)])
+            feed = layout_feed(feed, input_names, table_depth(meta))[0]
         (logits,) = session.run(["logits"], feed)
         worst = max(worst, float(np.max(np.abs(logits - ref["logits"]))))
         if not regression:
