@@ -201,7 +201,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        batch_sizes=parse_list(args.batch_sizes, int, "--batch-sizes"), dense=args.dense,
                        repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device,
                        limit=args.limit, optimize_dense_graph=not args.no_dense_optimization,
-                       max_batches=args.max_batches,
+                       max_batches=args.max_batches, compare=args.compare or (),
                        progress=not args.quiet, command="hashee " + " ".join(shlex.quote(a) for a in args.argv))
     with open(os.path.join(args.output, "results.md"), encoding="utf-8") as handle:
         print(handle.read().rstrip())
@@ -444,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", default="1,8,32,128", help="comma-separated batch sizes (default 1,8,32,128)")
     p.add_argument("--dense", help="dense baseline: a dense bundle (hashee export --dense) or a run folder (exported "
                                    "with Optimum here); default: the HashEE model's own weights without early exit")
+    p.add_argument("--compare", action="append", metavar="BUNDLE",
+                   help="another HashEE bundle of the same model, e.g. exported with --layout prefix, measured beside "
+                        "the first on ONNX Runtime and TensorRT (repeatable)")
     p.add_argument("--repeats", type=int, default=5, help="timed passes per backend and batch size (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up passes before timing (default 1)")
     p.add_argument("--limit", type=int, help="use only the first N examples")

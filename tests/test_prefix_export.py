@@ -179,3 +179,27 @@ def test_cli_export_layout_prefix(runs, tmp_path, capsys):
     assert main(["export", str(runs["bert"]), "-o", str(tmp_path / "c"), "--layout", "prefix",
                  "--embed-exit-table", "--quiet"]) == 1
     assert "prefix" in capsys.readouterr().err
+
+
+def test_bench_compares_prefix_beside_packed(tiny_bundles, tmp_path):
+    pytest.importorskip("matplotlib")
+    import json
+
+    from hashee.cli import main
+    from hashee.samples import SST2_DEV
+
+    prefix = tmp_path / "prefix"
+    export(tiny_bundles["runs"]["bert"], prefix, layout="prefix", progress=False, max_length=48)
+    out = tmp_path / "bench"
+    assert main(["bench", str(tiny_bundles["bert"]), "--data", str(SST2_DEV), "--batch-sizes", "1,4", "--repeats", "1",
+                 "--limit", "8", "--backends", "torch,onnxruntime", "--compare", str(prefix), "--quiet",
+                 "-o", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    by_key = {r["key"]: r for r in result["backends"]}
+    assert set(by_key) == {"torch-dense", "onnxruntime-dense", "torch-hashee", "onnxruntime-hashee",
+                           "onnxruntime-hashee:prefix"}
+    record = by_key["onnxruntime-hashee:prefix"]
+    assert record["status"] == "ok", record.get("reason")
+    assert record["parity"]["reference"] == "torch-hashee" and record["parity"]["max_abs_diff"] < 1e-4
+    assert record["results"]["4"]["batches"] == 2
+    assert "HashEE (prefix)" in (out / "results.md").read_text()

@@ -9,7 +9,11 @@ ORDER = ("torch-dense", "onnxruntime-dense", "tensorrt-dense", "torch-hashee", "
 
 
 def _ordered(result: dict[str, Any]) -> list[dict[str, Any]]:
-    return sorted(result["backends"], key=lambda r: ORDER.index(r["key"]) if r["key"] in ORDER else len(ORDER))
+    def rank(record: dict[str, Any]) -> tuple[int, str]:
+        base, _, variant = record["key"].partition(":")  # a compared bundle right after the main one
+        return (ORDER.index(base) if base in ORDER else len(ORDER), variant)
+
+    return sorted(result["backends"], key=rank)
 
 
 def _num(value: Any, fmt: str = "{:.1f}") -> str:
@@ -30,6 +34,8 @@ def main_table(result: dict[str, Any]) -> list[str]:
     ]
     for record in _ordered(result):
         model = "HashEE" if record["model"] == "hashee" else "dense"
+        if record.get("variant"):
+            model += f" ({record['variant']})"
         backend = record["label"].rsplit(" ", 1)[0]
         if record["status"] != "ok":
             lines.append(f"| {model} | {backend} | skipped: {record['reason']} |" + " |" * (len(sizes) + 2))

@@ -122,10 +122,12 @@ class Session:
         feed = self._check_arrays(input_ids, attention_mask, token_type_ids, exit_masks)
         if feed["input_ids"].shape[0] == 0:
             return {"logits": np.zeros((0, len(self.bundle.labels)), dtype=np.float32)}
-        return self._infer(feed)
+        return self.run_feed(feed)
 
-    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run a checked packed-style feed; a prefix-layout graph gets the host's sorted plan instead."""
+    def run_feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run an already-checked feed in the packed form (``exit_masks`` [L, batch, seq] from the table);
+        a prefix-layout graph gets the host's sorted plan instead (:func:`hashee.prefix.layout_feed`).
+        No input checks: :meth:`run` is the checked entry point."""
         if not self.prefix:
             return self.runner.infer(feed)
         prefix_feed, plan = layout_feed(feed, self.input_names, self.bundle.num_layers, pad_id=self.encoder.pad_id)
@@ -239,7 +241,7 @@ class Session:
                 feed["token_type_ids"], _ = pad(encoded.types, index, 0)
             if table is not None and not self.embedded_table:
                 feed["exit_masks"] = exit_masks(ids, mask, table, layers)
-            out[index] = self._infer(feed)["logits"]
+            out[index] = self.run_feed(feed)["logits"]
         return out
 
     def predict(self, texts: Sequence[Any], batch_size: int = 32, cost_aware: bool = True) -> list[dict[str, Any]]:
