@@ -104,7 +104,13 @@ def variants(model: Any, device: str, max_length: int) -> dict[str, Callable[[di
     if device.startswith("cuda"):
         from hashee.runtime.runners.cuda_graphs import GraphCache, cuda_capture
 
-        dense_graphs = GraphCache(cuda_capture(lambda t: dense(**t).logits, torch.device(device)), MAX_GRAPHS)
+        def dense_forward(t):
+            # a [B, 1, S] mask takes Hugging Face's extended-mask path: its 2-D SDPA path asks torch.all(mask == 1),
+            # a host read that CUDA-graph capture forbids
+            mask = t["attention_mask"][:, None, :]
+            return dense(**{**t, "attention_mask": mask}).logits
+
+        dense_graphs = GraphCache(cuda_capture(dense_forward, torch.device(device)), MAX_GRAPHS)
         prefix_graphs = GraphCache(cuda_capture(prefix_forward, torch.device(device)), MAX_GRAPHS)
 
         def run_dense_graphs(batch):
