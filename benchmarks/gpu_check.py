@@ -205,7 +205,7 @@ def tensorrt_section(model, tokenizer, texts, batch_sizes, repeats, work: Path, 
             entry = {"file": build.entry["file"], "layout": layout, "build_seconds": build.seconds,
                      "samples_per_s": {}}
             for batch_size in batch_sizes:
-                feeds = [feed for _, feed in feeder.batches(data, batch_size, sort=True)]
+                feeds = [feeder.graph_feed(feed) for _, feed in feeder.batches(data, batch_size, sort=True)]
                 if batch_size == max(batch_sizes):
                     got = np.concatenate([engine.infer(feed)["logits"] for feed in feeds])
                     entry["max_abs_diff_vs_torch_fp32"] = float(np.max(np.abs(got - reference)))
@@ -293,15 +293,17 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--limit", type=int, help="use only the first N dev sentences")
     parser.add_argument("--tests-status", default="not run", help="summary line of the GPU test tier")
-    parser.add_argument("--sections", default="torch,layouts,tensorrt",
+    parser.add_argument("--sections",
                         help="comma-separated: torch (fp32/fp16 eager), layouts (dense/packed/prefix, eager and CUDA "
-                             "graphs, SST-2 dev and long inputs), tensorrt (engines of both layouts)")
+                             "graphs, SST-2 dev and long inputs), tensorrt (engines of both layouts); default all on "
+                             "cuda, torch on cpu")
     parser.add_argument("--layout-batch-sizes", default="1,8,32,128,512", help="batch sizes of the layouts section")
     parser.add_argument("--long-count", type=int, default=256, help="long (256-512 token) inputs in the layouts section")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "benchmarks"))
-    sections = {s.strip() for s in args.sections.split(",") if s.strip()}
+    default = "torch,layouts,tensorrt" if args.device.startswith("cuda") else "torch,tensorrt"
+    sections = {s.strip() for s in (args.sections or default).split(",") if s.strip()}
     import torch
 
     from hashee.data import load_examples

