@@ -124,8 +124,8 @@ def build_prefix_graph(model: Any, target: str = "onnxruntime", opset: int = MIN
         missing = b.op("Sub", [b.const(1.0, np.float32), b.op("Cast", ["attention_mask"], to=FLOAT)])
         env["mask_add"] = b.op("Unsqueeze", [b.op("Mul", [missing, b.const(MASK_VALUE, np.float32)]),
                                              b.const([1, 2])], hint="mask_add")
-    hidden = embed(b, model, "input_ids", "token_type_ids" if with_types else None, b.dim("input_ids", 1),
-                   position_ids="position_ids", keep=keep)
+    hidden = embed(b, model, "input_ids", "token_type_ids" if with_types else None, "",  # no sequence slice:
+                   position_ids="position_ids", keep=keep)  # tokens are embedded at their own positions
     for index in range(1, num_layers + 1):
         hidden = _layer(b, model, index, hidden, env, target)
     cls, _ = _restore_order(b, hidden, hidden_size, token_outputs)
