@@ -1,6 +1,12 @@
-"""GPU check: PyTorch-CUDA HashEE vs dense (fp32, fp16 autocast) and, with TensorRT, fp32/fp16 engines.
+"""GPU check: PyTorch-CUDA HashEE vs dense (fp32, fp16 autocast), the layouts, and TensorRT engines.
 
 Usage: python benchmarks/gpu_check.py --out DIR [--model RUN] [--batch-sizes 1,32,128] [--device cuda]
+       [--sections torch,layouts,tensorrt] [--layout-batch-sizes 1,8,32,128,512]
+
+Sections: ``torch`` (HashEE vs dense, eager fp32/fp16), ``layouts`` (dense, dense + CUDA graphs, HashEE
+packed eager, prefix eager, prefix + CUDA graphs with and without the cost model, on SST-2 dev and on
+long inputs: benchmarks/layouts_check.py) and ``tensorrt`` (fp32/fp16 engines of the packed and the
+prefix layout, against PyTorch).
 
 With ``--model RUN`` (a HashEE run from ``hashee train``) the check reports that model's dev accuracy
 for every variant.  Without it, it is train-free, so it runs on a fresh GPU machine holding only a copy
@@ -151,57 +157,73 @@ def torch_section(model, tokenizer, texts, batch_sizes, repeats, device, labels=
     return rows, parity
 
 
-def tensorrt_section(model, tokenizer, texts, batch_sizes, repeats, work: Path):
-    """Export the same weights (tensorrt target, max length 128), build fp32/fp16 engines, compare with PyTorch."""
+def _torch_reference(model, feeder, data, batch_size):
+    """PyTorch CUDA logits for the (packed-layout) feeds of ``feeder``, batch by batch."""
     import numpy as np
     import torch
+
+    out = []
+    for _, feed in feeder.batches(data, batch_size, sort=True):
+        with torch.no_grad():
+            ids = {k: torch.as_tensor(v, device="cuda") for k, v in feed.items() if k != "exit_masks"}
+            out.append(model(**ids).logits.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def tensorrt_section(model, tokenizer, texts, batch_sizes, repeats, work: Path, layouts=("packed", "prefix")):
+    """Export the same weights (tensorrt target, max length 128) in each layout, build fp32/fp16 engines,
+    time them and compare with PyTorch (the prefix bundle's feeds are the host's sorted plan)."""
+    import numpy as np
 
     from hashee.calibration.feeds import BundleFeeder, TextSet
     from hashee.calibration.fp16 import add_fp16
     from hashee.exporter import export
     from hashee.exporter.tensorrt_engine import TensorRTEngine, build_engine
 
-    run, bundle = work / "run", work / "bundle"
+    run = work / "run"
     model.cpu().save_pretrained(str(run))
     tokenizer.save_pretrained(str(run))
-    started = time.perf_counter()
-    export(run, bundle, target="tensorrt", max_length=MAX_LENGTH, progress=True)
-    add_fp16(bundle)
-    export_s = time.perf_counter() - started
-    model = model.to("cuda")
-    feeder = BundleFeeder(bundle)
+    results = {"engines": {}}
     data = TextSet(texts, None, None)
-    results = {"export_and_fp16_seconds": export_s, "engines": {}}
-    for precision in ("fp32", "fp16"):
-        build = build_engine(bundle, precision=precision, profiles=[f"1x2:32x64:128x{MAX_LENGTH}"],
-                             timing_cache=work / "timing.cache", progress=True)
-        engine = TensorRTEngine(bundle / build.entry["file"])
-        entry = {"file": build.entry["file"], "build_seconds": build.seconds, "samples_per_s": {}}
-        got, ref = [], []
-        for batch_size in batch_sizes:
-            feeds = [feed for _, feed in feeder.batches(data, batch_size, sort=True)]
-            if batch_size == 1:
-                feeds = feeds[:: max(1, len(feeds) // 200)]
-            if batch_size == max(batch_sizes):
-                for feed in feeds:
-                    got.append(engine.infer(feed)["logits"])
-                    with torch.no_grad():
-                        ids = {k: torch.as_tensor(v, device="cuda") for k, v in feed.items() if k != "exit_masks"}
-                        ref.append(model(**ids).logits.float().cpu().numpy())
-            for feed in feeds[:3]:
-                engine.infer(feed)
-            runs = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                for feed in feeds:
+    reference = None
+    for layout in layouts:
+        bundle = work / f"bundle-{layout}"
+        started = time.perf_counter()
+        export(run, bundle, target="tensorrt", max_length=MAX_LENGTH, progress=True, layout=layout)
+        add_fp16(bundle)
+        results[f"export_and_fp16_seconds_{layout}"] = time.perf_counter() - started
+        model = model.to("cuda")
+        feeder = BundleFeeder(bundle)
+        if reference is None:
+            if layout != "packed":
+                raise ValueError("the packed layout comes first: its feeds give the PyTorch reference")
+            reference = _torch_reference(model, feeder, data, max(batch_sizes))
+        for precision in ("fp32", "fp16"):
+            build = build_engine(bundle, precision=precision, profiles=[f"1x2:32x64:128x{MAX_LENGTH}"],
+                                 timing_cache=work / f"timing-{layout}.cache", progress=True)
+            engine = TensorRTEngine(bundle / build.entry["file"])
+            entry = {"file": build.entry["file"], "layout": layout, "build_seconds": build.seconds,
+                     "samples_per_s": {}}
+            for batch_size in batch_sizes:
+                feeds = [feeder.graph_feed(feed) for _, feed in feeder.batches(data, batch_size, sort=True)]
+                if batch_size == max(batch_sizes):
+                    got = np.concatenate([engine.infer(feed)["logits"] for feed in feeds])
+                    entry["max_abs_diff_vs_torch_fp32"] = float(np.max(np.abs(got - reference)))
+                    entry["label_agreement_vs_torch_fp32"] = float((got.argmax(-1) == reference.argmax(-1)).mean())
+                if batch_size == 1:
+                    feeds = feeds[:: max(1, len(feeds) // 200)]
+                for feed in feeds[:3]:
                     engine.infer(feed)
-                runs.append(time.perf_counter() - start)
-            entry["samples_per_s"][str(batch_size)] = sum(len(f["input_ids"]) for f in feeds) / statistics.median(runs)
-        got_all, ref_all = np.concatenate(got), np.concatenate(ref)
-        entry["max_abs_diff_vs_torch_fp32"] = float(np.max(np.abs(got_all - ref_all)))
-        entry["label_agreement_vs_torch_fp32"] = float((got_all.argmax(-1) == ref_all.argmax(-1)).mean())
-        results["engines"][precision] = entry
-        print(f"tensorrt {precision}: {json.dumps(entry)}", flush=True)
+                runs = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    for feed in feeds:
+                        engine.infer(feed)
+                    runs.append(time.perf_counter() - start)
+                entry["samples_per_s"][str(batch_size)] = sum(len(f["input_ids"]) for f in feeds) / statistics.median(runs)
+            engine.close()
+            results["engines"][f"{layout} {precision}"] = entry
+            print(f"tensorrt {layout} {precision}: {json.dumps(entry)}", flush=True)
     return results
 
 
@@ -224,7 +246,7 @@ def markdown(report) -> str:
     trt = report.get("tensorrt")
     if isinstance(trt, dict) and trt.get("engines"):
         batches = list(next(iter(trt["engines"].values()))["samples_per_s"])
-        lines += ["", "| TensorRT engine | max abs diff vs torch fp32 | label agreement | "
+        lines += ["", "| TensorRT engine (layout, precision) | max abs diff vs torch fp32 | label agreement | "
                   + " | ".join(f"samples/s b{b}" for b in batches) + " |",
                   "| --- | ---: | ---: | " + " | ".join("---:" for _ in batches) + " |"]
         for precision, e in trt["engines"].items():
@@ -233,7 +255,33 @@ def markdown(report) -> str:
                          + " | ".join(f"{e['samples_per_s'][b]:.1f}" for b in batches) + " |")
     else:
         lines += ["", f"TensorRT: {trt}"]
+    if isinstance(report.get("layouts"), dict):
+        from layouts_check import layouts_markdown
+
+        lines += layouts_markdown(report["layouts"])
+    elif report.get("layouts"):
+        lines += ["", f"PyTorch layouts: {report['layouts']}"]
     return "\n".join(lines) + "\n"
+
+
+def layouts(model, tokenizer, texts, args):
+    """The layouts section on SST-2 dev (max length 128) and long inputs (256-512 tokens, max length 512)."""
+    from layouts_check import layouts_section
+
+    from hashee.bench.configs import build_long_inputs
+
+    with tempfile.TemporaryDirectory(prefix="hashee-tokenizer-") as folder:
+        tokenizer.save_pretrained(folder)
+        long_texts = build_long_inputs(list(texts), Path(folder) / "tokenizer.json", count=args.long_count)
+    datasets = {"SST-2 dev": (list(texts), MAX_LENGTH), "long inputs": (long_texts, 512)}
+    sizes = [int(b) for b in args.layout_batch_sizes.split(",")]
+    try:
+        return layouts_section(model, tokenizer, datasets, sizes, args.repeats, args.device)
+    except Exception as exc:  # noqa: BLE001 - recorded: the other sections still count
+        import traceback
+
+        traceback.print_exc()
+        return f"failed: {type(exc).__name__}: {str(exc)[:500]}"
 
 
 def main() -> int:
@@ -245,8 +293,17 @@ def main() -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--limit", type=int, help="use only the first N dev sentences")
     parser.add_argument("--tests-status", default="not run", help="summary line of the GPU test tier")
+    parser.add_argument("--sections",
+                        help="comma-separated: torch (fp32/fp16 eager), layouts (dense/packed/prefix, eager and CUDA "
+                             "graphs, SST-2 dev and long inputs), tensorrt (engines of both layouts); default all on "
+                             "cuda, torch on cpu")
+    parser.add_argument("--layout-batch-sizes", default="1,8,32,128,512", help="batch sizes of the layouts section")
+    parser.add_argument("--long-count", type=int, default=256, help="long (256-512 token) inputs in the layouts section")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    default = "torch,layouts,tensorrt" if args.device.startswith("cuda") else "torch,tensorrt"
+    sections = {s.strip() for s in (args.sections or default).split(",") if s.strip()}
     import torch
 
     from hashee.data import load_examples
@@ -271,9 +328,15 @@ def main() -> int:
               "data": str(dev_file), "num_texts": len(texts), "gpu_tests": args.tests_status,
               "versions": {"torch": torch.__version__, "python": platform.python_version()}}
     report["versions"]["transformers"] = importlib.import_module("transformers").__version__
-    report["torch"], report["parity"] = torch_section(model, tokenizer, texts, batch_sizes, args.repeats, args.device,
-                                                      labels)
-    if args.device != "cuda":
+    report["torch"], report["parity"] = [], {}
+    if "torch" in sections:
+        report["torch"], report["parity"] = torch_section(model, tokenizer, texts, batch_sizes, args.repeats,
+                                                          args.device, labels)
+    if "layouts" in sections:
+        report["layouts"] = layouts(model, tokenizer, texts, args)
+    if "tensorrt" not in sections:
+        report["tensorrt"] = "skipped: not asked for (--sections)"
+    elif args.device != "cuda":
         report["tensorrt"] = "skipped: not on a CUDA device"
     elif importlib.util.find_spec("tensorrt") is None:
         report["tensorrt"] = "skipped: tensorrt is not installed (pip install 'hashee[tensorrt]')"

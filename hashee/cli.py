@@ -95,7 +95,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                     token_outputs=args.token_outputs, dense=args.dense, overwrite=args.overwrite,
                     progress=not args.quiet, precision=args.precision,
                     reference=args.with_reference,
-                    embed_exit_table=args.embed_exit_table)
+                    embed_exit_table=args.embed_exit_table, layout=args.layout)
     print(result.format())
     fp16 = result.meta.get("precisions", {}).get("fp16")
     if fp16:
@@ -218,7 +218,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        precisions=parse_list(args.precisions, str, "--precisions"),
                        repeats=args.repeats, warmup=args.warmup, threads=args.threads, device=args.device,
                        limit=args.limit, optimize_dense_graph=not args.no_dense_optimization,
-                       max_batches=args.max_batches,
+                       max_batches=args.max_batches, compare=args.compare or (),
                        progress=not args.quiet, command="hashee " + " ".join(shlex.quote(a) for a in args.argv))
     with open(os.path.join(args.output, "results.md"), encoding="utf-8") as handle:
         print(handle.read().rstrip())
@@ -309,6 +309,10 @@ def add_export(sub: Any) -> None:
     p.add_argument("-o", "--output", required=True, help="bundle folder to write")
     p.add_argument("--target", default="onnxruntime", help="onnxruntime (default) or tensorrt")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--layout", choices=("packed", "prefix"), default="packed",
+                   help="packed (default: active tokens gathered across the batch) or prefix (the host sorts tokens "
+                        "by exit layer; per-layer masks exit_mask_1..L whose shapes carry the active widths, so "
+                        "every shape follows from input shapes: TensorRT profiles, CUDA graphs)")
     p.add_argument("--max-length", type=int, help="longest input the bundle accepts (default: the model's limit)")
     p.add_argument("--token-outputs", action="store_true", help="also output each token's state at its exit layer")
     p.add_argument("--dense", action="store_true", help="export the same weights without early exit (Optimum)")
@@ -511,6 +515,9 @@ def add_bench(sub: Any) -> None:
                         "dense and HashEE; TensorRT: the int8 engine; PyTorch: fp32 only). Default fp32")
     p.add_argument("--dense", help="dense baseline: a dense bundle (hashee export --dense) or a run folder (exported "
                                    "with Optimum here); default: the HashEE model's own weights without early exit")
+    p.add_argument("--compare", action="append", metavar="BUNDLE",
+                   help="another HashEE bundle of the same model, e.g. exported with --layout prefix, measured beside "
+                        "the first on ONNX Runtime and TensorRT (repeatable)")
     p.add_argument("--repeats", type=int, default=5, help="timed passes per backend and batch size (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up passes before timing (default 1)")
     p.add_argument("--limit", type=int, help="use only the first N examples")

@@ -28,12 +28,52 @@ class Profile:
         return f"b{'-'.join(map(str, self.batch))}_s{'-'.join(map(str, self.sequence))}"
 
     def shapes(self, name: str, num_layers: int) -> tuple[tuple[int, ...], ...]:
-        """(min, opt, max) shapes of input ``name`` ([B, S], or [L, B, S] for ``exit_masks``)."""
+        """(min, opt, max) shapes of input ``name`` ([B, S], or [L, B, S] for ``exit_masks``, or
+        [B, W_l] for the prefix layout's ``exit_mask_l``: see :meth:`width_range`)."""
+        layer = mask_layer(name)
+        if layer is not None:
+            return tuple((b, w) for b, w in zip(self.batch, self.width_range(layer, num_layers)))
         lead = (num_layers,) if name == "exit_masks" else ()
         return tuple(lead + (b, s) for b, s in zip(self.batch, self.sequence))
 
+    def width_range(self, layer: int, num_layers: int) -> tuple[int, int, int]:
+        """(min, opt, max) of ``W_l``, the width of ``exit_mask_l`` (prefix layout), from the sequence range.
+
+        ``W_1`` is the sequence length.  Deeper layers hold 1 .. the longest sequence; the optimum
+        assumes the active share falls linearly with depth (``ceil(opt * (L - l + 1) / L)``).
+        """
+        low, opt, high = self.sequence
+        if layer == 1:
+            return (low, opt, high)
+        return (1, max(1, -(-opt * (num_layers - layer + 1) // num_layers)), high)
+
+    def prefix_problem(self, shapes: dict[str, tuple[int, ...]], num_layers: int) -> str | None:
+        """Why the prefix-layout input ``shapes`` do not fit this profile (None: they do)."""
+        for name, shape in shapes.items():
+            layer = mask_layer(name)
+            if layer is None:
+                continue
+            low, _, high = self.width_range(layer, num_layers)
+            width, sequence = shape[-1], shapes.get("input_ids", shape)[-1]
+            if not low <= width <= min(high, sequence) or (layer == 1 and width != sequence):
+                return (f"{name} has width {width}, outside {low}..{min(high, sequence)} (the profile's range for "
+                        f"W_{layer} at sequence {sequence}" + ("; W_1 must equal the sequence length)" if layer == 1
+                                                               else ")"))
+        return None
+
     def to_meta(self) -> dict[str, list[int]]:
         return {"batch": list(self.batch), "sequence": list(self.sequence)}
+
+
+def mask_layer(name: str) -> int | None:
+    """``l`` for the prefix layout's input ``exit_mask_l``, else None."""
+    head, _, tail = str(name).rpartition("_")
+    return int(tail) if head == "exit_mask" and tail.isdigit() and int(tail) >= 1 else None
+
+
+def bundle_layout(meta: dict) -> str:
+    """``packed`` or ``prefix``: the compute layout of a bundle's graph (``onnx.layout``; older bundles: packed)."""
+    return str((meta.get("onnx") or {}).get("layout") or "packed")
 
 
 def parse_profile(text: str) -> Profile:
@@ -75,8 +115,10 @@ def default_profiles(max_length: int) -> list[Profile]:
 
 
 def engine_file_name(precision: str, compute_capability: tuple[int, int], tensorrt_version: str,
-                     profiles: list[Profile]) -> str:
-    """``engines/model.<precision>.sm<cc>.trt<version>.<profiles>.plan`` (a plan runs on that GPU and TensorRT only)."""
+                     profiles: list[Profile], layout: str = "packed") -> str:
+    """``engines/model.<precision>[.prefix].sm<cc>.trt<version>.<profiles>.plan`` (a plan runs on that GPU
+    and TensorRT only)."""
     major, minor = compute_capability
     tags = "+".join(p.tag for p in profiles)
-    return f"{ENGINES_DIR}/model.{precision}.sm{major}{minor}.trt{tensorrt_version}.{tags}.plan"
+    kind = f"{precision}.prefix" if layout == "prefix" else precision
+    return f"{ENGINES_DIR}/model.{kind}.sm{major}{minor}.trt{tensorrt_version}.{tags}.plan"

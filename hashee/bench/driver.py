@@ -55,15 +55,46 @@ class BackendSpec:
     reference: Path | None = None
     skip: str | None = None  # reason, when known before starting a worker
     precision: str = "fp32"
+    variant: str = ""  # a compared HashEE bundle (--compare), e.g. "prefix"
 
     @property
     def key(self) -> str:
-        return f"{self.runtime}-{self.model}" + ("" if self.precision == "fp32" else f"-{self.precision}")
+        return (f"{self.runtime}-{self.model}" + ("" if self.precision == "fp32" else f"-{self.precision}")
+                + (f":{self.variant}" if self.variant else ""))
 
     @property
     def label(self) -> str:
-        return (f"{RUNTIME_LABELS[self.runtime]} {'HashEE' if self.model == 'hashee' else 'dense'}"
+        model = "HashEE" if self.model == "hashee" else "dense"
+        return (f"{RUNTIME_LABELS[self.runtime]} {model}" + (f"-{self.variant}" if self.variant else "")
                 + ("" if self.precision == "fp32" else f" {self.precision}"))
+
+
+def compare_specs(compare: Sequence[str | Path], backends: Sequence[str], main_bundle: Any) -> list[BackendSpec]:
+    """Extra HashEE bundles of the same model measured beside the main one (ONNX Runtime and TensorRT).
+
+    Each is named by its layout (``hashee export --layout``), or by its folder when the layout is the
+    main bundle's; the torch backend runs the reference weights whatever the layout, so it is not repeated.
+    """
+    from hashee.runtime.bundle import open_bundle
+
+    main_layout = (main_bundle.meta.get("onnx") or {}).get("layout") or "packed"
+    specs, names = [], set()
+    for path in compare:
+        other = open_bundle(path)
+        if other.kind != "hashee":
+            raise BundleError(f"--compare {path} is a dense bundle; compare HashEE bundles (the dense baseline is "
+                              f"measured anyway)")
+        if other.meta["backbone"] != main_bundle.meta["backbone"]:
+            raise BundleError(f"--compare {path} holds another backbone than {main_bundle.path}; compare exports "
+                              f"of the same model")
+        layout = (other.meta.get("onnx") or {}).get("layout") or "packed"
+        name = layout if layout != main_layout else Path(path).name
+        if name in names:
+            raise InputError(f"--compare names two bundles that would both be labelled {name!r}")
+        names.add(name)
+        specs += [BackendSpec(runtime, "hashee", Path(path), variant=name) for runtime in RUNTIMES
+                  if runtime in backends and runtime != "torch"]
+    return specs
 
 
 def parse_list(text: str | Sequence[Any], kind: type, what: str) -> list[Any]:
@@ -334,8 +365,12 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
               batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, dense: str | Path | None = None, repeats: int = 5,
               warmup: int = 1, threads: int | None = None, device: str | None = None, limit: int | None = None,
               optimize_dense_graph: bool = True, max_batches: int | None = None, progress: bool = True,
-              command: str | None = None, precisions: Sequence[str] = ("fp32",)) -> dict[str, Any]:
+              command: str | None = None, precisions: Sequence[str] = ("fp32",),
+              compare: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Benchmark ``bundle`` (HashEE) against its dense baseline on ``data``; write results to ``output``.
+
+    ``compare``: more HashEE bundles of the same model (e.g. ``hashee export --layout prefix``) measured
+    side by side on the ONNX Runtime and TensorRT backends, on the same batches.
 
     Returns the ``results.json`` content.  See the module docstring for what is measured.
     ``max_batches`` caps the batches of each timed pass (evenly spread over the length-sorted plan, so
@@ -441,6 +476,7 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
                                        hashee_reference if runtime == "torch" else None, precision=precision)
                 spec.skip = spec.skip or precision_refusal(spec)
                 specs.append(spec)
+    specs += compare_specs(compare, backends, hashee_bundle)
 
     context = multiprocessing.get_context("spawn")
     say(f"starting {len(specs)} backend workers: {', '.join(s.key for s in specs)}")
@@ -451,7 +487,8 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
     for spec in specs:
         record = {"key": spec.key, "label": spec.label, "runtime": spec.runtime, "model": spec.model,
                   "precision": spec.precision,
-                  "bundle": str(spec.bundle) if spec.bundle else None, "status": "ok", "reason": None}
+                  "bundle": str(spec.bundle) if spec.bundle else None, "status": "ok", "reason": None,
+                  "variant": spec.variant or None}
         records[spec.key] = record
         if spec.skip is None and spec.runtime == "tensorrt":
             spec.skip = tensorrt_refusal(spec.bundle, device, threads, None if spec.precision == "fp32" else spec.precision)

@@ -10,7 +10,11 @@ ORDER = ("torch-dense", "onnxruntime-dense", "onnxruntime-dense-int8", "tensorrt
 
 
 def _ordered(result: dict[str, Any]) -> list[dict[str, Any]]:
-    return sorted(result["backends"], key=lambda r: ORDER.index(r["key"]) if r["key"] in ORDER else len(ORDER))
+    def rank(record: dict[str, Any]) -> tuple[int, str]:
+        base, _, variant = record["key"].partition(":")  # a compared bundle right after the main one
+        return (ORDER.index(base) if base in ORDER else len(ORDER), variant)
+
+    return sorted(result["backends"], key=rank)
 
 
 RUNTIME_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
@@ -35,6 +39,8 @@ def main_table(result: dict[str, Any]) -> list[str]:
     for record in _ordered(result):
         model = "HashEE" if record["model"] == "hashee" else "dense"
         precision = record.get("precision", "fp32")
+        if record.get("variant"):
+            model += f" ({record['variant']})"
         if precision != "fp32":
             model += f" {precision}"
         backend = RUNTIME_NAMES.get(record["runtime"], record["runtime"])

@@ -115,5 +115,12 @@ class BundleFeeder:
             cases.append((name, self.feed(texts, pairs, exit_layers=exits)))
         return cases
 
+    def graph_feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``feed`` as the graph file itself takes it, for consumers that run the file without a Session
+        (the INT8 calibration reader): a prefix-layout graph gets the host's sorted plan."""
+        from hashee.prefix import layout_feed
+
+        return layout_feed(feed, self.input_names, self.num_layers, pad_id=self.session.encoder.pad_id)[0]
+
     def close(self) -> None:
         self.session.close()

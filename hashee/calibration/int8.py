@@ -53,7 +53,7 @@ class BundleCalibrationReader:
     """``onnxruntime.quantization.CalibrationDataReader`` over real sentences and their exit masks."""
 
     def __init__(self, feeder: Any, data: Any, batch_size: int = CALIBRATION_BATCH) -> None:
-        self.feeds = [feed for _, feed in feeder.batches(data, batch_size)]
+        self.feeds = [feeder.graph_feed(feed) for _, feed in feeder.batches(data, batch_size)]
         self._next = iter(self.feeds)
 
     def get_next(self) -> dict[str, np.ndarray] | None:

@@ -13,8 +13,8 @@ Heavy libraries (onnx, onnxruntime, optimum, torch) are imported inside the func
 
 from hashee.bundle import FORMAT_VERSION, read_bundle  # the format lives in the core; kept here for callers
 from hashee.exporter.export import ExportResult, export
-from hashee.exporter.targets import TARGETS, tensorrt_violations
+from hashee.exporter.targets import TARGETS, tensorrt_violations, value_dependent_shapes
 from hashee.exporter.validate import BundleValidation, validate_bundle
 
 __all__ = ["FORMAT_VERSION", "TARGETS", "BundleValidation", "ExportResult", "export", "read_bundle",
-           "tensorrt_violations", "validate_bundle"]
+           "tensorrt_violations", "validate_bundle", "value_dependent_shapes"]

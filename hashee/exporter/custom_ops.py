@@ -11,6 +11,13 @@ and TensorRT's parser inlines them.  Their schemas are registered with :mod:`onn
     bool because TensorRT's NonZero takes FP32/FP16 only.
 ``ScatterActive(hidden [T, D], index [n, 1], rows [n, D]) -> hidden' [T, D]``
     writes ``rows`` back at ``index`` (ScatterND without reduction) and leaves every other row as is.
+
+The prefix layout (``hashee export --layout prefix``, issue 14) uses version 2 of the domain, whose
+bodies are a Slice and a Concat sized by the *shape* of the layer's mask (no NonZero, no ScatterND):
+
+``GatherActive(hidden [B, S, D], mask [B, W] bool) -> rows [B, W, D]``: ``hidden[:, :W]``.
+``ScatterActive(hidden [B, S, D], mask [B, W] bool, rows [B, W, D]) -> hidden'``:
+    ``concat(where(mask, rows, hidden[:, :W]), hidden[:, W:])``.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 
 DOMAIN = "hashee"
 DOMAIN_VERSION = 1
+PREFIX_DOMAIN_VERSION = 2  # the prefix layout's Slice/Concat bodies
 GATHER_ACTIVE = "GatherActive"
 SCATTER_ACTIVE = "ScatterActive"
 FUNCTION_NAMES = (GATHER_ACTIVE, SCATTER_ACTIVE)
@@ -57,6 +65,74 @@ def function_protos(opset: int) -> list[Any]:
     return [_gather_active(opset), _scatter_active(opset)]
 
 
+def _const(name: str, values: list[int]) -> Any:
+    from onnx import TensorProto, helper
+
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values))
+
+
+def _gather_prefix(opset: int) -> Any:
+    from onnx import helper
+
+    nodes = [
+        _const("zero", [0]), _const("axis", [1]),
+        helper.make_node("Shape", ["mask"], ["width"], start=1, end=2),
+        helper.make_node("Slice", ["hidden", "zero", "width", "axis"], ["rows"]),
+    ]
+    return helper.make_function(
+        DOMAIN, GATHER_ACTIVE, inputs=["hidden", "mask"], outputs=["rows"], nodes=nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        doc_string="hidden[:, :W] of sorted states [B, S, D], W the width of the layer's [B, W] mask.",
+    )
+
+
+def _scatter_prefix(opset: int) -> Any:
+    from onnx import helper
+
+    nodes = [
+        _const("zero", [0]), _const("axis", [1]), _const("last", [2]), _const("end", [2**62]),
+        helper.make_node("Shape", ["mask"], ["width"], start=1, end=2),
+        helper.make_node("Slice", ["hidden", "zero", "width", "axis"], ["old"]),
+        helper.make_node("Unsqueeze", ["mask", "last"], ["keep"]),
+        helper.make_node("Where", ["keep", "rows", "old"], ["kept"]),
+        helper.make_node("Slice", ["hidden", "width", "end", "axis"], ["tail"]),
+        helper.make_node("Concat", ["kept", "tail"], ["updated"], axis=1),
+    ]
+    return helper.make_function(
+        DOMAIN, SCATTER_ACTIVE, inputs=["hidden", "mask", "rows"], outputs=["updated"], nodes=nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        doc_string="concat(where(mask, rows, hidden[:, :W]), hidden[:, W:]): active slots updated, others kept.",
+    )
+
+
+def prefix_function_protos(opset: int) -> list[Any]:
+    """The prefix layout's two FunctionProtos (domain version 2)."""
+    return [_gather_prefix(opset), _scatter_prefix(opset)]
+
+
+def _register_prefix_schemas() -> None:
+    from onnx import defs
+
+    float_types = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
+    specs = {
+        GATHER_ACTIVE: ("hidden[:, :W] of sorted states [B, S, D]; W is the width of the [B, W] mask.",
+                        [("hidden", "T"), ("mask", "B")], [("rows", "T")]),
+        SCATTER_ACTIVE: ("concat(where(mask, rows, hidden[:, :W]), hidden[:, W:]).",
+                         [("hidden", "T"), ("mask", "B"), ("rows", "T")], [("updated", "T")]),
+    }
+    for name, (doc, inputs, outputs) in specs.items():
+        if defs.has(name, PREFIX_DOMAIN_VERSION, DOMAIN) and \
+                defs.get_schema(name, PREFIX_DOMAIN_VERSION, DOMAIN).since_version == PREFIX_DOMAIN_VERSION:
+            continue
+        schema = defs.OpSchema(
+            name, DOMAIN, PREFIX_DOMAIN_VERSION, doc=doc,
+            inputs=[defs.OpSchema.FormalParameter(n, t) for n, t in inputs],
+            outputs=[defs.OpSchema.FormalParameter(n, t) for n, t in outputs],
+            type_constraints=[("T", float_types, "hidden states"), ("B", ["tensor(bool)"], "the layer's exit mask")],
+        )
+        defs.register_schema(schema)
+
+
 def register_schemas() -> None:
     """Register the ``hashee`` domain's op schemas with :mod:`onnx.defs` (idempotent)."""
     from onnx import defs
@@ -88,3 +164,4 @@ def register_schemas() -> None:
             type_constraints=[(c.type_param_str, list(c.allowed_type_strs), c.description) for c in constraints],
         )
         defs.register_schema(schema)
+    _register_prefix_schemas()

@@ -14,15 +14,17 @@ from hashee.calibration.fp16 import build_fp16
 from hashee.errors import ExitTableError, ExportError
 from hashee.exporter.dense import export_dense
 from hashee.exporter.embed import embed_exit_table as embed
-from hashee.exporter.graph import build_graph, check_target
+from hashee.exporter.graph import check_target
 from hashee.exporter.manifest import (ExportResult, Progress, bundle_meta, describe, resolve_max_length, save_reference,
                                       validation_entry)
-from hashee.exporter.targets import MIN_OPSET, TARGETS, tensorrt_violations
+from hashee.exporter.prefix_graph import build_layout_graph
+from hashee.exporter.targets import MIN_OPSET, TARGETS, tensorrt_violations, value_dependent_shapes
 from hashee.exporter.validate import check_embedded, check_export
 
 __all__ = ["EXPORT_PRECISIONS", "ExportResult", "describe", "export", "resolve_max_length", "save_reference"]
 
 EXPORT_PRECISIONS = ("fp32", "fp16")
+LAYOUTS = ("packed", "prefix")
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
@@ -52,13 +54,14 @@ def _check_exit_table(run_dir: Path, config: dict[str, Any]) -> None:
 
 
 def _write_graph(path: Path, model: Any, target: str, opset: int, token_outputs: bool, embed_exit_table: bool,
-                 say: Any) -> tuple[Any, Any]:
-    """Build the HashEE graph (table embedded on request), save it to ``path`` and check it (the ONNX checker;
-    TensorRT's op list for the tensorrt target).  Returns ``(input/output spec, the exit-masks graph or None)``."""
+                 say: Any, layout: str = "packed") -> tuple[Any, Any]:
+    """Build the HashEE graph of ``layout`` (table embedded on request), save it to ``path`` and check it (the
+    ONNX checker; TensorRT's op list for the tensorrt target; no value-dependent shape in the prefix layout).
+    Returns ``(input/output spec, the exit-masks graph or None)``."""
     import onnx
 
-    say(f"building the graph (target {target}, opset {opset})")
-    proto, spec = build_graph(model, target, opset, token_outputs)
+    say(f"building the graph (target {target}, opset {opset}, layout {layout})")
+    proto, spec = build_layout_graph(model, target, opset, token_outputs, layout)
     masks_proto = None
     if embed_exit_table:
         say("embedding the exit table in the graph")
@@ -76,13 +79,18 @@ def _write_graph(path: Path, model: Any, target: str, opset: int, token_outputs:
         problems = tensorrt_violations(onnx.load(str(path)))
         if problems:
             raise ExportError(f"{len(problems)} nodes would not import into TensorRT: " + "; ".join(problems[:5]))
+    if layout == "prefix":
+        problems = value_dependent_shapes(onnx.load(str(path)))
+        if problems:
+            raise ExportError(f"{len(problems)} nodes of the prefix graph have value-dependent shapes: "
+                              + "; ".join(problems[:5]))
     return spec, masks_proto
 
 
 def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime", opset: int = MIN_OPSET,
            max_length: int | None = None, token_outputs: bool = False, dense: bool = False,
            overwrite: bool = False, progress: bool = True, reference: bool = False,
-           precision: str = "fp32", embed_exit_table: bool = False) -> ExportResult:
+           precision: str = "fp32", embed_exit_table: bool = False, layout: str = "packed") -> ExportResult:
     """Export a run folder to a validated bundle at ``output``.
 
     Args:
@@ -106,6 +114,10 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
             in-graph, so the only inputs are the batch-first ``input_ids``, ``attention_mask`` (and
             ``token_type_ids``), as Triton's dynamic batching needs; also checked against the
             exit-masks graph within 1e-5.
+        layout: ``packed`` (default; inputs ``exit_masks`` [L, batch, seq]) or ``prefix`` (issue 14: the
+            host sorts each row by exit layer; inputs ``position_ids`` and ``exit_mask_1..L`` [batch, W_l];
+            no shape depends on tensor values, checked by :func:`~hashee.exporter.targets.value_dependent_shapes`;
+            see :mod:`hashee.exporter.prefix_graph`).  Recorded as ``onnx.layout`` in ``hashee.json``.
 
     Raises:
         ExportError, ExitTableError, BackboneError: the run folder or the arguments cannot be exported.
@@ -121,6 +133,11 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
     if precision not in EXPORT_PRECISIONS:
         raise ExportError(f"unknown precision {precision!r} for export; choose one of {', '.join(EXPORT_PRECISIONS)} "
                           f"(int8 needs calibration data: hashee calibrate BUNDLE --data FILE)")
+    if layout not in LAYOUTS:
+        raise ExportError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout == "prefix" and (dense or embed_exit_table):
+        raise ExportError("--layout prefix applies to HashEE graphs fed by the host's sorted plan; it cannot be "
+                          "combined with --dense or --embed-exit-table")
     if dense and precision != "fp32":
         raise ExportError("--precision fp16 is for HashEE bundles; the dense baseline is exported in fp32")
     check_output_folder(output.absolute(), overwrite)
@@ -140,7 +157,8 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
     backbone_config = model.dense.config
     max_length = resolve_max_length(max_length, backbone_config, tokenizer)
     with staged_folder(output, overwrite) as stage:
-        spec, masks_proto = _write_graph(stage / MODEL_FILE, model, target, opset, token_outputs, embed_exit_table, say)
+        spec, masks_proto = _write_graph(stage / MODEL_FILE, model, target, opset, token_outputs, embed_exit_table, say,
+                                         layout)
         table = model.exit_table
         np.save(stage / TABLE_FILE, table.layers, allow_pickle=False)
         tokenizer.save_pretrained(str(stage / TOKENIZER_DIR))
@@ -151,7 +169,7 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
             {"file": MODEL_FILE, "target": target, "precision": "fp32", "opset": opset,
              "inputs": spec.inputs, "outputs": spec.outputs,
              "custom_ops": ["hashee.GatherActive", "hashee.ScatterActive"],
-             "exit_table": "embedded" if embed_exit_table else "input"},
+             "exit_table": "embedded" if embed_exit_table else "input", "layout": layout},
             reference, exit_table={**table.to_meta(), "file": TABLE_FILE, "dtype": str(table.layers.dtype)})
         say("validating through the runtime (ONNX Runtime CPU) against PyTorch (real text and edge inputs)")
         report = check_export(bundle_view(stage, meta), model, tokenizer)

@@ -74,15 +74,26 @@ def activation(b: GraphBuilder, x: str, fn: Any, name: str, contrib: bool = Fals
                       f"gelu_pytorch_tanh, gelu_fast, quick_gelu, relu, silu")
 
 
-def embed(b: GraphBuilder, model: Any, input_ids: str, token_type_ids: str | None, seq_len: str) -> str:
-    """Token + position (+ segment) embeddings, LayerNorm, and the family's projection: [B, S, hidden]."""
+def embed(b: GraphBuilder, model: Any, input_ids: str, token_type_ids: str | None, seq_len: str,
+          position_ids: str | None = None, keep: str | None = None) -> str:
+    """Token + position (+ segment) embeddings, LayerNorm, and the family's projection: [B, S, hidden].
+
+    With ``position_ids`` (the prefix layout: each slot's 0-based original position) tokens are embedded
+    at those positions; RoBERTa's then start after its padding id at the real tokens (``keep``, bool).
+    """
     family, dense = model.family.model_type, model.dense
     base = dense.distilbert if family == "distilbert" else getattr(dense, family)
     emb = base.embeddings
     b.scope = "embeddings"
     x = b.op("Gather", [b.weight("embeddings.word", emb.word_embeddings.weight), input_ids], hint="word")
     positions = b.weight("embeddings.position", emb.position_embeddings.weight)
-    if family == "roberta":  # positions count non-padding tokens, starting after padding_idx
+    if position_ids is not None:
+        ids = position_ids
+        if family == "roberta":
+            pad = int(emb.padding_idx)
+            ids = b.op("Where", [keep, b.op("Add", [position_ids, b.const(pad + 1)]), b.const(pad)], hint="position_ids")
+        pos = b.op("Gather", [positions, ids], hint="position")
+    elif family == "roberta":  # positions count non-padding tokens, starting after padding_idx
         pad = int(emb.padding_idx)
         real = b.op("Cast", [b.op("Not", [b.op("Equal", [input_ids, b.const(pad)])])], to=FLOAT)
         count = b.op("Mul", [b.op("CumSum", [real, b.const(1)]), real])

@@ -13,6 +13,9 @@ only its first output, Quantize/DequantizeLinear with constant scales and zero z
 com.microsoft ops).  Only the ops the HashEE exporter can emit, plus a few
 neighbours, are listed: a new op in the graph must be added here with its restriction, on purpose.
 :func:`tensorrt_violations` checks every node of a model, with local functions inlined.
+:func:`value_dependent_shapes` finds every node whose output shape depends on tensor values (a
+device-to-host synchronisation in TensorRT, and no CUDA graph): the packed layout has some, the
+prefix layout (issue 14) none.
 """
 
 from __future__ import annotations
@@ -140,4 +143,70 @@ def tensorrt_violations(model: Any) -> list[str]:
             message = _restriction(restriction, node, constants, values)
             if message:
                 problems.append(f"{where}: {message}")
+    return problems
+
+
+# ------------------------------------------------------------------------------------------ static shapes
+#: ops whose output shape always depends on tensor values
+VALUE_SHAPED_OPS = ("NonZero", "Compress", "Unique")
+#: op -> positions of the inputs that decide its output shape (must be computed from input shapes)
+SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Expand": (1,), "Slice": (1, 2, 3, 4), "ConstantOfShape": (0,), "Range": (0, 1, 2),
+    "Tile": (1,), "TopK": (1,), "Pad": (1, 3), "OneHot": (1,), "Split": (1,), "Squeeze": (1,), "Unsqueeze": (1,),
+    "Resize": (1, 2, 3), "Upsample": (1,), "CenterCropPad": (1, 2), "ReduceSum": (1,), "ReduceMax": (1,),
+    "ReduceMin": (1,), "ReduceMean": (1,), "ReduceProd": (1,), "ReduceL2": (1,),
+}
+#: control flow: subgraph output shapes are not followed, so they are refused outright
+CONTROL_FLOW_OPS = ("Loop", "If", "Scan")
+#: ops whose output is computed from their input's *shape* only (never its values)
+SHAPE_SOURCE_OPS = ("Shape", "Size")
+
+
+def value_dependent_shapes(model: Any) -> list[str]:
+    """Every node (local functions inlined) whose output shape can depend on tensor *values*.
+
+    A shape-provenance dataflow over the graph in topological order: a value is *shape-derived* when it
+    is an initializer or a Constant, the output of ``Shape``/``Size`` of a tensor whose own shape is not
+    value-dependent, or computed only from shape-derived values.  Flagged: ``NonZero``, ``Compress``,
+    ``Unique``, control flow, and any op of :data:`SHAPE_INPUTS` (Reshape, Expand, Slice, ConstantOfShape,
+    Range, Tile, TopK's K, ...) whose shape-deciding input is not shape-derived.  Outputs of a flagged
+    node, and everything shaped by them, are *tainted*: a ``Shape`` of a tainted tensor is not
+    shape-derived.  Empty list: every shape in the graph is a function of input shapes, as TensorRT
+    optimisation profiles and CUDA-graph capture need.  The packed ``tensorrt`` target fails this
+    (NonZero, and a query grid sized by a ReduceMax of the masks); the prefix layout passes.
+    """
+    from onnx import inliner
+
+    graph = inliner.inline_local_functions(model).graph
+    derived = {init.name for init in graph.initializer}
+    tainted: set[str] = set()
+    problems: list[str] = []
+    for node in graph.node:
+        where = f"{node.name or node.op_type} ({node.domain or 'ai.onnx'}::{node.op_type})"
+        inputs = [name for name in node.input if name]
+        outputs = [name for name in node.output if name]
+        flagged = None
+        if node.op_type in VALUE_SHAPED_OPS:
+            flagged = "its output shape is the number of selected elements, a value"
+        elif node.op_type in CONTROL_FLOW_OPS:
+            flagged = "control flow: its output shapes are not checked"
+        elif node.op_type in SHAPE_INPUTS and node.domain in ("", "ai.onnx"):
+            for position in SHAPE_INPUTS[node.op_type]:
+                if position < len(node.input) and node.input[position] and node.input[position] not in derived:
+                    flagged = (f"input {position} ({node.input[position]}) decides the output shape but is not "
+                               f"computed from input shapes")
+                    break
+        if flagged:
+            problems.append(f"{where}: {flagged}")
+            tainted.update(outputs)
+            continue
+        if any(name in tainted for name in inputs) and node.op_type not in SHAPE_SOURCE_OPS:
+            tainted.update(outputs)  # shaped by a value-dependent tensor
+        if node.op_type == "Constant":
+            derived.update(outputs)
+        elif node.op_type in SHAPE_SOURCE_OPS:
+            if not any(name in tainted for name in inputs):
+                derived.update(outputs)
+        elif inputs and all(name in derived for name in inputs):
+            derived.update(outputs)
     return problems

@@ -4,7 +4,9 @@
 bundle's tensorrt-target ONNX file of that precision (``model.onnx``, ``model.fp16.onnx`` or the Q/DQ
 ``model.int8.onnx``; TensorRT 11 networks are strongly typed, so precision is decided in the file,
 not by builder flags), adds one optimisation profile per ``--profile`` (batch and sequence ranges;
-``exit_masks`` gets ``[num_layers, batch, sequence]``), reuses a timing cache when given one, and
+``exit_masks`` gets ``[num_layers, batch, sequence]``; a prefix-layout bundle's ``exit_mask_l`` gets
+``[batch, W_l]`` with ``W_l`` ranging over 1 .. the profile's longest sequence, see
+:meth:`Profile.width_range`), reuses a timing cache when given one, and
 writes the serialized plan to ``BUNDLE/engines/`` under a name holding the precision, the GPU's
 compute capability, the TensorRT version and the profiles; ``hashee.json`` lists it with its sha256.
 
@@ -26,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from hashee.bundle import PRECISION_FILES, read_bundle, update_bundle
-from hashee.engines import Profile, default_profiles, engine_file_name, parse_profile, validate_profiles
+from hashee.engines import (Profile, bundle_layout, default_profiles, engine_file_name, mask_layer, parse_profile,
+                            validate_profiles)
 from hashee.errors import EngineError
 from hashee.runtime.runners.tensorrt_engine import INSTALL_HINT, TensorRTEngine, _logger, require_tensorrt, run_engine
 
-__all__ = ["INSTALL_HINT", "EngineBuild", "Profile", "TensorRTEngine", "build_engine", "default_profiles",
-           "engine_file_name", "parse_profile", "require_tensorrt", "run_engine", "validate_profiles"]
+__all__ = ["INSTALL_HINT", "EngineBuild", "Profile", "TensorRTEngine", "build_engine", "bundle_layout",
+           "default_profiles", "engine_file_name", "mask_layer", "parse_profile", "require_tensorrt", "run_engine",
+           "validate_profiles"]
 
 
 @dataclass
@@ -141,12 +145,17 @@ def build_engine(bundle: str | Path, precision: str = "fp32", profiles: list[str
         partial = cache_path.with_name(f".{cache_path.name}.partial")
         partial.write_bytes(bytes(config.get_timing_cache().serialize()))
         partial.replace(cache_path)
-    name = engine_file_name(precision, capability, str(trt.__version__), chosen)
-    entry = {"file": name, "precision": precision, "onnx": onnx_name, "onnx_sha256": meta["files"][onnx_name],
+    layout = bundle_layout(meta)
+    name = engine_file_name(precision, capability, str(trt.__version__), chosen, layout)
+    entry = {"file": name, "precision": precision, "layout": layout, "onnx": onnx_name,
+             "onnx_sha256": meta["files"][onnx_name],
              "tensorrt_version": str(trt.__version__), "compute_capability": f"{capability[0]}.{capability[1]}",
              "gpu": gpu, "profiles": [p.to_meta() for p in chosen], "workspace_mb": workspace_mb,
              "timing_cache": str(cache_path.absolute()) if cache_path else None,
              "build_seconds": round(time.perf_counter() - started, 2)}
+    if layout == "prefix":  # the W_l ranges each profile gave TensorRT, for the record
+        for record, profile in zip(entry["profiles"], chosen):
+            record["widths"] = [list(profile.width_range(layer, num_layers)) for layer in range(1, num_layers + 1)]
     scratch = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.engine-", dir=bundle.absolute().parent))
     try:
         (scratch / "plan").write_bytes(bytes(plan))

@@ -91,6 +91,16 @@ class BackboneFamily:
     def embed(self, dense: nn.Module, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         return self.base(dense).embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
 
+    def embed_at(self, dense: nn.Module, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
+                 position_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Embeddings of tokens at explicit 0-based positions (the prefix layout's sorted order)."""
+        return self._project(dense, self.base(dense).embeddings(input_ids=input_ids, token_type_ids=token_type_ids,
+                                                                position_ids=position_ids))
+
+    def _project(self, dense: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The family's projection of embeddings to the hidden size (identity for most)."""
+        return hidden
+
     def hf_layer(self, dense: nn.Module, index: int) -> nn.Module:
         return self.base(dense).encoder.layer[index]
 
@@ -129,12 +139,20 @@ class BertFamily(BackboneFamily):
 class RobertaFamily(BackboneFamily):
     model_type = "roberta"
 
+    def embed_at(self, dense, input_ids, token_type_ids, position_ids, attention_mask):
+        # Hugging Face counts positions from padding_idx + 1 over non-padding tokens (right padding)
+        pad = int(dense.roberta.embeddings.padding_idx)
+        positions = torch.where(attention_mask != 0, position_ids + pad + 1, torch.full_like(position_ids, pad))
+        return dense.roberta.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=positions)
+
 
 class ElectraFamily(BackboneFamily):
     model_type = "electra"
 
     def embed(self, dense, input_ids, token_type_ids):
-        hidden = dense.electra.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        return self._project(dense, dense.electra.embeddings(input_ids=input_ids, token_type_ids=token_type_ids))
+
+    def _project(self, dense, hidden):
         project = getattr(dense.electra, "embeddings_project", None)
         return project(hidden) if project is not None else hidden
 
@@ -151,7 +169,9 @@ class AlbertFamily(BackboneFamily):
             )
 
     def embed(self, dense, input_ids, token_type_ids):
-        hidden = dense.albert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        return self._project(dense, dense.albert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids))
+
+    def _project(self, dense, hidden):
         return dense.albert.encoder.embedding_hidden_mapping_in(hidden)
 
     def truncate(self, dense, num_layers):
@@ -206,6 +226,10 @@ class DistilBertFamily(BackboneFamily):
 
     def embed(self, dense, input_ids, token_type_ids):
         return dense.distilbert.embeddings(input_ids)
+
+    def embed_at(self, dense, input_ids, token_type_ids, position_ids, attention_mask):
+        emb = dense.distilbert.embeddings  # its forward takes no position ids: the same steps, explicit positions
+        return emb.dropout(emb.LayerNorm(emb.word_embeddings(input_ids) + emb.position_embeddings(position_ids)))
 
     def hf_layer(self, dense, index):
         return dense.distilbert.transformer.layer[index]

@@ -210,6 +210,21 @@ class HashEEForSequenceClassification(PreTrainedModel):
         return HashEEOutput(loss=loss, logits=logits, exit_layers=exits,
                             token_states=states)
 
+    def forward_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                       exit_masks: list[torch.Tensor], token_type_ids: torch.Tensor | None = None,
+                       output_token_states: bool = False) -> HashEEOutput:
+        """The prefix layout (issue 14): a batch sorted on the host by :func:`hashee.prefix.plan_prefix`.
+
+        ``position_ids`` holds each slot's original position and ``exit_masks`` the L bool ``[batch, W_l]``
+        masks; no host read, no data-dependent shape.  ``token_states`` come back in the original order.
+        See :func:`hashee.modeling.prefix.run_prefix` to plan and run in one call.
+        """
+        from hashee.modeling.prefix import prefix_encode
+
+        logits, states = prefix_encode(self, input_ids, attention_mask, position_ids, exit_masks, token_type_ids,
+                                       output_token_states)
+        return HashEEOutput(logits=logits, token_states=states)
+
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Hugging Face's loss conventions: MSE for regression, CE single-label, BCE multi-label."""
         num_labels = self.config.num_labels

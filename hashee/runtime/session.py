@@ -28,6 +28,7 @@ from hashee.exit_table import exit_masks
 from hashee.runtime.batching import active_profile, check_batch_size, pad, plan_batches
 from hashee.runtime.inputs import TextEncoder, normalize_texts, warn_truncated
 from hashee.runtime.runners import make_runner
+from hashee.prefix import is_prefix_graph, layout_feed
 from hashee.runtime.runners.base import Runner
 
 
@@ -51,8 +52,10 @@ class Session:
         runner.activate()
         self.input_names = list(runner.input_names)
         self.uses_token_type_ids = "token_type_ids" in self.input_names
+        # the prefix layout (issue 14): the host sorts each row by exit layer and feeds L masks
+        self.prefix = is_prefix_graph(self.input_names)
         # a bundle exported with --embed-exit-table computes its masks in the graph from its own table
-        self.embedded_table = bundle.kind == "hashee" and "exit_masks" not in self.input_names
+        self.embedded_table = bundle.kind == "hashee" and "exit_masks" not in self.input_names and not self.prefix
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -98,8 +101,9 @@ class Session:
 
     @property
     def takes_exit_masks(self) -> bool:
-        """Whether the graph takes an ``exit_masks`` input (HashEE without an embedded table)."""
-        return "exit_masks" in self.input_names
+        """Whether :meth:`run` takes exit masks: the graph has an ``exit_masks`` input (HashEE without an
+        embedded table), or the prefix layout's ``exit_mask_1..L`` (built from them on the host)."""
+        return "exit_masks" in self.input_names or self.prefix
 
     @property
     def backend(self) -> str:
@@ -144,7 +148,20 @@ class Session:
         feed = self.feed(input_ids, attention_mask, token_type_ids, exit_masks)
         if feed["input_ids"].shape[0] == 0:
             return {"logits": np.zeros((0, len(self.bundle.labels)), dtype=np.float32)}
-        return self.runner.infer(feed)
+        return self.run_feed(feed)
+
+    def run_feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run an already-checked feed in the packed form (``exit_masks`` [L, batch, seq] from the table);
+        a prefix-layout graph gets the host's sorted plan instead (:func:`hashee.prefix.layout_feed`).
+        No input checks: :meth:`run` is the checked entry point."""
+        if not self.prefix:
+            return self.runner.infer(feed)
+        prefix_feed, plan = layout_feed(feed, self.input_names, self.bundle.num_layers, pad_id=self.encoder.pad_id)
+        outputs = self.runner.infer(prefix_feed)
+        restored = {"logits": plan.restore_rows(outputs["logits"])}
+        if "token_states" in outputs:  # already in the original order (the graph restores it)
+            restored["token_states"] = outputs["token_states"][:plan.rows, :plan.length]
+        return restored
 
     def feed(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None,
              masks: Any = None) -> dict[str, np.ndarray]:
@@ -265,7 +282,7 @@ class Session:
                 feed["token_type_ids"], _ = pad(encoded.types, index, 0)
             if table is not None and not self.embedded_table:
                 feed["exit_masks"] = exit_masks(ids, mask, table, layers)
-            out[index] = self.runner.infer(feed)["logits"]
+            out[index] = self.run_feed(feed)["logits"]
         return out
 
     def predict(self, texts: Sequence[Any], batch_size: int = 32, cost_aware: bool = True) -> list[dict[str, Any]]:

@@ -43,7 +43,7 @@ import numpy as np
 
 from hashee.errors import BackendError, EngineError, ProfileError
 from hashee.bundle import Bundle
-from hashee.engines import Profile
+from hashee.engines import Profile, bundle_layout
 from hashee.runtime.runners import cuda_index
 from hashee.runtime.runners.base import Runner
 
@@ -116,14 +116,17 @@ def describe(entry: dict[str, Any]) -> str:
             f"TensorRT {entry.get('tensorrt_version')})")
 
 
-def engine_problem(entry: dict[str, Any], capability: str, version: str, files: dict[str, Any]) -> str | None:
+def engine_problem(entry: dict[str, Any], capability: str, version: str, files: dict[str, Any],
+                   layout: str = "packed") -> str | None:
     """Why manifest ``entry`` cannot run on a GPU of ``capability`` with TensorRT ``version`` (None: it can).
 
     ``files`` is the manifest's ``{path: sha256}``: an engine built from an ONNX file that has changed
-    since is stale.
+    since is stale.  ``layout`` is the bundle's (``packed`` or ``prefix``): the host feeds that layout.
     """
     if not isinstance(entry.get("file"), str) or entry["file"] not in files:
         return "its manifest entry names no file of the bundle"
+    if str(entry.get("layout") or "packed") != layout:
+        return f"built for the {entry.get('layout') or 'packed'} layout, the bundle's graph has the {layout} layout"
     if entry.get("precision") not in PRECISIONS:
         return f"its precision {entry.get('precision')!r} is none of {', '.join(PRECISIONS)}"
     try:
@@ -155,7 +158,7 @@ def choose_engine(bundle: Bundle, capability: str, version: str, precision: str 
     runnable: list[tuple[int, dict[str, Any]]] = []
     refused: list[tuple[dict[str, Any], str]] = []
     for order, entry in enumerate(bundle.engines):
-        problem = engine_problem(entry, capability, version, files)
+        problem = engine_problem(entry, capability, version, files, bundle_layout(bundle.meta))
         if problem is None:
             runnable.append((order, entry))
         else:
@@ -175,10 +178,11 @@ def choose_engine(bundle: Bundle, capability: str, version: str, precision: str 
             f"machine: hashee build-engine {bundle.path}" + (f" --precision {precision}" if precision else "")
             + ", or use backend='onnxruntime' (or 'auto')")
 
-    def rank(item: tuple[int, dict[str, Any]]) -> tuple[int, int, int, int]:
+    def rank(item: tuple[int, dict[str, Any]]) -> tuple[int, int, int, int, int]:
         order, entry = item
         profiles = entry_profiles(entry)
-        return (PRECISIONS.index(entry["precision"]), -max(p.sequence[2] for p in profiles),
+        return (PRECISIONS.index(entry["precision"]), 0 if entry.get("layout") == "prefix" else 1,
+                -max(p.sequence[2] for p in profiles),
                 -max(p.batch[2] for p in profiles), -order)
 
     return min(wanted, key=rank)[1]
@@ -318,6 +322,11 @@ class TensorRTRunner(Runner):
                 raise BackendError("the TensorRT runner was deactivated while a call waited; activate it again")
             for start, stop, profile in chunks:
                 part = {name: _rows(name, value, start, stop) for name, value in feed.items() if name in engine.inputs}
+                problem = self.profiles[profile].prefix_problem({k: v.shape for k, v in part.items()},
+                                                               self.bundle.num_layers)
+                if problem:
+                    raise ProfileError(f"{problem}; rebuild the engine: hashee build-engine {self.bundle.path} "
+                                       f"--profile ...")
                 parts.append(engine.infer(part, profile=profile))
         if len(parts) == 1:
             return parts[0]

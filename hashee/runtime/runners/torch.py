@@ -1,8 +1,15 @@
-"""PyTorch runner: the reference model (:mod:`hashee.modeling`), for parity checks.
+"""PyTorch runner: the reference model (:mod:`hashee.modeling`), for parity checks and GPU serving.
 
 Its weights come from the bundle's ``reference/`` folder (``hashee export --with-reference``:
 config.json + model.safetensors) or from a run folder passed as ``reference=``.  Only safetensors are
 loaded (``use_safetensors=True``), never a pickle, and no remote code.
+
+**Modes** (HashEE bundles; ``mode=``): ``packed`` (the reference layout, eager), ``prefix`` (the
+prefix layout, eager: the host sorts and builds the masks, :mod:`hashee.prefix`) and ``graphs`` (the
+prefix layout with bucketed shapes, one CUDA graph per bucket captured on first use, at most
+``max_graphs``, LRU: :mod:`hashee.runtime.runners.cuda_graphs`).  In the prefix modes a host-side
+:class:`~hashee.prefix.CostModel` sends a batch to the dense form (every ``W_l`` = the sequence: the
+same answers, dense kernels) when HashEE would not pay.  ``auto``: ``graphs`` on a GPU, ``packed`` on CPU.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from hashee.bundle import Bundle
 from hashee.errors import BackendError, BundleError
 from hashee.extras import EXTRA_MODULES, install_hint, missing_modules
 from hashee.runtime.runners.base import Runner
+
+TORCH_MODES = ("auto", "packed", "prefix", "graphs")
 
 
 def reference_folder(bundle: Bundle, reference: str | Path | None) -> Path:
@@ -35,8 +44,11 @@ class TorchRunner(Runner):
     """The PyTorch model of the bundle on CPU or CUDA; exit masks become per-token exit layers."""
 
     def __init__(self, bundle: Bundle, device: str | None = None, threads: int | None = None,
-                 reference: str | Path | None = None) -> None:
+                 reference: str | Path | None = None, mode: str = "auto", max_graphs: int = 32,
+                 cost_model: Any = "default") -> None:
         super().__init__()
+        if mode not in TORCH_MODES:
+            raise BackendError(f"unknown torch mode {mode!r}; choose one of {', '.join(TORCH_MODES)}")
         missing = missing_modules(EXTRA_MODULES["torch"])
         if missing:
             raise BackendError(f"backend 'torch' runs the PyTorch reference model and needs {', '.join(missing)}, "
@@ -46,6 +58,9 @@ class TorchRunner(Runner):
         self.device = device
         self.model: Any = None
         self.name = "torch"
+        self.requested_mode, self.max_graphs, self.cost_model = mode, max_graphs, cost_model
+        self.mode = "dense"
+        self.graphs: Any = None
 
     @property
     def input_names(self) -> list[str]:
@@ -77,8 +92,44 @@ class TorchRunner(Runner):
         self._inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_types else [])
         if hashee_model:
             self._inputs.append("exit_masks")
+            self._setup_mode(torch)
+
+    def _setup_mode(self, torch: Any) -> None:
+        """The layout, CUDA-graph cache and cost model of a HashEE model (see the module doc)."""
+        from hashee.flops import EncoderDims
+        from hashee.prefix import CostModel
+
+        mode = self.requested_mode
+        if mode == "auto":
+            mode = "graphs" if self.torch_device.type == "cuda" else "packed"
+        if mode == "graphs" and self.torch_device.type != "cuda":
+            raise BackendError("torch mode 'graphs' captures CUDA graphs and needs device='cuda'; use mode='prefix' "
+                               "or 'packed' on CPU")
+        self.mode = mode
+        if mode == "graphs":
+            from hashee.modeling.prefix import prefix_encode
+            from hashee.runtime.runners.cuda_graphs import GraphCache, cuda_capture
+
+            model, layers = self.model, self.model.num_layers
+
+            def forward(t: dict[str, Any]) -> Any:
+                masks = [t[f"exit_mask_{i}"] for i in range(1, layers + 1)]
+                return prefix_encode(model, t["input_ids"], t["attention_mask"], t["position_ids"], masks,
+                                     t.get("token_type_ids"))[0]
+
+            self.graphs = GraphCache(cuda_capture(forward, self.torch_device), self.max_graphs)
+        if self.cost_model == "default" and mode != "packed":
+            dims = EncoderDims.from_config(self.model.dense.config)
+            launch = 1e-6 if mode == "graphs" else 8e-6  # a replayed kernel vs an eager launch on a GPU
+            if self.torch_device.type == "cpu":
+                launch = 2e-5
+            self.cost_model = CostModel(dims.num_layers, dims.hidden_size, dims.intermediate_size,
+                                        flops_per_second=50e12 if self.torch_device.type == "cuda" else 1e11,
+                                        launch_seconds=launch)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.mode in ("prefix", "graphs"):
+            return self._infer_prefix(feed)
         import torch
 
         tensors = {k: torch.as_tensor(v, device=self.torch_device) for k, v in feed.items() if k != "exit_masks"}
@@ -89,5 +140,33 @@ class TorchRunner(Runner):
             logits = self.model(**tensors).logits
         return {"logits": logits.float().cpu().numpy()}
 
+    def _infer_prefix(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The prefix layout: plan on the host, maybe the dense form (cost model), eager or a CUDA graph."""
+        import torch
+
+        from hashee.modeling.prefix import prefix_encode
+        from hashee.prefix import layout_feed, mask_names
+
+        names = [n for n in self._inputs if n != "exit_masks"] + ["position_ids"] + mask_names(self.model.num_layers)
+        prefix_feed, plan = layout_feed(feed, names, self.model.num_layers, bucket=self.mode == "graphs",
+                                        max_length=self.bundle.max_length, pad_id=self.pad_id)
+        if self.cost_model is not None and not self.cost_model.prefers_hashee(plan):
+            plan = plan.dense()
+            prefix_feed = plan.feed(names)
+        if self.mode == "graphs":
+            logits = self.graphs.run(plan.shape, prefix_feed)
+        else:
+            t = {k: torch.as_tensor(v, device=self.torch_device) for k, v in prefix_feed.items()}
+            with torch.inference_mode():
+                logits = prefix_encode(self.model, t["input_ids"], t["attention_mask"], t["position_ids"],
+                                       [t[n] for n in mask_names(self.model.num_layers)],
+                                       t.get("token_type_ids"))[0].float().cpu().numpy()
+        return {"logits": plan.restore_rows(logits)}
+
+    @property
+    def pad_id(self) -> int:
+        return int(getattr(self.model.dense.config, "pad_token_id", 0) or 0)
+
     def _deactivate(self) -> None:
         self.model = None
+        self.graphs = None

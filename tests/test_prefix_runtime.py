@@ -1,0 +1,195 @@
+"""The torch backend's prefix modes (issue 14): eager prefix, the cost model's dense form, the CUDA-graph
+cache (LRU bound on CPU; capture/replay parity on a GPU), and TensorRT profiles of the prefix layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from hashee.errors import BackendError, ProfileError  # noqa: E402
+from hashee.exporter.tensorrt_engine import Profile, engine_file_name, mask_layer  # noqa: E402
+from hashee.exporter.validate import sample_texts  # noqa: E402
+from hashee.prefix import CostModel  # noqa: E402
+from hashee.runtime import Session, open_bundle  # noqa: E402
+from hashee.runtime.runners.cuda_graphs import GraphCache  # noqa: E402
+from hashee.runtime.runners.torch import TorchRunner  # noqa: E402
+
+
+def _session(bundle_dir, **kwargs):
+    bundle = open_bundle(bundle_dir)
+    return Session(bundle, TorchRunner(bundle, **kwargs))
+
+
+def test_torch_prefix_mode_equals_packed_and_onnxruntime(tiny_bundles):
+    texts = sample_texts(16)
+    packed = _session(tiny_bundles["bert"], device="cpu", mode="packed")
+    prefix = _session(tiny_bundles["bert"], device="cpu", mode="prefix", cost_model=None)
+    assert packed.runner.mode == "packed" and prefix.runner.mode == "prefix"
+    onnx = Session.load(tiny_bundles["bert"], backend="onnxruntime")
+    reference = packed.predict_logits(texts, batch_size=5)
+    np.testing.assert_allclose(prefix.predict_logits(texts, batch_size=5), reference, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(onnx.predict_logits(texts, batch_size=5), reference, atol=1e-4, rtol=0)
+
+
+def test_cost_model_dense_form_gives_the_same_answers(tiny_bundles):
+    texts = sample_texts(8)
+    never = CostModel(4, 32, 48, flops_per_second=1e12, launch_seconds=1.0)  # launches dominate: always dense
+    always = CostModel(4, 32, 48, flops_per_second=1e3, launch_seconds=0.0)  # FLOPs dominate: HashEE if any saving
+    dense = _session(tiny_bundles["bert"], device="cpu", mode="prefix", cost_model=never)
+    hashee = _session(tiny_bundles["bert"], device="cpu", mode="prefix", cost_model=always)
+    np.testing.assert_allclose(dense.predict_logits(texts), hashee.predict_logits(texts), atol=1e-5, rtol=0)
+
+
+def test_graphs_mode_needs_cuda_and_modes_are_checked(tiny_bundles):
+    bundle = open_bundle(tiny_bundles["bert"])
+    with pytest.raises(BackendError, match="CUDA"):
+        TorchRunner(bundle, "cpu", mode="graphs").activate()
+    with pytest.raises(BackendError, match="mode"):
+        TorchRunner(bundle, "cpu", mode="fast")
+
+
+def test_graph_cache_captures_once_per_shape_and_evicts_least_recently_used():
+    captured = []
+
+    def capture(inputs):  # a CPU stand-in for the capture step: the cache's bookkeeping is what is tested
+        captured.append(inputs["x"].shape)
+        return lambda batch: batch["x"].sum(axis=1)
+
+    cache = GraphCache(capture, max_graphs=2)
+    x = {"x": np.ones((2, 3))}
+    y = {"x": np.ones((4, 3))}
+    z = {"x": np.ones((8, 3))}
+    np.testing.assert_array_equal(cache.run((2, 3), x), [3, 3])
+    cache.run((2, 3), x)
+    cache.run((4, 3), y)
+    cache.run((2, 3), x)  # (2, 3) is now the most recent
+    cache.run((8, 3), z)  # evicts (4, 3)
+    assert cache.keys() == [(2, 3), (8, 3)] and len(cache) == 2
+    assert cache.captures == 3 and cache.replays == 5
+    cache.run((4, 3), y)
+    assert cache.captures == 4 and cache.keys() == [(8, 3), (4, 3)]
+    with pytest.raises(BackendError):
+        GraphCache(capture, max_graphs=0)
+
+
+# ------------------------------------------------------------------ TensorRT profiles of the prefix layout (CPU)
+def test_profile_shapes_of_the_mask_inputs():
+    profile = Profile((1, 32, 128), (2, 64, 128))
+    assert mask_layer("exit_mask_3") == 3 and mask_layer("exit_masks") is None and mask_layer("input_ids") is None
+    assert profile.shapes("exit_mask_1", 6) == ((1, 2), (32, 64), (128, 128))  # W_1 = the sequence
+    assert profile.shapes("exit_mask_6", 6) == ((1, 1), (32, 11), (128, 128))  # ceil(64 / 6)
+    assert profile.shapes("exit_mask_4", 6) == ((1, 1), (32, 32), (128, 128))
+    assert profile.shapes("exit_masks", 6) == ((6, 1, 2), (6, 32, 64), (6, 128, 128))  # packed: unchanged
+    assert profile.shapes("position_ids", 6) == ((1, 2), (32, 64), (128, 128))
+    for layer in range(1, 7):
+        low, opt, high = profile.width_range(layer, 6)
+        assert 1 <= low <= opt <= high == 128
+
+
+def test_profile_checks_know_the_widths():
+    profile = Profile((1, 8, 16), (2, 16, 32))
+    ok = {"input_ids": (4, 24), "exit_mask_1": (4, 24), "exit_mask_2": (4, 9)}
+    assert profile.prefix_problem(ok, 2) is None
+    assert "exit_mask_1" in profile.prefix_problem({**ok, "exit_mask_1": (4, 16)}, 2)
+    assert "exit_mask_2" in profile.prefix_problem({**ok, "exit_mask_2": (4, 25)}, 2)
+    assert "exit_mask_2" in profile.prefix_problem({**ok, "exit_mask_2": (4, 0)}, 2)
+    assert ".prefix." in engine_file_name("fp32", (9, 0), "11.0", [profile], "prefix")
+    assert ".prefix." not in engine_file_name("fp32", (9, 0), "11.0", [profile])
+
+
+def test_engine_layout_must_match_the_bundle_and_prefix_ranks_first(tiny_bundles, tmp_path):
+    import shutil
+
+    from hashee.bundle import read_bundle, update_bundle
+    from hashee.runtime.runners.tensorrt import choose_engine, engine_problem
+
+    folder = tmp_path / "b"
+    shutil.copytree(tiny_bundles["bert"], folder)
+    meta = read_bundle(folder)
+    profile = Profile((1, 8, 16), (2, 16, 32))
+
+    def entry(layout):
+        return {"file": engine_file_name("fp32", (9, 0), "11.0", [profile], layout), "precision": "fp32",
+                "layout": layout, "onnx": "model.onnx", "onnx_sha256": meta["files"]["model.onnx"],
+                "tensorrt_version": "11.0", "compute_capability": "9.0", "profiles": [profile.to_meta()]}
+
+    entries = [entry("packed"), entry("prefix")]
+    files = {}
+    for e in entries:
+        (tmp_path / e["layout"]).write_bytes(b"placeholder")
+        files[e["file"]] = tmp_path / e["layout"]
+    update_bundle(folder, files, {"engines": entries})
+    bundle = open_bundle(folder)  # a packed bundle: only the packed engine runs
+    assert "layout" in engine_problem(entries[1], "9.0", "11.0", bundle.meta["files"], "packed")
+    assert choose_engine(bundle, "9.0", "11.0")["layout"] == "packed"
+    onnx_meta = dict(bundle.meta["onnx"], layout="prefix")  # the same manifest said to be prefix
+    update_bundle(folder, {}, {"onnx": onnx_meta})
+    assert choose_engine(open_bundle(folder), "9.0", "11.0")["layout"] == "prefix"
+
+
+# ------------------------------------------------------------------ GPU tier
+@pytest.mark.gpu
+def test_cuda_graphs_replay_equals_eager(tiny_bundles):
+    texts = sample_texts(40)
+    eager = _session(tiny_bundles["bert"], device="cuda", mode="packed")
+    graphs = _session(tiny_bundles["bert"], device="cuda", mode="graphs", max_graphs=4, cost_model=None)
+    assert graphs.runner.mode == "graphs"
+    reference = eager.predict_logits(texts, batch_size=8)
+    first = graphs.predict_logits(texts, batch_size=8)
+    again = graphs.predict_logits(texts, batch_size=8)  # replays of the captured shapes
+    np.testing.assert_allclose(first, reference, atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(first, again)
+    cache = graphs.runner.graphs
+    assert 1 <= len(cache) <= 4 and cache.replays > cache.captures
+    dense = _session(tiny_bundles["bert"], device="cuda", mode="graphs",
+                     cost_model=CostModel(4, 32, 48, launch_seconds=1.0))  # always the dense form
+    np.testing.assert_allclose(dense.predict_logits(texts, batch_size=8), reference, atol=1e-4, rtol=0)
+
+
+@pytest.mark.gpu
+def test_tensorrt_prefix_engine_equals_onnxruntime(tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed (pip install 'hashee[tensorrt]')")
+    from export_helpers import tiny_run
+
+    from hashee.exporter import export
+    from hashee.exporter.tensorrt_engine import build_engine
+
+    run = tiny_run(tmp_path / "run", "bert", seed=4)
+    texts = sample_texts(64)
+    for layout in ("packed", "prefix"):
+        folder = tmp_path / layout
+        export(run, folder, target="tensorrt", layout=layout, progress=False)
+        build = build_engine(folder, profiles=["1x2:16x32:64x64"], progress=False)
+        assert build.entry["layout"] == layout
+        engine = Session.load(folder, backend="tensorrt")
+        onnx = Session.load(folder, backend="onnxruntime")
+        np.testing.assert_allclose(engine.predict_logits(texts, 16), onnx.predict_logits(texts, 16), atol=1e-3, rtol=0)
+        if layout == "prefix":
+            assert "widths" in build.entry["profiles"][0]
+
+
+def test_layouts_check_variants_agree_on_cpu(tiny_bundles):
+    """benchmarks/layouts_check.py (gpu_check's layouts section) on the tiny model: every variant runs and the
+    HashEE ones agree with packed; the CUDA-graph variants exist only on a GPU."""
+    import sys
+
+    from conftest import REPO_ROOT
+    from transformers import AutoTokenizer
+
+    from hashee.modeling import HashEEForSequenceClassification
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from layouts_check import layouts_markdown, layouts_section
+
+    run = tiny_bundles["runs"]["bert"]
+    model = HashEEForSequenceClassification.from_pretrained(str(run)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(run))
+    texts = sample_texts(12)
+    report = layouts_section(model, tokenizer, {"sst2": (texts, 48)}, [1, 4], 1, "cpu")
+    rows = report["sst2"]["rows"]
+    assert [r["batch"] for r in rows] == [1, 4] and {"dense", "packed", "prefix"} <= set(rows[0])
+    assert "prefix_graphs" not in rows[0]
+    assert report["sst2"]["parity"]["prefix"]["max_abs_diff_vs_packed"] < 1e-5
+    assert "| batch |" in "\n".join(layouts_markdown(report))
