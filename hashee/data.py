@@ -26,19 +26,43 @@ from hashee.errors import DataError
 
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 
-# Column names recognised in a header, in order of preference.
+# Column names recognised in a header, in order of preference.  They cover the headers of the GLUE
+# tasks (:data:`GLUE_HEADERS`) and the usual Hugging Face / ELUE names.
 PAIR_SCHEMAS = (
     ("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"),
     ("question", "sentence"), ("question", "passage"), ("text_a", "text_b"), ("text1", "text2"),
-    ("sentence_a", "sentence_b"), ("query", "document"),
+    ("sentence_a", "sentence_b"), ("query", "document"), ("#1 string", "#2 string"),
 )
 TEXT_CANDIDATES = ("sentence", "text", "sentence1", "premise", "question", "question1", "text_a",
-                   "text1", "sentence_a", "review", "content", "document", "input", "query", "utterance")
-PAIR_CANDIDATES = ("sentence2", "hypothesis", "question2", "text_b", "text2", "sentence_b", "passage",
-                   "text_pair", "pair")
-LABEL_CANDIDATES = ("label", "labels", "gold_label", "score", "target", "class", "category",
-                    "sentiment", "y")
-OTHER_HEADER_NAMES = ("id", "idx", "index", "guid", "uid")
+                   "text1", "sentence_a", "#1 string", "review", "content", "document", "input", "query",
+                   "utterance")
+PAIR_CANDIDATES = ("sentence2", "hypothesis", "question2", "text_b", "text2", "sentence_b", "#2 string",
+                   "passage", "text_pair", "pair")
+LABEL_CANDIDATES = ("label", "labels", "gold_label", "score", "is_duplicate", "quality", "target", "class",
+                    "category", "sentiment", "y")
+OTHER_HEADER_NAMES = ("id", "idx", "index", "guid", "uid", "#1 id", "#2 id", "qid1", "qid2", "promptid",
+                      "pairid", "genre", "filename", "year", "old_index", "source1", "source2", "label1",
+                      "sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse", "sentence2_parse")
+
+#: The header rows of the GLUE tasks' train/dev files (CoLA's files have none: name its columns with
+#: ``--text-column 3 --label-column 1``), and the columns :func:`detect_columns` finds in them.
+GLUE_HEADERS = {
+    "SST-2": (["sentence", "label"], {"text": "sentence", "pair": None, "label": "label"}),
+    "MRPC": (["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+             {"text": "#1 String", "pair": "#2 String", "label": "Quality"}),
+    "STS-B": (["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+               "score"], {"text": "sentence1", "pair": "sentence2", "label": "score"}),
+    "QQP": (["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
+            {"text": "question1", "pair": "question2", "label": "is_duplicate"}),
+    "MNLI": (["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
+              "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"],
+             {"text": "sentence1", "pair": "sentence2", "label": "gold_label"}),
+    "QNLI": (["index", "question", "sentence", "label"], {"text": "question", "pair": "sentence", "label": "label"}),
+    "RTE": (["index", "sentence1", "sentence2", "label"], {"text": "sentence1", "pair": "sentence2", "label": "label"}),
+    "WNLI": (["index", "sentence1", "sentence2", "label"],
+             {"text": "sentence1", "pair": "sentence2", "label": "label"}),
+}
+COLA_HINT = "GLUE CoLA files have no header: name the columns with --text-column 3 --label-column 1"
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _FLAG_HINT = "name the columns with --text-column, --pair-column and --label-column"
@@ -149,7 +173,8 @@ def load_examples(path: str | Path, text_column: str | int | None = None, pair_c
         header, rows = _read_json(path, text, flags)
     else:
         header, rows = _read_delimited(path, text, fmt, flags)
-    columns = _resolve_columns(path, header, flags, json_fields=fmt == "jsonl")
+    cola = fmt != "jsonl" and header is None and _looks_like_cola(rows)
+    columns = _resolve_columns(path, header, flags, json_fields=fmt == "jsonl", cola=cola)
     if not rows:
         raise DataError(f"{path} has a header but no data rows")
     if fmt == "jsonl":
@@ -161,7 +186,42 @@ def load_examples(path: str | Path, text_column: str | int | None = None, pair_c
         for role, index in positions.items():
             if index is not None and index >= width:
                 raise DataError(f"{path}: --{role}-column {index} is out of range (the file has {width} columns)")
-    return _build(path, rows, columns, positions, regression)
+    examples = _build(path, rows, columns, positions, regression)
+    if fmt != "jsonl" and header is None:
+        refuse_header_as_data(path, rows[0][0], examples)
+    return examples
+
+
+def refuse_header_as_data(path: Path, line: int, examples: Examples) -> None:
+    """Raise :class:`DataError` when the first row of a header-less read looks like a header.
+
+    A first row whose label does not parse like every other row's (a word above integers or numbers),
+    or that is the only row of its class while every other class has several, is a header row read as
+    data (e.g. GLUE MRPC's ``Quality`` read with ``--label-column 0``): hashee refuses to make it an
+    example rather than train on it silently.
+    """
+    labels = examples.labels
+    if labels is None or len(labels) < 2:
+        return
+    if examples.is_regression:
+        return  # every label parsed as a finite number: the first row is data
+    first, rest = labels[0], labels[1:]
+    reason = None
+    if all(_INT_RE.match(v) for v in rest) and not _INT_RE.match(first):
+        reason = "is not an integer like every other row's label"
+    elif all(_is_number(v) for v in rest) and not _is_number(first):
+        reason = "is not a number like every other row's label"
+    elif len(rest) >= 2 and first not in rest:
+        counts: dict[str, int] = {}
+        for value in rest:
+            counts[value] = counts.get(value, 0) + 1
+        if min(counts.values()) >= 2:
+            reason = "is a class no other row has, while every other class has several rows"
+    if reason is None:
+        return
+    raise DataError(f"{path}:{line}: the first row looks like a header, not an example: its label {first!r} "
+                    f"{reason}. Name the columns by their header names (e.g. --label-column {first!r}) so the "
+                    f"row is read as the header, or remove it if it is data")
 
 
 def _is_index(value: Any) -> bool:
@@ -171,6 +231,39 @@ def _is_index(value: Any) -> bool:
 def _known_name(name: str) -> bool:
     name = name.strip().lower()
     return name in TEXT_CANDIDATES or name in PAIR_CANDIDATES or name in LABEL_CANDIDATES or name in OTHER_HEADER_NAMES
+
+
+def looks_like_header(fields: Sequence[str]) -> bool:
+    """Whether a first row names columns: one of its fields is a column name hashee recognises."""
+    return any(_known_name(str(f)) for f in fields)
+
+
+def detect_columns(header: Sequence[str], pair: str | None = None) -> dict[str, str | None]:
+    """``{"text", "pair", "label"}`` header names found in ``header`` (``None`` where none is recognised).
+
+    A pair schema (``sentence1``/``sentence2``, ``#1 String``/``#2 String``, ...) wins over single
+    names; ``pair``, when the caller already chose the pair column, must match the schema's second
+    name.  Matching ignores case and surrounding spaces; the names returned are the header's own.
+    """
+    lowered = {str(h).strip().lower(): h for h in header}
+    text = second = None
+    for first, other in PAIR_SCHEMAS:
+        if first in lowered and other in lowered and pair in (None, lowered[other]):
+            text, second = lowered[first], lowered[other]
+            break
+    else:
+        text = next((lowered[c] for c in TEXT_CANDIDATES if c in lowered), None)
+        if text is not None:
+            second = next((lowered[c] for c in PAIR_CANDIDATES if c in lowered and lowered[c] != text), None)
+    label = next((lowered[c] for c in LABEL_CANDIDATES if c in lowered), None)
+    return {"text": text, "pair": second, "label": label}
+
+
+def _looks_like_cola(rows: list[tuple[int, Any]]) -> bool:
+    """GLUE CoLA's header-less layout: source, 0/1 label, author's mark ('' or '*'), sentence."""
+    sample = [fields for _, fields in rows[:200]]
+    return bool(sample) and all(len(f) == 4 and f[1].strip() in ("0", "1") and f[2].strip() in ("", "*", "?", "??")
+                                for f in sample)
 
 
 def _read_delimited(path: Path, text: str, fmt: str, flags: dict) -> tuple[list[str] | None, list[tuple[int, list]]]:
@@ -192,7 +285,7 @@ def _read_delimited(path: Path, text: str, fmt: str, flags: dict) -> tuple[list[
         raise DataError(f"{path} is empty")
     first = [f.strip() for f in rows[0][1]]
     named = [v for v in flags.values() if v is not None and not _is_index(v)]
-    has_header = any(_known_name(f) for f in first) or bool(named)  # column names imply a header
+    has_header = looks_like_header(first) or bool(named)  # column names imply a header
     header = first if has_header else None
     if has_header:
         rows = rows[1:]
@@ -239,7 +332,8 @@ def _read_json(path: Path, text: str, flags: dict) -> tuple[list[str] | None, li
     return list(records[0][1].keys()), records
 
 
-def _resolve_columns(path: Path, header: list[str] | None, flags: dict, json_fields: bool = False) -> dict[str, Any]:
+def _resolve_columns(path: Path, header: list[str] | None, flags: dict, json_fields: bool = False,
+                     cola: bool = False) -> dict[str, Any]:
     """Map text/pair/label to a header name or column index, from the flags or the header."""
     columns: dict[str, Any] = {}
     if header is None:
@@ -249,9 +343,9 @@ def _resolve_columns(path: Path, header: list[str] | None, flags: dict, json_fie
                                 f"pass a 0-based column index to --{role}-column instead")
         if flags["text"] is None:
             raise DataError(f"{path}: no recognisable header row; {_FLAG_HINT} (0-based indices for a "
-                            f"file without a header, e.g. --text-column 0 --label-column 1)")
+                            f"file without a header, e.g. --text-column 0 --label-column 1)"
+                            + (f"; {COLA_HINT}" if cola else ""))
         return {role: (int(value) if value is not None else None) for role, value in flags.items()}
-    lowered = {h.strip().lower(): h for h in header}
     for role, value in flags.items():
         if value is None:
             columns[role] = None
@@ -266,20 +360,15 @@ def _resolve_columns(path: Path, header: list[str] | None, flags: dict, json_fie
             raise DataError(f"{path}: no column {value!r} for --{role}-column; the "
                             f"{'first record has the fields' if json_fields else 'header (first row) has'} "
                             f"{header}{hint}")
+    found = detect_columns(header, pair=columns["pair"])
     if columns["text"] is None:
-        for first, second in PAIR_SCHEMAS:
-            if first in lowered and second in lowered and columns["pair"] in (None, lowered[second]):
-                columns["text"], columns["pair"] = lowered[first], lowered[second]
-                break
-        else:
-            columns["text"] = next((lowered[c] for c in TEXT_CANDIDATES if c in lowered), None)
-            if columns["pair"] is None and columns["text"] is not None:
-                columns["pair"] = next((lowered[c] for c in PAIR_CANDIDATES if c in lowered
-                                        and lowered[c] != columns["text"]), None)
+        columns["text"] = found["text"]
+        if columns["pair"] is None:
+            columns["pair"] = found["pair"]
     if columns["text"] is None:
         raise DataError(f"{path}: cannot tell which column holds the text (header: {header}); {_FLAG_HINT}")
     if columns["label"] is None:
-        columns["label"] = next((lowered[c] for c in LABEL_CANDIDATES if c in lowered), None)
+        columns["label"] = found["label"]
     used = [c for c in columns.values() if c is not None]
     if len(set(used)) != len(used):
         raise DataError(f"{path}: the same column is used twice ({columns}); {_FLAG_HINT}")

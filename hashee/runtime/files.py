@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from hashee.data import PAIR_CANDIDATES, PAIR_SCHEMAS, TEXT_CANDIDATES
+from hashee.data import PAIR_CANDIDATES, PAIR_SCHEMAS, TEXT_CANDIDATES, detect_columns, looks_like_header
 from hashee.errors import DataError
 
 FORMATS = {".txt": "txt", ".text": "txt", ".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -40,21 +40,17 @@ def count_records(path: Path) -> int:
     return count + (last != b"\n")
 
 
-def _pick(header: list[str], flag: Any, candidates: tuple[str, ...], what: str, path: Path) -> int | None:
+def _pick(header: list[str], flag: Any, role: str, path: Path) -> int | None:
+    """Index of the ``role`` (text or pair) column: the flag's name or index, else as hashee.data detects it."""
     names = [h.strip().lower() for h in header]
     if flag is not None:
         if isinstance(flag, int) or str(flag).isdigit():
             return int(flag)
         if str(flag).lower() not in names:
-            raise DataError(f"{path}: no column {flag!r} in the header {header}; pass --{what}-column with a name or index")
+            raise DataError(f"{path}: no column {flag!r} in the header {header}; pass --{role}-column with a name or index")
         return names.index(str(flag).lower())
-    for first, second in PAIR_SCHEMAS:  # a pair schema wins over single names (question/sentence)
-        if first in names and second in names:
-            return names.index(first if what == "text" else second)
-    for name in candidates:
-        if name in names:
-            return names.index(name)
-    return None
+    found = detect_columns(header)[role]  # a pair schema wins over single names (question/sentence)
+    return None if found is None else header.index(found)
 
 
 def _delimited(handle: IO[str], path: Path, fmt: str, text_column: Any, pair_column: Any) -> Iterator[Record]:
@@ -63,11 +59,12 @@ def _delimited(handle: IO[str], path: Path, fmt: str, text_column: Any, pair_col
     first = next(reader, None)
     if first is None:
         return
-    known = {n.strip().lower() for n in first} & set(TEXT_CANDIDATES + PAIR_CANDIDATES)
     named = any(f is not None and not str(f).isdigit() for f in (text_column, pair_column))
-    if known or named:
-        text = _pick(first, text_column, TEXT_CANDIDATES, "text", path)
-        pair = _pick(first, pair_column, PAIR_CANDIDATES, "pair", path) if pair_column is not None or text is not None else None
+    if looks_like_header(first) or named:
+        text = _pick(first, text_column, "text", path)
+        pair = _pick(first, pair_column, "pair", path) if pair_column is not None or text is not None else None
+        if pair is not None and pair == text and pair_column is None:
+            pair = None  # the detected second text is the column the user named as the text
         if text is None:
             raise DataError(f"{path}: no text column in the header {first}; pass --text-column")
         rows: Iterator[list[str]] = reader
