@@ -19,11 +19,13 @@ use and that ``hashee.runtime``'s TensorRT runner (:mod:`hashee.runtime.runners.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,11 +106,29 @@ def engine_file_name(precision: str, compute_capability: tuple[int, int], tensor
     return f"{ENGINES_DIR}/model.{precision}.sm{major}{minor}.trt{tensorrt_version}.{tags}.plan"
 
 
-def require_tensorrt() -> Any:
-    """The ``tensorrt`` module, with a CUDA GPU present; else :class:`EngineError` naming what is missing."""
-    missing = []
+def _import_tensorrt() -> tuple[Any, str | None]:
+    """``(tensorrt module, None)``, or ``(None, why not)`` when it is absent or cannot load its libraries."""
     if importlib.util.find_spec("tensorrt") is None:
-        missing.append(f"the tensorrt package is not installed ({INSTALL_HINT})")
+        return None, f"the tensorrt package is not installed ({INSTALL_HINT})"
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as exc:  # the bindings are there, libnvinfer is not (or not loadable)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, (f"the tensorrt package is installed but cannot load its libraries ({first}); TensorRT's "
+                      f"library wheels on PyPI only download from NVIDIA's index at install time: reinstall with "
+                      f"pip install 'hashee[tensorrt]' where pypi.nvidia.com is reachable, or install NVIDIA's "
+                      f"TensorRT libraries")
+    return trt, None
+
+
+def require_tensorrt() -> Any:
+    """The ``tensorrt`` module, with a CUDA GPU present; else :class:`EngineError` naming what is missing.
+
+    A ``tensorrt`` package present without its libraries (``libnvinfer``) is an :class:`EngineError`
+    too, not the raw ``ImportError``.
+    """
+    trt, problem = _import_tensorrt()
+    missing = [problem] if problem else []
     try:
         import torch
 
@@ -120,13 +140,83 @@ def require_tensorrt() -> Any:
                        "an NVIDIA GPU are needed)")
     if missing:
         raise EngineError("TensorRT engines need TensorRT and an NVIDIA GPU: " + "; ".join(missing))
-    import tensorrt as trt
-
     major = int(str(trt.__version__).split(".")[0])
     if major < 10:
         raise EngineError(f"TensorRT {trt.__version__} is too old: hashee builds strongly typed networks with "
                           f"TensorRT 11 (10 also works); {INSTALL_HINT}")
     return trt
+
+
+class TimingCacheWarning(UserWarning):
+    """A TensorRT timing cache could not be used or saved; the engine is built (and written) without it."""
+
+
+def _warn_cache(message: str) -> None:
+    warnings.warn(TimingCacheWarning(message), stacklevel=3)
+
+
+def attach_timing_cache(config: Any, path: Path) -> bool:
+    """Give builder ``config`` the timing cache stored at ``path`` (an empty one when the file is absent).
+
+    TensorRT's ``set_timing_cache`` returns False for a cache made on another GPU or TensorRT version:
+    then the build goes on with a fresh cache (written back to ``path`` afterwards) and a
+    :class:`TimingCacheWarning` says so.  Returns whether the stored cache is in use.
+    """
+    blob = b""
+    if path.is_file():
+        try:
+            blob = path.read_bytes()
+        except OSError as exc:
+            _warn_cache(f"cannot read the timing cache {path} ({exc}); building without it")
+    if blob:
+        cache = config.create_timing_cache(blob)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return True
+        _warn_cache(f"TensorRT refused the timing cache {path} (made on another GPU or TensorRT version?); "
+                    f"building with a fresh one, which replaces it afterwards")
+    fresh = config.create_timing_cache(b"")
+    if fresh is None or not config.set_timing_cache(fresh, ignore_mismatch=False):
+        _warn_cache("TensorRT could not create an empty timing cache; building without one")
+    return False
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_timing_cache(config: Any, path: Path) -> bool:
+    """Write ``config``'s timing cache to ``path`` atomically; False (with a :class:`TimingCacheWarning`) when
+    TensorRT gives none (``get_timing_cache()`` may return None), it cannot be serialized or written."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        _warn_cache(f"TensorRT returned no timing cache after the build; {path} is left as it was")
+        return False
+    try:
+        blob = cache.serialize()
+        data = bytes(blob) if blob is not None else b""
+    except (RuntimeError, TypeError, ValueError) as exc:
+        _warn_cache(f"TensorRT could not serialize the timing cache ({exc}); {path} is left as it was")
+        return False
+    if not data:
+        _warn_cache(f"TensorRT serialized an empty timing cache; {path} is left as it was")
+        return False
+    try:
+        write_bytes_atomically(path, data)
+    except OSError as exc:
+        _warn_cache(f"cannot write the timing cache {path} ({exc}); the engine is written all the same")
+        return False
+    return True
 
 
 def _logger(trt: Any) -> Any:
@@ -183,7 +273,7 @@ def build_engine(bundle: str | Path, precision: str = "fp32", profiles: list[str
         EngineError: wrong bundle kind/target, missing precision file, TensorRT or GPU missing,
             a parse or build failure (with TensorRT's messages).
     """
-    from hashee.exporter.bundle import read_bundle, update_bundle
+    from hashee.exporter.bundle import read_bundle
 
     started = time.perf_counter()
 
@@ -229,34 +319,57 @@ def build_engine(bundle: str | Path, precision: str = "fp32", profiles: list[str
             trt_profile.set_shape(name, low, opt, high)
         config.add_optimization_profile(trt_profile)
     cache_path = Path(timing_cache) if timing_cache else None
-    cache_blob = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
-    cache = config.create_timing_cache(cache_blob)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    reused = attach_timing_cache(config, cache_path) if cache_path is not None else False
     say(f"building ({precision}, {len(chosen)} profile(s), workspace {workspace_mb} MiB"
-        + (f", timing cache {cache_path} with {len(cache_blob)} bytes" if cache_path else "") + ")")
+        + (f", timing cache {cache_path} ({'reused' if reused else 'new'})" if cache_path else "") + ")")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineError(f"TensorRT could not build an engine from {bundle / onnx_name} (see its log above)")
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_path.with_name(f".{cache_path.name}.partial")
-        partial.write_bytes(bytes(config.get_timing_cache().serialize()))
-        partial.replace(cache_path)
     name = engine_file_name(precision, capability, str(trt.__version__), chosen)
     entry = {"file": name, "precision": precision, "onnx": onnx_name, "onnx_sha256": meta["files"][onnx_name],
              "tensorrt_version": str(trt.__version__), "compute_capability": f"{capability[0]}.{capability[1]}",
              "gpu": gpu, "profiles": [p.to_meta() for p in chosen], "workspace_mb": workspace_mb,
              "timing_cache": str(cache_path.absolute()) if cache_path else None,
              "build_seconds": round(time.perf_counter() - started, 2)}
+    write_plan(bundle, meta, entry, plan, config, cache_path)
+    say(f"wrote {bundle / name}")
+    return EngineBuild(bundle, entry, time.perf_counter() - started)
+
+
+def write_plan(bundle: Path, meta: dict[str, Any], entry: dict[str, Any], plan: Any, config: Any,
+               cache_path: Path | None) -> None:
+    """Write the built ``plan`` into the bundle (listed in ``hashee.json``), then the timing cache.
+
+    The plan comes first: a timing cache TensorRT cannot give back or that cannot be written only
+    warns (:func:`save_timing_cache`), after a long build the engine is never lost to it.
+    """
+    from hashee.exporter.bundle import update_bundle
+
     scratch = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.engine-", dir=bundle.absolute().parent))
     try:
         (scratch / "plan").write_bytes(bytes(plan))
-        engines = [e for e in meta.get("engines", []) if e.get("file") != name] + [entry]
-        update_bundle(bundle, {name: scratch / "plan"}, {"engines": engines})
+        engines = [e for e in meta.get("engines", []) if e.get("file") != entry["file"]] + [entry]
+        update_bundle(bundle, {entry["file"]: scratch / "plan"}, {"engines": engines})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    say(f"wrote {bundle / name}")
-    return EngineBuild(bundle, entry, time.perf_counter() - started)
+    if cache_path is not None:
+        save_timing_cache(config, cache_path)
+
+
+def torch_dtypes(trt: Any, torch: Any) -> dict[Any, Any]:
+    """TensorRT ``DataType`` -> torch dtype for the tensors an engine binds (those this TensorRT has)."""
+    pairs = (("FLOAT", "float32"), ("HALF", "float16"), ("BF16", "bfloat16"), ("INT32", "int32"),
+             ("INT64", "int64"), ("INT8", "int8"), ("UINT8", "uint8"), ("BOOL", "bool"))
+    return {getattr(trt.DataType, t): getattr(torch, d) for t, d in pairs if hasattr(trt.DataType, t)}
+
+
+@dataclass
+class DeviceBatch:
+    """One batch resident on the GPU: input and output torch CUDA tensors and its optimisation profile."""
+
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    profile: int
 
 
 class TensorRTEngine:
@@ -281,9 +394,14 @@ class TensorRTEngine:
         self.outputs = [n for n in names if n not in self.inputs]
         self.stream = torch.cuda.Stream()
         self._profile = -1
-        table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
-                 trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool, trt.DataType.INT8: torch.int8}
-        self._dtypes = {name: table[self.engine.get_tensor_dtype(name)] for name in names}  # once, not per batch
+        table = torch_dtypes(trt, torch)
+        self._dtypes = {}
+        for name in names:  # once, not per batch
+            dtype = self.engine.get_tensor_dtype(name)
+            if dtype not in table:
+                raise EngineError(f"the engine's tensor {name!r} has TensorRT type {dtype}, which hashee cannot bind "
+                                  f"(it binds {', '.join(sorted(str(k) for k in table))})")
+            self._dtypes[name] = table[dtype]
 
     def _dtype(self, name: str) -> Any:
         return self._dtypes[name]
@@ -302,12 +420,24 @@ class TensorRTEngine:
         raise EngineError(f"no optimisation profile of the engine accepts input shapes {shapes}; rebuild with a "
                           f"--profile that covers them")
 
-    def infer(self, feed: dict[str, np.ndarray], profile: int | None = None) -> dict[str, np.ndarray]:
-        """Run one batch; returns every output as a numpy array.
+    def _use_profile(self, profile: int) -> None:
+        if profile != self._profile:
+            if not self.context.set_optimization_profile_async(profile, self.stream.cuda_stream):
+                raise EngineError(f"TensorRT refused to switch the execution context to optimisation profile {profile}")
+            self._profile = profile
 
-        ``profile`` is the optimisation profile to run under (default: :meth:`pick_profile`).  Not
-        thread-safe: one execution context serves one call at a time (the runtime's TensorRT runner
-        holds a lock around it).
+    def _set_shapes(self, batch: "DeviceBatch") -> None:
+        self._use_profile(batch.profile)
+        for name, tensor in batch.inputs.items():
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise EngineError(f"TensorRT refused shape {tuple(tensor.shape)} for input {name!r} under "
+                                  f"optimisation profile {batch.profile}; rebuild with a --profile that covers it")
+            self.context.set_tensor_address(name, tensor.data_ptr())
+
+    def prepare(self, feed: dict[str, np.ndarray], profile: int | None = None) -> "DeviceBatch":
+        """Copy ``feed`` to the GPU once and allocate its outputs there: a batch :meth:`execute` can rerun.
+
+        ``profile`` is the optimisation profile to run under (default: :meth:`pick_profile`).
         """
         torch = self._torch
         missing = [n for n in self.inputs if n not in feed]
@@ -318,29 +448,40 @@ class TensorRTEngine:
         elif not 0 <= profile < self.engine.num_optimization_profiles:
             raise EngineError(f"profile {profile} does not exist: the engine has "
                               f"{self.engine.num_optimization_profiles} optimisation profile(s)")
-        if profile != self._profile:
-            self.context.set_optimization_profile_async(profile, self.stream.cuda_stream)
-            self._profile = profile
-        keep = []
         with torch.cuda.stream(self.stream):
-            for name in self.inputs:
-                tensor = torch.as_tensor(np.ascontiguousarray(feed[name])).to("cuda", self._dtype(name),
-                                                                               non_blocking=False).contiguous()
-                keep.append(tensor)
-                if not self.context.set_input_shape(name, tuple(tensor.shape)):
-                    raise EngineError(f"TensorRT refused shape {tuple(tensor.shape)} for input {name!r} under "
-                                      f"optimisation profile {profile}; rebuild with a --profile that covers it")
-                self.context.set_tensor_address(name, tensor.data_ptr())
-            results = {}
+            inputs = {name: torch.as_tensor(np.ascontiguousarray(feed[name])).to("cuda", self._dtype(name))
+                      .contiguous() for name in self.inputs}
+            batch = DeviceBatch(inputs, {}, profile)
+            self._set_shapes(batch)
             for name in self.outputs:
                 shape = tuple(self.context.get_tensor_shape(name))
-                results[name] = torch.empty(shape, dtype=self._dtype(name), device="cuda")
-                self.context.set_tensor_address(name, results[name].data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise EngineError("TensorRT failed to execute the engine")
+                batch.outputs[name] = torch.empty(shape, dtype=self._dtype(name), device="cuda")
+        return batch
+
+    def execute(self, batch: "DeviceBatch") -> None:
+        """Enqueue one run of a :meth:`prepare`-d batch on the engine's stream (no copies, no sync)."""
+        self._set_shapes(batch)
+        for name, tensor in batch.outputs.items():
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise EngineError("TensorRT failed to execute the engine")
+
+    def synchronize(self) -> None:
+        """Wait for the work enqueued on the engine's stream."""
         self.stream.synchronize()
+
+    def infer(self, feed: dict[str, np.ndarray], profile: int | None = None) -> dict[str, np.ndarray]:
+        """Run one batch; returns every output as a numpy array.
+
+        ``profile`` is the optimisation profile to run under (default: :meth:`pick_profile`).  Not
+        thread-safe: one execution context serves one call at a time (the runtime's TensorRT runner
+        holds a lock around it).
+        """
+        batch = self.prepare(feed, profile)
+        self.execute(batch)
+        self.synchronize()
         return {name: out.float().cpu().numpy() if out.is_floating_point() else out.cpu().numpy()
-                for name, out in results.items()}
+                for name, out in batch.outputs.items()}
 
     def profile_ranges(self, name: str) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         """``(min shape, max shape)`` of input ``name`` under each optimisation profile."""
