@@ -76,11 +76,14 @@ class BundleFeeder:
 
     def feed(self, texts: list[str], pairs: list[str] | None = None,
              exit_layers: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The ONNX inputs for one padded batch (exit layers from the table unless given)."""
+        """The ONNX inputs for one padded batch (exit layers from the table unless given; none for a graph
+        that embeds its exit table, which has no ``exit_masks`` input)."""
         args = (texts, pairs) if pairs is not None else (texts,)
         encoded = self.tokenizer(*args, padding=True, truncation=True, max_length=self.max_length,
                                  return_tensors="np")
         feed = {k: np.asarray(v, dtype=np.int64) for k, v in encoded.items() if k in self.input_names}
+        if "exit_masks" not in self.input_names:  # --embed-exit-table: the graph looks the table up itself
+            return feed
         if exit_layers is None:
             feed["exit_masks"] = exit_masks(self.table, feed["input_ids"], feed["attention_mask"], self.num_layers)
         else:

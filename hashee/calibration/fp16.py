@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from hashee.errors import ExportError, ValidationError
+from hashee.errors import BundleError, ExportError, ValidationError
 
 FP16_FILE = "model.fp16.onnx"
 EXTRA_BLOCKED_OPS = ["LayerNormalization", "Softmax", "ReduceSum", "ReduceMax", "ReduceMean", "ReduceMin",
@@ -239,6 +239,9 @@ def add_fp16(bundle: str | Path) -> dict[str, Any]:
 
     bundle = Path(bundle)
     meta = read_bundle(bundle)
+    if meta.get("kind") != "hashee":  # as calibrate says: the dense baseline is Optimum's export, left as it is
+        raise BundleError(f"{bundle} is a {meta.get('kind')!r} bundle; reduced precision is built for HashEE bundles "
+                          f"(hashee export without --dense)")
     scratch = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.fp16-", dir=bundle.absolute().parent))
     try:
         entry = build_fp16(bundle, meta, scratch / FP16_FILE)

@@ -242,8 +242,11 @@ def validate_bundle(bundle: str | Path, data_file: str | Path, reference: str | 
             feed, ref = dense_reference(model, encoded, input_names)
         else:
             feed, ref = hashee_reference(model, encoded, input_names)
-            exits = table[feed["input_ids"]] * (feed["attention_mask"] != 0)
-            feed["exit_masks"] = np.stack([exits >= layer for layer in range(1, table_depth(meta) + 1)])
+            if "exit_masks" in input_names:  # from the bundle's own table
+                exits = table[feed["input_ids"]] * (feed["attention_mask"] != 0)
+                feed["exit_masks"] = np.stack([exits >= layer for layer in range(1, table_depth(meta) + 1)])
+            else:  # --embed-exit-table: the graph looks its table up from input_ids
+                feed.pop("exit_masks", None)
         (logits,) = session.run(["logits"], feed)
         worst = max(worst, float(np.max(np.abs(logits - ref["logits"]))))
         if not regression:
