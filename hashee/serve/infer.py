@@ -9,6 +9,9 @@ The pool is sized so that reading and writing tasks still get a CPU: an actor po
 would wait forever for blocks that no task can read.
 
 Output columns: the id column, then ``label`` and ``score`` (classification) or ``value`` (regression).
+TSV is read as ``hashee train``/``eval``/``predict`` read it (tab-separated, quote characters kept as
+text, the header's columns detected by :func:`hashee.data.detect_columns`); ``local`` writes a ``.tsv``
+output as TSV, Ray writes CSV part files for it.
 """
 
 from __future__ import annotations
