@@ -129,6 +129,30 @@ class Examples:
         return np.asarray([label2id[name] for name in self.labels], dtype=np.int64)
 
 
+def detect_columns(names: Sequence[str], text: str | None = None, pair: str | None = None,
+                   guess_pair: bool = False) -> tuple[str | None, str | None]:
+    """The text and pair columns among header (or field) ``names``, matched case-insensitively: the column
+    detection every reader shares (training data, ``predict --input``, ``infer``).
+
+    ``text``/``pair`` are columns the user named (kept).  Without ``text``: the first pair schema whose two
+    names are present (``sentence1``/``sentence2``, ``premise``/``hypothesis``, ...; it must agree with a
+    named ``pair``), else the first text name, with a known second-text column beside it.  With ``text``
+    named, a pair is guessed only when ``guess_pair``.  Returns ``(text or None, pair or None)``.
+    """
+    lowered: dict[str, str] = {}
+    for name in names:
+        lowered.setdefault(str(name).strip().lower(), name)
+    guessed = text is None
+    if text is None:
+        for first, second in PAIR_SCHEMAS:
+            if first in lowered and second in lowered and pair in (None, lowered[second]):
+                return lowered[first], lowered[second]
+        text = next((lowered[c] for c in TEXT_CANDIDATES if c in lowered), None)
+    if pair is None and text is not None and (guessed or guess_pair):
+        pair = next((lowered[c] for c in PAIR_CANDIDATES if c in lowered and lowered[c] != text), None)
+    return text, pair
+
+
 def label_mapping(label_names: Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
     """``(id2label, label2id)`` for sorted label names, as stored on a model's config."""
     id2label = {i: str(name) for i, name in enumerate(label_names)}
@@ -238,25 +262,13 @@ def looks_like_header(fields: Sequence[str]) -> bool:
     return any(_known_name(str(f)) for f in fields)
 
 
-def detect_columns(header: Sequence[str], pair: str | None = None) -> dict[str, str | None]:
-    """``{"text", "pair", "label"}`` header names found in ``header`` (``None`` where none is recognised).
-
-    A pair schema (``sentence1``/``sentence2``, ``#1 String``/``#2 String``, ...) wins over single
-    names; ``pair``, when the caller already chose the pair column, must match the schema's second
-    name.  Matching ignores case and surrounding spaces; the names returned are the header's own.
-    """
-    lowered = {str(h).strip().lower(): h for h in header}
-    text = second = None
-    for first, other in PAIR_SCHEMAS:
-        if first in lowered and other in lowered and pair in (None, lowered[other]):
-            text, second = lowered[first], lowered[other]
-            break
-    else:
-        text = next((lowered[c] for c in TEXT_CANDIDATES if c in lowered), None)
-        if text is not None:
-            second = next((lowered[c] for c in PAIR_CANDIDATES if c in lowered and lowered[c] != text), None)
-    label = next((lowered[c] for c in LABEL_CANDIDATES if c in lowered), None)
-    return {"text": text, "pair": second, "label": label}
+def detect_label(header: Sequence[str]) -> str | None:
+    """The label column among header ``names`` (``label``, ``gold_label``, ``score``, ``is_duplicate``,
+    ``Quality``, ...; matched case-insensitively), or None."""
+    lowered: dict[str, str] = {}
+    for name in header:
+        lowered.setdefault(str(name).strip().lower(), name)
+    return next((lowered[c] for c in LABEL_CANDIDATES if c in lowered), None)
 
 
 def _looks_like_cola(rows: list[tuple[int, Any]]) -> bool:
@@ -360,15 +372,12 @@ def _resolve_columns(path: Path, header: list[str] | None, flags: dict, json_fie
             raise DataError(f"{path}: no column {value!r} for --{role}-column; the "
                             f"{'first record has the fields' if json_fields else 'header (first row) has'} "
                             f"{header}{hint}")
-    found = detect_columns(header, pair=columns["pair"])
     if columns["text"] is None:
-        columns["text"] = found["text"]
-        if columns["pair"] is None:
-            columns["pair"] = found["pair"]
+        columns["text"], columns["pair"] = detect_columns(header, None, columns["pair"])
     if columns["text"] is None:
         raise DataError(f"{path}: cannot tell which column holds the text (header: {header}); {_FLAG_HINT}")
     if columns["label"] is None:
-        columns["label"] = found["label"]
+        columns["label"] = detect_label(header)
     used = [c for c in columns.values() if c is not None]
     if len(set(used)) != len(used):
         raise DataError(f"{path}: the same column is used twice ({columns}); {_FLAG_HINT}")

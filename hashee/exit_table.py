@@ -154,3 +154,15 @@ class ExitTable:
                 and self.metadata == other.metadata and np.array_equal(self.layers, other.layers))
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def layer_masks(exit_layers: Any, attention_mask: Any, num_layers: int) -> np.ndarray:
+    """The exit-mask rule: bool ``[L, batch, seq]`` whose row ``l-1`` marks the real (non-padding) tokens
+    whose exit layer is ``>= l``.  ``exit_layers`` is int ``[batch, seq]``; every stage builds masks here."""
+    exits = np.asarray(exit_layers) * (np.asarray(attention_mask) != 0)
+    return exits[None, :, :] >= np.arange(1, int(num_layers) + 1, dtype=exits.dtype)[:, None, None]
+
+
+def exit_masks(input_ids: Any, attention_mask: Any, table: np.ndarray, num_layers: int) -> np.ndarray:
+    """:func:`layer_masks` of the exit layers the table gives each token id (``table[input_ids]``)."""
+    return layer_masks(np.asarray(table)[np.asarray(input_ids)], attention_mask, num_layers)

@@ -24,6 +24,7 @@ from conftest import REPO_ROOT  # noqa: E402
 from hashee.errors import EngineError  # noqa: E402
 from hashee.exporter import tensorrt_engine  # noqa: E402
 from hashee.exporter.tensorrt_engine import TimingCacheWarning, build_engine  # noqa: E402
+from hashee.runtime.runners import tensorrt_engine as engine_runner  # noqa: E402
 
 OTHER_DEVICE = b"a timing cache written on another GPU"
 
@@ -57,7 +58,7 @@ def _copy(bundle, tmp_path):
 
 
 def test_a_refused_cache_and_none_back_still_write_the_plan(trt_bundle, tmp_path, monkeypatch):
-    from hashee.exporter.bundle import read_bundle
+    from hashee.bundle import read_bundle
 
     bundle = _copy(trt_bundle, tmp_path)
     fake = triton_fake.FakeTensorRT(refuse_cache=True, no_cache_back=True)
@@ -183,7 +184,7 @@ def _broken_tensorrt(tmp_path, monkeypatch):
 def test_require_tensorrt_turns_missing_libraries_into_an_engine_error(tmp_path, monkeypatch):
     _broken_tensorrt(tmp_path, monkeypatch)
     with pytest.raises(EngineError, match=r"installed but cannot load its libraries \(libnvinfer.so.11"):
-        tensorrt_engine.require_tensorrt()
+        engine_runner.require_tensorrt()
     from hashee.runtime.runners.tensorrt import tensorrt_version
 
     assert tensorrt_version() is None
@@ -236,8 +237,8 @@ def test_dtype_map_binds_bf16_and_uint8():
 
     names = ("FLOAT", "HALF", "BF16", "INT32", "INT64", "INT8", "UINT8", "BOOL")
     trt = types.SimpleNamespace(DataType=types.SimpleNamespace(**{n: f"DataType.{n}" for n in names}))
-    table = tensorrt_engine.torch_dtypes(trt, torch)
+    table = engine_runner.torch_dtypes(trt, torch)
     assert table["DataType.BF16"] is torch.bfloat16 and table["DataType.UINT8"] is torch.uint8
     assert table["DataType.HALF"] is torch.float16 and len(table) == len(names)
     older = types.SimpleNamespace(DataType=types.SimpleNamespace(FLOAT="f", HALF="h"))  # a TensorRT without BF16
-    assert tensorrt_engine.torch_dtypes(older, torch) == {"f": torch.float32, "h": torch.float16}
+    assert engine_runner.torch_dtypes(older, torch) == {"f": torch.float32, "h": torch.float16}

@@ -97,7 +97,7 @@ def resolve_dense(dense: str | Path | None, hashee_bundle: Any, output: Path, sa
     if dense is not None:
         path = Path(dense)
         if (path / "hashee.json").is_file():
-            from hashee.runtime.bundle import open_bundle
+            from hashee.bundle import open_bundle
 
             if open_bundle(path, verify=False).kind != "dense":
                 raise BundleError(f"--dense {path} is a HashEE bundle; pass a dense bundle (hashee export --dense) "
@@ -114,7 +114,7 @@ def resolve_dense(dense: str | Path | None, hashee_bundle: Any, output: Path, sa
         origin = f"Optimum export of the HashEE model's own weights without early exit ({run})"
     target = output / "work" / "dense-bundle"
     try:  # reuse an export of the same run from an earlier bench into this folder
-        from hashee.runtime.bundle import open_bundle
+        from hashee.bundle import open_bundle
 
         previous = open_bundle(target)
         if previous.meta.get("source", {}).get("run_dir") == str(run.absolute()) and previous.reference_dir \
@@ -136,8 +136,8 @@ def optimize_dense(bundle_dir: Path, output: Path, say: Callable[[str], None]) -
     GELU and bias fusions), applied with ``onnxruntime.transformers.optimizer``.  Falls back to the
     plain export (with the reason) where the optimizer fails.
     """
-    from hashee.exporter.bundle import MODEL_FILE, write_meta
-    from hashee.runtime.bundle import open_bundle
+    from hashee.bundle import MODEL_FILE, write_meta
+    from hashee.bundle import open_bundle
 
     bundle = open_bundle(bundle_dir)
     backbone = bundle.meta["backbone"]
@@ -172,7 +172,7 @@ def optimize_dense(bundle_dir: Path, output: Path, say: Callable[[str], None]) -
 def tensorrt_refusal(bundle_dir: Path, device: str | None, threads: int | None) -> str | None:
     """Why the TensorRT runner cannot run ``bundle_dir`` here (checked without starting a worker), or None."""
     from hashee.errors import BackendError
-    from hashee.runtime.bundle import open_bundle
+    from hashee.bundle import open_bundle
     from hashee.runtime.runners.tensorrt import TensorRTRunner
 
     try:
@@ -310,7 +310,7 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
     from hashee.data import load_examples
     from hashee.flops import EncoderDims
     from hashee.runtime.batching import active_profile, plan_batches
-    from hashee.runtime.bundle import open_bundle, tokenizer_config
+    from hashee.bundle import open_bundle, tokenizer_config
     from hashee.runtime.inputs import TextEncoder, normalize_texts
     from hashee.runtime.session import _special
 

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from hashee.data import detect_columns
 from hashee.errors import DataError, InputError, MissingDependencyError
 
 ENGINES = ("local", "ray")
@@ -96,8 +97,6 @@ def input_columns(path: Path, fmt: str) -> list[str]:
 def resolve_columns(columns: list[str], text_column: str | None, pair_column: str | None,
                     id_column: str | None, path: Path) -> tuple[str, str | None, str | None]:
     """``(text, pair or None, id or None)`` column names, detected like ``hashee predict`` does."""
-    from hashee.data import detect_columns
-
     lower = {c.strip().lower(): c for c in columns}
 
     def named(value: str, what: str) -> str:
@@ -107,13 +106,10 @@ def resolve_columns(columns: list[str], text_column: str | None, pair_column: st
             return lower[value.lower()]
         raise DataError(f"{path}: no column {value!r} for --{what}-column (columns: {', '.join(columns)})")
 
-    text = named(text_column, "text") if text_column else None
-    pair = named(pair_column, "pair") if pair_column else None
-    if text is None:  # as hashee.data does: a pair schema first, then a text with a known second text
-        found = detect_columns(columns, pair=pair)
-        text, pair = found["text"], pair or found["pair"]
-        if text is None:
-            raise DataError(f"{path}: no text column among {', '.join(columns)}; pass --text-column")
+    text, pair = detect_columns(columns, named(text_column, "text") if text_column else None,
+                                named(pair_column, "pair") if pair_column else None)
+    if text is None:
+        raise DataError(f"{path}: no text column among {', '.join(columns)}; pass --text-column")
     ident = named(id_column, "id") if id_column else lower.get("id")
     return text, pair, ident
 
@@ -376,7 +372,7 @@ def run_infer(bundle: str | Path, input_path: str | Path, output: str | Path, en
     if engine == "local" and path.is_dir():
         raise InputError(f"--engine local reads one file; {path} is a folder (use --engine ray for folders)")
     fmt = detect_format(path, fmt)
-    from hashee.runtime.bundle import open_bundle
+    from hashee.bundle import open_bundle
 
     open_bundle(bundle, verify=False)  # a bad bundle fails here, before any worker starts
     text, pair, ident = resolve_columns(input_columns(path, fmt), text_column, pair_column, id_column, path)
