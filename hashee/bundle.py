@@ -29,6 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from hashee.errors import BundleError, ExitTableError, ExportError
+from hashee.jsonio import read_json
 
 FORMAT_VERSION = 1  # major: readers refuse a newer one
 META_FILE = "hashee.json"
@@ -189,10 +190,7 @@ def read_bundle(folder: str | Path, verify: bool = True) -> dict[str, Any]:
         raise BundleError(f"bundle folder {folder} does not exist; create one with hashee export")
     if not meta_path.is_file():
         raise BundleError(f"{folder} holds no {META_FILE}; it is not a hashee bundle")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{meta_path} is not valid JSON ({exc}); re-export the bundle") from exc
+    meta = read_json(meta_path, BundleError, "re-export the bundle")
     version = meta.get("format_version")
     if not isinstance(version, int):
         raise BundleError(f"{meta_path} has no integer format_version")

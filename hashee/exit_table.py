@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from hashee.errors import ExitTableError
+from hashee.jsonio import read_json
 
 TABLE_FILE = "exit_table.npy"
 META_FILE = "exit_table.json"
@@ -115,10 +116,7 @@ class ExitTable:
         for path in (table_path, meta_path):
             if not path.is_file():
                 raise ExitTableError(f"{path} is missing; an exit table folder holds {TABLE_FILE} and {META_FILE}")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ExitTableError(f"{meta_path} is not valid JSON ({exc}); re-save the table") from exc
+        meta = read_json(meta_path, ExitTableError, "re-save the table")
         version = meta.get("format_version", FORMAT_VERSION)
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ExitTableError(

@@ -13,7 +13,7 @@ PACKAGE = ROOT / "hashee"
 # the core every stage stands on: it imports numpy, the standard library and itself, nothing else of hashee
 CORE = {"hashee", "hashee.errors", "hashee.exit_table", "hashee.bundle", "hashee.lengths", "hashee.data",
         "hashee.flops", "hashee.samples", "hashee.engines",
-        "hashee.extras"}
+        "hashee.extras", "hashee.jsonio"}
 STDLIB = set(sys.stdlib_module_names)
 # the torch backend runs the PyTorch reference model itself (``pip install 'hashee[torch]'``)
 RUNTIME_EXCEPTIONS = {"hashee.runtime.runners.torch": {"hashee.modeling"}}

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from hashee.bundle import FP16_FILE, MODEL_FILE, read_bundle, replace_precision_file
+from hashee.calibration.feeds import BundleFeeder
 from hashee.errors import BundleError, ExportError, ValidationError
 
 __all__ = ["FP16_FILE", "add_fp16", "build_fp16", "convert_fp16", "inline_functions"]
@@ -205,8 +206,6 @@ def build_fp16(folder: Path, meta: dict[str, Any], output: Path) -> dict[str, An
     ONNX checker's full check or disagrees with the fp32 graph.
     """
     import onnx
-
-    from hashee.calibration.feeds import BundleFeeder
 
     folder, output = Path(folder), Path(output)
     converted, info = convert_fp16(onnx.load(str(folder / MODEL_FILE)))

@@ -33,6 +33,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from hashee.bundle import INT8_FILE, MODEL_FILE, RANGES_FILE, read_bundle, replace_precision_file, sha256_file
+from hashee.calibration.feeds import BundleFeeder, read_texts
+from hashee.calibration.fp16 import inline_functions
 from hashee.errors import CalibrationError
 
 __all__ = ["INT8_FILE", "METHODS", "RANGES_FILE", "calibrate_bundle", "keep_float_readers", "quantize_int8"]
@@ -84,8 +86,6 @@ def quantize_int8(fp32_file: Path, output: Path, feeder: Any, data: Any | None, 
     """Write the Q/DQ model to ``output``; calibrate on ``data`` unless ``ranges_file`` exists."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from hashee.calibration.fp16 import inline_functions
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -230,8 +230,6 @@ def calibrate_bundle(bundle: str | Path, data_file: str | Path, method: str = "m
         BundleError, DataError: the bundle or the data file cannot be used.
     """
     import sys
-
-    from hashee.calibration.feeds import BundleFeeder, read_texts
 
     started = time.perf_counter()
 

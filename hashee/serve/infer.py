@@ -25,8 +25,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from hashee.bundle import open_bundle
 from hashee.data import detect_columns
 from hashee.errors import DataError, InputError, MissingDependencyError
+from hashee.runtime.batching import check_batch_size
+from hashee.runtime.session import Session
 
 ENGINES = ("local", "ray")
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
@@ -119,8 +122,6 @@ class Predictor:
 
     def __init__(self, bundle: str, text: str, pair: str | None, ident: str, backend: str = "auto",
                  threads: int | None = None, batch_size: int = 32) -> None:
-        from hashee.runtime import Session
-
         self.session = Session.load(bundle, backend=backend, threads=threads)
         self.text, self.pair, self.ident, self.batch_size = text, pair, ident, batch_size
 
@@ -357,8 +358,6 @@ def run_infer(bundle: str | Path, input_path: str | Path, output: str | Path, en
         MissingDependencyError: Ray or pyarrow is needed and not installed (the message says what to install).
         BundleError, BackendError: from loading the bundle.
     """
-    from hashee.runtime.batching import check_batch_size
-
     if engine not in ENGINES:
         raise InputError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     batch_size = check_batch_size(batch_size)
@@ -372,8 +371,6 @@ def run_infer(bundle: str | Path, input_path: str | Path, output: str | Path, en
     if engine == "local" and path.is_dir():
         raise InputError(f"--engine local reads one file; {path} is a folder (use --engine ray for folders)")
     fmt = detect_format(path, fmt)
-    from hashee.bundle import open_bundle
-
     open_bundle(bundle, verify=False)  # a bad bundle fails here, before any worker starts
     text, pair, ident = resolve_columns(input_columns(path, fmt), text_column, pair_column, id_column, path)
     started = time.perf_counter()

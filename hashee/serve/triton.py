@@ -47,6 +47,13 @@ import numpy as np
 from hashee.bundle import FP16_FILE, TABLE_FILE, TOKENIZER_DIR, check_output_folder, open_bundle, staged_folder
 from hashee.bundle import tokenizer_config as read_tokenizer_config
 from hashee.errors import ExportError, TritonRepositoryError
+from hashee.exporter.embed import MASKS, embed_exit_table
+from hashee.exporter.validate import check_embedded
+from hashee.runtime.batching import pad_to
+from hashee.runtime.inputs import TextEncoder
+from hashee.runtime.session import _special
+from hashee.samples import sample_texts
+from hashee.serve.triton_check import check_repository, format_problems, model_config_pb2
 
 BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-plan")
 TOKENIZER_SOURCE = Path(__file__).with_name("triton_tokenizer.py")
@@ -295,12 +302,6 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
     import onnx
     from transformers import AutoTokenizer
 
-    from hashee.exporter.embed import MASKS, embed_exit_table
-    from hashee.exporter.validate import check_embedded, sample_texts
-    from hashee.runtime.inputs import TextEncoder
-    from hashee.runtime.session import _special
-    from hashee.serve.triton_check import check_repository, format_problems, model_config_pb2
-
     started = time.perf_counter()
     if backend not in BACKENDS:
         raise ExportError(f"unknown Triton backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -380,8 +381,6 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
         for sample, width, batch in (("smallest_bucket", widths[0], 1), ("largest_bucket", widths[-1], max_batch_size)):
             encoder_w = TextEncoder(source.tokenizer_dir, width, pad_token)
             encoded = encoder_w.encode([text])
-            from hashee.runtime.batching import pad_to
-
             ids, mask = pad_to(encoded.ids, width, encoder.pad_id)
             arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
             files = {}
@@ -433,6 +432,4 @@ def validate_triton(repo: str | Path, allow_unbuilt_plans: bool = False,
     """Every problem of a Triton model repository (see :mod:`hashee.serve.triton_check`); with
     ``allow_unbuilt_plans`` a ``tensorrt_plan`` model whose plan its build script has not yet built is a
     warning (appended to ``warnings``) instead of a problem."""
-    from hashee.serve.triton_check import check_repository
-
     return check_repository(repo, allow_unbuilt_plans=allow_unbuilt_plans, warnings=warnings)
