@@ -7,6 +7,11 @@ labels) and :func:`tokenize_examples` turns those into a map-style dataset of fe
 Files are read as they come: a UTF-8 byte-order mark, CRLF line ends, stray quote characters in
 TSV (read with quoting disabled) and blank trailing lines are all fine.  Every problem a user can
 cause raises :class:`~hashee.errors.DataError` naming the file, and the line where there is one.
+
+Headers: the names of every GLUE task's files are recognised (:data:`GLUE_HEADERS`; CoLA has none,
+and the error says which flags read it).  Data is never silently reinterpreted: when no header is
+recognised and the columns are given by index, a first row that looks like a header is refused
+(:func:`refuse_header_as_data`) rather than made a training example.
 """
 
 from __future__ import annotations
