@@ -8,8 +8,8 @@ Files are read as they come: a UTF-8 byte-order mark, CRLF line ends, stray quot
 TSV (read with quoting disabled) and blank trailing lines are all fine.  Every problem a user can
 cause raises :class:`~hashee.errors.DataError` naming the file, and the line where there is one.
 
-Headers: the names of every GLUE task's files are recognised (:data:`GLUE_HEADERS`; CoLA has none,
-and the error says which flags read it).  Data is never silently reinterpreted: when no header is
+Headers: the names of every GLUE task's files are recognised (CoLA's files have none, and the error
+says which flags read them).  Data is never silently reinterpreted: when no header is
 recognised and the columns are given by index, a first row that looks like a header is refused
 (:func:`refuse_header_as_data`) rather than made a training example.
 """
@@ -32,7 +32,7 @@ from hashee.errors import DataError
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 
 # Column names recognised in a header, in order of preference.  They cover the headers of the GLUE
-# tasks (:data:`GLUE_HEADERS`) and the usual Hugging Face / ELUE names.
+# tasks (SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI) and the usual Hugging Face / ELUE names.
 PAIR_SCHEMAS = (
     ("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"),
     ("question", "sentence"), ("question", "passage"), ("text_a", "text_b"), ("text1", "text2"),
@@ -49,24 +49,7 @@ OTHER_HEADER_NAMES = ("id", "idx", "index", "guid", "uid", "#1 id", "#2 id", "qi
                       "pairid", "genre", "filename", "year", "old_index", "source1", "source2", "label1",
                       "sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse", "sentence2_parse")
 
-#: The header rows of the GLUE tasks' train/dev files (CoLA's files have none: name its columns with
-#: ``--text-column 3 --label-column 1``), and the columns :func:`detect_columns` finds in them.
-GLUE_HEADERS = {
-    "SST-2": (["sentence", "label"], {"text": "sentence", "pair": None, "label": "label"}),
-    "MRPC": (["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
-             {"text": "#1 String", "pair": "#2 String", "label": "Quality"}),
-    "STS-B": (["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
-               "score"], {"text": "sentence1", "pair": "sentence2", "label": "score"}),
-    "QQP": (["id", "qid1", "qid2", "question1", "question2", "is_duplicate"],
-            {"text": "question1", "pair": "question2", "label": "is_duplicate"}),
-    "MNLI": (["index", "promptID", "pairID", "genre", "sentence1_binary_parse", "sentence2_binary_parse",
-              "sentence1_parse", "sentence2_parse", "sentence1", "sentence2", "label1", "gold_label"],
-             {"text": "sentence1", "pair": "sentence2", "label": "gold_label"}),
-    "QNLI": (["index", "question", "sentence", "label"], {"text": "question", "pair": "sentence", "label": "label"}),
-    "RTE": (["index", "sentence1", "sentence2", "label"], {"text": "sentence1", "pair": "sentence2", "label": "label"}),
-    "WNLI": (["index", "sentence1", "sentence2", "label"],
-             {"text": "sentence1", "pair": "sentence2", "label": "label"}),
-}
+# GLUE CoLA's train/dev files have no header row (tests/test_glue_columns.py holds every GLUE task's header).
 COLA_HINT = "GLUE CoLA files have no header: name the columns with --text-column 3 --label-column 1"
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
