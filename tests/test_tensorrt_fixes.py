@@ -242,3 +242,22 @@ def test_dtype_map_binds_bf16_and_uint8():
     assert table["DataType.HALF"] is torch.float16 and len(table) == len(names)
     older = types.SimpleNamespace(DataType=types.SimpleNamespace(FLOAT="f", HALF="h"))  # a TensorRT without BF16
     assert engine_runner.torch_dtypes(older, torch) == {"f": torch.float32, "h": torch.float16}
+
+
+def test_a_refused_profile_switch_is_an_engine_error():
+    """``set_optimization_profile_async`` returns False (e.g. a profile index the context cannot take)."""
+    calls = []
+
+    def switch(index, stream):
+        calls.append((index, stream))
+        return index == 0
+
+    engine = object.__new__(engine_runner.TensorRTEngine)  # the engine's state without a GPU
+    engine.context = types.SimpleNamespace(set_optimization_profile_async=switch)
+    engine.stream = types.SimpleNamespace(cuda_stream=7)
+    engine._profile = -1
+    engine._use_profile(0)
+    engine._use_profile(0)  # already there: no second call
+    with pytest.raises(EngineError, match="refused to switch the execution context to optimisation profile 1"):
+        engine._use_profile(1)
+    assert calls == [(0, 7), (1, 7)] and engine._profile == 0
