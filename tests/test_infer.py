@@ -38,6 +38,7 @@ def inputs(tmp_path_factory):
         writer = csv.writer(handle)
         writer.writerow(["id", "sentence"])
         writer.writerows(zip(ids, texts))
+    (root / "in.tsv").write_text("id\tsentence\n" + "".join(f"{i}\t{t}\n" for i, t in zip(ids, texts)))
     pq.write_table(pa.table({"id": ids, "sentence": texts}), root / "in.parquet", row_group_size=64)
     return root
 
@@ -46,7 +47,7 @@ def _labels(path) -> dict:
     return {str(r["id"]): (r["label"], float(r["score"])) for r in read_results(path)}
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "tsv", "parquet"])
 def test_local_engine_streams_every_format(tiny_bundles, inputs, fmt, tmp_path):
     out = tmp_path / f"out.{fmt}"
     assert main(["infer", str(tiny_bundles["bert"]), str(inputs / f"in.{fmt}"), str(out), "--quiet",
@@ -105,7 +106,7 @@ def ray_cluster(tmp_path_factory):
 
 def test_ray_engine_gives_the_local_labels(tiny_bundles, inputs, ray_cluster, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    for fmt, actors in (("jsonl", 2), ("csv", 1), ("parquet", 2)):
+    for fmt, actors in (("jsonl", 2), ("csv", 1), ("tsv", 1), ("parquet", 2)):
         local = tmp_path / f"local.{fmt}"
         assert main(["infer", str(tiny_bundles["bert"]), str(inputs / f"in.{fmt}"), str(local), "--quiet"]) == 0
         out = tmp_path / f"ray-{fmt}"
