@@ -233,7 +233,7 @@ def refuse_header_as_data(path: Path, line: int, examples: Examples) -> None:
         return
     raise DataError(f"{path}:{line}: the first row looks like a header, not an example: its label {first!r} "
                     f"{reason}. Name the columns by their header names (e.g. --label-column {first!r}) so the "
-                    f"row is read as the header, or remove it if it is data")
+                    f"row is read as the header; if it is data, add a header row above it and name the columns by it")
 
 
 def _is_index(value: Any) -> bool:
