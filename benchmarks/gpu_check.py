@@ -82,7 +82,8 @@ def _batches(tokenizer, texts, batch_size, limit_single=200, max_length=MAX_LENG
     return batches
 
 
-def _time(fn, batches, repeats, sync):
+def _time(fn, batches, repeats, sync, rows=lambda b: b["input_ids"].shape[0]):
+    """samples/s of ``fn`` over ``batches`` (median of ``repeats`` passes, ``sync`` after each pass)."""
     for b in batches[:3]:
         fn(b)
     sync()
@@ -93,7 +94,7 @@ def _time(fn, batches, repeats, sync):
             fn(b)
         sync()
         runs.append(time.perf_counter() - start)
-    return sum(b["input_ids"].shape[0] for b in batches) / statistics.median(runs)
+    return sum(rows(b) for b in batches) / statistics.median(runs)
 
 
 def torch_section(model, tokenizer, texts, batch_sizes, repeats, device, labels=None):
@@ -212,19 +213,47 @@ def tensorrt_section(model, tokenizer, texts, batch_sizes, repeats, work: Path, 
                     entry["label_agreement_vs_torch_fp32"] = float((got.argmax(-1) == reference.argmax(-1)).mean())
                 if batch_size == 1:
                     feeds = feeds[:: max(1, len(feeds) // 200)]
-                for feed in feeds[:3]:
-                    engine.infer(feed)
-                runs = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    for feed in feeds:
-                        engine.infer(feed)
-                    runs.append(time.perf_counter() - start)
-                entry["samples_per_s"][str(batch_size)] = sum(len(f["input_ids"]) for f in feeds) / statistics.median(runs)
+                # timed as torch is: inputs already on the GPU, outputs preallocated there, one sync per pass
+                resident = [engine.prepare(feed) for feed in feeds]
+                entry["samples_per_s"][str(batch_size)] = _time(engine.execute, resident, repeats, engine.synchronize,
+                                                                rows=lambda b: b.inputs["input_ids"].shape[0])
+                del resident
             engine.close()
             results["engines"][f"{layout} {precision}"] = entry
             print(f"tensorrt {layout} {precision}: {json.dumps(entry)}", flush=True)
     return results
+
+
+def tensorrt_available(device: str) -> str | None:
+    """None when TensorRT can run here, else the reason it is skipped (it never raises: the torch
+    figures measured before must reach the report even where ``import tensorrt`` fails)."""
+    if device != "cuda":
+        return "skipped: not on a CUDA device"
+    if importlib.util.find_spec("tensorrt") is None:
+        return "skipped: tensorrt is not installed (pip install 'hashee[tensorrt]')"
+    from hashee.errors import EngineError
+    from hashee.exporter.tensorrt_engine import require_tensorrt
+
+    try:
+        require_tensorrt()
+    except EngineError as exc:  # e.g. the bindings without libnvinfer
+        return f"skipped: {exc}"
+    return None
+
+
+def tensorrt_report(device: str, versions: dict, section) -> object:
+    """The report's ``tensorrt`` entry: ``section(work folder)``'s results, or why it was skipped or failed."""
+    skipped = tensorrt_available(device)
+    if skipped is not None:
+        return skipped
+    import tensorrt
+
+    versions["tensorrt"] = tensorrt.__version__
+    with tempfile.TemporaryDirectory(prefix="hashee-gpu-check-") as work:
+        try:
+            return section(Path(work))
+        except Exception as exc:  # noqa: BLE001 - recorded in the report: the torch figures still count
+            return f"failed: {type(exc).__name__}: {str(exc)[:500]}"
 
 
 def markdown(report) -> str:
@@ -336,19 +365,10 @@ def main() -> int:
         report["layouts"] = layouts(model, tokenizer, texts, args)
     if "tensorrt" not in sections:
         report["tensorrt"] = "skipped: not asked for (--sections)"
-    elif args.device != "cuda":
-        report["tensorrt"] = "skipped: not on a CUDA device"
-    elif importlib.util.find_spec("tensorrt") is None:
-        report["tensorrt"] = "skipped: tensorrt is not installed (pip install 'hashee[tensorrt]')"
     else:
-        import tensorrt
-
-        report["versions"]["tensorrt"] = tensorrt.__version__
-        with tempfile.TemporaryDirectory(prefix="hashee-gpu-check-") as work:
-            try:
-                report["tensorrt"] = tensorrt_section(model, tokenizer, texts, batch_sizes, args.repeats, Path(work))
-            except Exception as exc:  # noqa: BLE001 - recorded in the report: the torch figures still count
-                report["tensorrt"] = f"failed: {type(exc).__name__}: {str(exc)[:500]}"
+        report["tensorrt"] = tensorrt_report(args.device, report["versions"],
+                                             lambda work: tensorrt_section(model, tokenizer, texts, batch_sizes,
+                                                                           args.repeats, work))
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "gpu_check.md").write_text(markdown(report))
     print(markdown(report))

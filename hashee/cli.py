@@ -476,15 +476,15 @@ def add_validate_triton(sub: Any) -> None:
 
 def add_infer(sub: Any) -> None:
     """The ``hashee infer`` subcommand."""
-    p = sub.add_parser("infer", help="classify a JSONL/CSV/Parquet file, in-process or on a Ray cluster",
+    p = sub.add_parser("infer", help="classify a JSONL/CSV/TSV/Parquet file, in-process or on a Ray cluster",
                        description="Batch inference over a file: --engine local streams it through the in-process "
                                    "runtime; --engine ray reads, predicts (an actor pool, one Session per actor) and "
                                    "writes with Ray Data. Results carry the id column to match them to inputs.")
     p.add_argument("bundle", help="bundle folder written by `hashee export`")
-    p.add_argument("input", help="input file (or, for ray, a folder of files) in jsonl, csv or parquet")
+    p.add_argument("input", help="input file (or, for ray, a folder of files) in jsonl, csv, tsv or parquet")
     p.add_argument("output", help="output: a file for local, a folder of part files for ray")
     p.add_argument("--engine", default="local", choices=("local", "ray"))
-    p.add_argument("--format", choices=("jsonl", "csv", "parquet"), help="input format (default: from the extension)")
+    p.add_argument("--format", choices=("jsonl", "csv", "tsv", "parquet"), help="input format (default: from the extension)")
     p.add_argument("--text-column", help="column of the (first) text (default: sentence, text, ...)")
     p.add_argument("--pair-column", help="column of the second text, for sentence pairs")
     p.add_argument("--id-column", help="column that identifies rows (default: id; local numbers rows when absent)")

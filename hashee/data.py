@@ -7,6 +7,11 @@ labels) and :func:`tokenize_examples` turns those into a map-style dataset of fe
 Files are read as they come: a UTF-8 byte-order mark, CRLF line ends, stray quote characters in
 TSV (read with quoting disabled) and blank trailing lines are all fine.  Every problem a user can
 cause raises :class:`~hashee.errors.DataError` naming the file, and the line where there is one.
+
+Headers: the names of every GLUE task's files are recognised (CoLA's files have none, and the error
+says which flags read them).  Data is never silently reinterpreted: when no header is
+recognised and the columns are given by index, a first row that looks like a header is refused
+(:func:`refuse_header_as_data`) rather than made a training example.
 """
 
 from __future__ import annotations
@@ -26,19 +31,26 @@ from hashee.errors import DataError
 
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 
-# Column names recognised in a header, in order of preference.
+# Column names recognised in a header, in order of preference.  They cover the headers of the GLUE
+# tasks (SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI) and the usual Hugging Face / ELUE names.
 PAIR_SCHEMAS = (
     ("sentence1", "sentence2"), ("premise", "hypothesis"), ("question1", "question2"),
     ("question", "sentence"), ("question", "passage"), ("text_a", "text_b"), ("text1", "text2"),
-    ("sentence_a", "sentence_b"), ("query", "document"),
+    ("sentence_a", "sentence_b"), ("query", "document"), ("#1 string", "#2 string"),
 )
 TEXT_CANDIDATES = ("sentence", "text", "sentence1", "premise", "question", "question1", "text_a",
-                   "text1", "sentence_a", "review", "content", "document", "input", "query", "utterance")
-PAIR_CANDIDATES = ("sentence2", "hypothesis", "question2", "text_b", "text2", "sentence_b", "passage",
-                   "text_pair", "pair")
-LABEL_CANDIDATES = ("label", "labels", "gold_label", "score", "target", "class", "category",
-                    "sentiment", "y")
-OTHER_HEADER_NAMES = ("id", "idx", "index", "guid", "uid")
+                   "text1", "sentence_a", "#1 string", "review", "content", "document", "input", "query",
+                   "utterance")
+PAIR_CANDIDATES = ("sentence2", "hypothesis", "question2", "text_b", "text2", "sentence_b", "#2 string",
+                   "passage", "text_pair", "pair")
+LABEL_CANDIDATES = ("label", "labels", "gold_label", "score", "is_duplicate", "quality", "target", "class",
+                    "category", "sentiment", "y")
+OTHER_HEADER_NAMES = ("id", "idx", "index", "guid", "uid", "#1 id", "#2 id", "qid1", "qid2", "promptid",
+                      "pairid", "genre", "filename", "year", "old_index", "source1", "source2", "label1",
+                      "sentence1_binary_parse", "sentence2_binary_parse", "sentence1_parse", "sentence2_parse")
+
+# GLUE CoLA's train/dev files have no header row (tests/test_glue_columns.py holds every GLUE task's header).
+COLA_HINT = "GLUE CoLA files have no header: name the columns with --text-column 3 --label-column 1"
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _FLAG_HINT = "name the columns with --text-column, --pair-column and --label-column"
@@ -173,7 +185,8 @@ def load_examples(path: str | Path, text_column: str | int | None = None, pair_c
         header, rows = _read_json(path, text, flags)
     else:
         header, rows = _read_delimited(path, text, fmt, flags)
-    columns = _resolve_columns(path, header, flags, json_fields=fmt == "jsonl")
+    cola = fmt != "jsonl" and header is None and _looks_like_cola(rows)
+    columns = _resolve_columns(path, header, flags, json_fields=fmt == "jsonl", cola=cola)
     if not rows:
         raise DataError(f"{path} has a header but no data rows")
     if fmt == "jsonl":
@@ -185,7 +198,42 @@ def load_examples(path: str | Path, text_column: str | int | None = None, pair_c
         for role, index in positions.items():
             if index is not None and index >= width:
                 raise DataError(f"{path}: --{role}-column {index} is out of range (the file has {width} columns)")
-    return _build(path, rows, columns, positions, regression)
+    examples = _build(path, rows, columns, positions, regression)
+    if fmt != "jsonl" and header is None:
+        refuse_header_as_data(path, rows[0][0], examples)
+    return examples
+
+
+def refuse_header_as_data(path: Path, line: int, examples: Examples) -> None:
+    """Raise :class:`DataError` when the first row of a header-less read looks like a header.
+
+    A first row whose label does not parse like every other row's (a word above integers or numbers),
+    or that is the only row of its class while every other class has several, is a header row read as
+    data (e.g. GLUE MRPC's ``Quality`` read with ``--label-column 0``): hashee refuses to make it an
+    example rather than train on it silently.
+    """
+    labels = examples.labels
+    if labels is None or len(labels) < 2:
+        return
+    if examples.is_regression:
+        return  # every label parsed as a finite number: the first row is data
+    first, rest = labels[0], labels[1:]
+    reason = None
+    if all(_INT_RE.match(v) for v in rest) and not _INT_RE.match(first):
+        reason = "is not an integer like every other row's label"
+    elif all(_is_number(v) for v in rest) and not _is_number(first):
+        reason = "is not a number like every other row's label"
+    elif len(rest) >= 2 and first not in rest:
+        counts: dict[str, int] = {}
+        for value in rest:
+            counts[value] = counts.get(value, 0) + 1
+        if min(counts.values()) >= 2:
+            reason = "is a class no other row has, while every other class has several rows"
+    if reason is None:
+        return
+    raise DataError(f"{path}:{line}: the first row looks like a header, not an example: its label {first!r} "
+                    f"{reason}. Name the columns by their header names (e.g. --label-column {first!r}) so the "
+                    f"row is read as the header; if it is data, add a header row above it and name the columns by it")
 
 
 def _is_index(value: Any) -> bool:
@@ -195,6 +243,27 @@ def _is_index(value: Any) -> bool:
 def _known_name(name: str) -> bool:
     name = name.strip().lower()
     return name in TEXT_CANDIDATES or name in PAIR_CANDIDATES or name in LABEL_CANDIDATES or name in OTHER_HEADER_NAMES
+
+
+def looks_like_header(fields: Sequence[str]) -> bool:
+    """Whether a first row names columns: one of its fields is a column name hashee recognises."""
+    return any(_known_name(str(f)) for f in fields)
+
+
+def detect_label(header: Sequence[str]) -> str | None:
+    """The label column among header ``names`` (``label``, ``gold_label``, ``score``, ``is_duplicate``,
+    ``Quality``, ...; matched case-insensitively), or None."""
+    lowered: dict[str, str] = {}
+    for name in header:
+        lowered.setdefault(str(name).strip().lower(), name)
+    return next((lowered[c] for c in LABEL_CANDIDATES if c in lowered), None)
+
+
+def _looks_like_cola(rows: list[tuple[int, Any]]) -> bool:
+    """GLUE CoLA's header-less layout: source, 0/1 label, author's mark ('' or '*'), sentence."""
+    sample = [fields for _, fields in rows[:200]]
+    return bool(sample) and all(len(f) == 4 and f[1].strip() in ("0", "1") and f[2].strip() in ("", "*", "?", "??")
+                                for f in sample)
 
 
 def _read_delimited(path: Path, text: str, fmt: str, flags: dict) -> tuple[list[str] | None, list[tuple[int, list]]]:
@@ -216,7 +285,7 @@ def _read_delimited(path: Path, text: str, fmt: str, flags: dict) -> tuple[list[
         raise DataError(f"{path} is empty")
     first = [f.strip() for f in rows[0][1]]
     named = [v for v in flags.values() if v is not None and not _is_index(v)]
-    has_header = any(_known_name(f) for f in first) or bool(named)  # column names imply a header
+    has_header = looks_like_header(first) or bool(named)  # column names imply a header
     header = first if has_header else None
     if has_header:
         rows = rows[1:]
@@ -263,7 +332,8 @@ def _read_json(path: Path, text: str, flags: dict) -> tuple[list[str] | None, li
     return list(records[0][1].keys()), records
 
 
-def _resolve_columns(path: Path, header: list[str] | None, flags: dict, json_fields: bool = False) -> dict[str, Any]:
+def _resolve_columns(path: Path, header: list[str] | None, flags: dict, json_fields: bool = False,
+                     cola: bool = False) -> dict[str, Any]:
     """Map text/pair/label to a header name or column index, from the flags or the header."""
     columns: dict[str, Any] = {}
     if header is None:
@@ -273,9 +343,9 @@ def _resolve_columns(path: Path, header: list[str] | None, flags: dict, json_fie
                                 f"pass a 0-based column index to --{role}-column instead")
         if flags["text"] is None:
             raise DataError(f"{path}: no recognisable header row; {_FLAG_HINT} (0-based indices for a "
-                            f"file without a header, e.g. --text-column 0 --label-column 1)")
+                            f"file without a header, e.g. --text-column 0 --label-column 1)"
+                            + (f"; {COLA_HINT}" if cola else ""))
         return {role: (int(value) if value is not None else None) for role, value in flags.items()}
-    lowered = {h.strip().lower(): h for h in header}
     for role, value in flags.items():
         if value is None:
             columns[role] = None
@@ -295,7 +365,7 @@ def _resolve_columns(path: Path, header: list[str] | None, flags: dict, json_fie
     if columns["text"] is None:
         raise DataError(f"{path}: cannot tell which column holds the text (header: {header}); {_FLAG_HINT}")
     if columns["label"] is None:
-        columns["label"] = next((lowered[c] for c in LABEL_CANDIDATES if c in lowered), None)
+        columns["label"] = detect_label(header)
     used = [c for c in columns.values() if c is not None]
     if len(set(used)) != len(used):
         raise DataError(f"{path}: the same column is used twice ({columns}); {_FLAG_HINT}")

@@ -38,6 +38,7 @@ def inputs(tmp_path_factory):
         writer = csv.writer(handle)
         writer.writerow(["id", "sentence"])
         writer.writerows(zip(ids, texts))
+    (root / "in.tsv").write_text("id\tsentence\n" + "".join(f"{i}\t{t}\n" for i, t in zip(ids, texts)))
     pq.write_table(pa.table({"id": ids, "sentence": texts}), root / "in.parquet", row_group_size=64)
     return root
 
@@ -46,7 +47,7 @@ def _labels(path) -> dict:
     return {str(r["id"]): (r["label"], float(r["score"])) for r in read_results(path)}
 
 
-@pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet"])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "tsv", "parquet"])
 def test_local_engine_streams_every_format(tiny_bundles, inputs, fmt, tmp_path):
     out = tmp_path / f"out.{fmt}"
     assert main(["infer", str(tiny_bundles["bert"]), str(inputs / f"in.{fmt}"), str(out), "--quiet",
@@ -105,7 +106,7 @@ def ray_cluster(tmp_path_factory):
 
 def test_ray_engine_gives_the_local_labels(tiny_bundles, inputs, ray_cluster, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    for fmt, actors in (("jsonl", 2), ("csv", 1), ("parquet", 2)):
+    for fmt, actors in (("jsonl", 2), ("csv", 1), ("tsv", 1), ("parquet", 2)):
         local = tmp_path / f"local.{fmt}"
         assert main(["infer", str(tiny_bundles["bert"]), str(inputs / f"in.{fmt}"), str(local), "--quiet"]) == 0
         out = tmp_path / f"ray-{fmt}"
@@ -119,3 +120,21 @@ def test_ray_engine_gives_the_local_labels(tiny_bundles, inputs, ray_cluster, tm
         assert set(got) == set(want)
         assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in want.items()}
         assert max(abs(got[k][1] - want[k][1]) for k in want) < 1e-4
+
+
+def test_tsv_is_read_as_train_eval_and_predict_read_it(tiny_bundles, tmp_path):
+    """`hashee infer BUNDLE data.tsv OUT`: a GLUE-style TSV (quotes kept as text, a pair header) works."""
+    from hashee.runtime import Session
+
+    texts = _sentences(6)
+    texts[0] = 'a "quoted start and no end'
+    source = tmp_path / "pairs.tsv"
+    source.write_text("index\tsentence1\tsentence2\tlabel\n"
+                      + "".join(f"{i}\t{t}\t{t[::-1]}\t0\n" for i, t in enumerate(texts)))
+    out = tmp_path / "out.tsv"
+    assert main(["infer", str(tiny_bundles["bert"]), str(source), str(out), "--quiet"]) == 0
+    rows = read_results(out)
+    with Session.load(tiny_bundles["bert"], backend="onnxruntime") as session:
+        want = session.predict([(t, t[::-1]) for t in texts])
+    assert [r["label"] for r in rows] == [w["label"] for w in want]
+    assert [r["id"] for r in rows] == [str(i) for i in range(6)]

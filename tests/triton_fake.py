@@ -121,11 +121,15 @@ def strings(values) -> np.ndarray:
 
 
 class FakeTensorRT:
-    """Just what ``build_plans.py`` touches of the ``tensorrt`` module; records the calls it gets."""
+    """Just what ``build_plans.py`` and ``build_engine`` touch of the ``tensorrt`` module; records the calls.
+
+    ``refuse_cache``: ``set_timing_cache`` returns False for a non-empty cache blob, as TensorRT does for
+    a cache made on another GPU; ``no_cache_back``: ``get_timing_cache()`` returns None.
+    """
 
     __version__ = "10.99-fake"
 
-    def __init__(self):
+    def __init__(self, refuse_cache: bool = False, no_cache_back: bool = False):
         self.calls = []
         fake = self
 
@@ -162,6 +166,9 @@ class FakeTensorRT:
                 self.shapes[name] = (tuple(low), tuple(opt), tuple(high))
 
         class Cache:
+            def __init__(self, blob=b""):
+                self.blob = blob
+
             def serialize(self):
                 return b"cache"
 
@@ -176,13 +183,17 @@ class FakeTensorRT:
                 self.profiles.append(profile.shapes)
 
             def create_timing_cache(self, blob):
-                return Cache()
+                fake.calls.append(("create_timing_cache", bytes(blob)))
+                return Cache(bytes(blob))
 
             def set_timing_cache(self, cache, ignore_mismatch):
+                if refuse_cache and cache.blob:
+                    return False
                 self.cache = cache
+                return True
 
             def get_timing_cache(self):
-                return self.cache
+                return None if no_cache_back else self.cache
 
         class Builder:
             def __init__(self, logger):
@@ -208,3 +219,4 @@ class FakeTensorRT:
         self.module.NetworkDefinitionCreationFlag = Flag
         self.module.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
         self.module.Builder, self.module.OnnxParser = Builder, Parser
+        self.module.BuilderFlag = types.SimpleNamespace()  # no TF32 flag to clear

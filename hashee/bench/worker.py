@@ -76,7 +76,7 @@ class Measured:
     def infer(self, feed: dict[str, Any]) -> Any:
         from hashee.runtime.batching import exit_masks
 
-        if self.table is not None:
+        if self.table is not None and not self.session.embedded_table:  # --embed-exit-table: the graph's own
             feed = dict(feed, exit_masks=exit_masks(feed["input_ids"], feed["attention_mask"], self.table,
                                                     self.layers))
         return self.session.run_feed(feed)["logits"]  # a prefix-layout bundle: the host sort is timed too

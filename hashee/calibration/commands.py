@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +20,54 @@ def _load_tokenizer(path: str | Path) -> Any:
         raise BackboneError(f"tokenizer folder {path} does not exist; pass a Hugging Face tokenizer or model folder")
     try:
         return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BackboneError(f"cannot load a tokenizer from {path}: {exc}") from exc
 
 
-def _input_embeddings(model_path: str | Path) -> Any:
-    from transformers import AutoModel
-
+def _is_hashee_run(path: str | Path) -> bool:
+    """Whether ``path`` holds a HashEE run (``config.json`` with ``model_type: hashee``, as ``hashee train`` writes)."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return False
     try:
-        model = AutoModel.from_pretrained(str(model_path))
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == "hashee"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _input_embeddings(model_path: str | Path) -> Any:
+    try:
+        if _is_hashee_run(model_path):  # transformers' AutoModel does not know the `hashee` model type
+            from hashee.modeling import HashEEForSequenceClassification
+
+            model = HashEEForSequenceClassification.from_pretrained(str(model_path))
+        else:
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(str(model_path))
     except (OSError, ValueError) as exc:
         raise BackboneError(f"the cluster kind needs model weights; cannot load a model from {model_path}: {exc}") from exc
     return model.get_input_embeddings().weight.detach()
 
 
+def _backbone_config(path: str | Path) -> Any:
+    """The dense backbone's Hugging Face config of the model folder ``path`` (a HashEE run's ``backbone``)."""
+    from transformers import AutoConfig
+
+    try:
+        if _is_hashee_run(path):
+            backbone = json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("backbone") or {}
+            fields = {k: v for k, v in backbone.items() if k not in ("model_type", "transformers_version")}
+            return AutoConfig.for_model(str(backbone.get("model_type")), **fields)
+        return AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BackboneError(f"cannot read the model config in {path}: {exc}") from exc
+
+
 def _dims_for(path: str | Path, num_layers: int) -> Any:
     """FLOPs sizes of the model in ``path`` when it has a config, else MiniLM sizes with L layers."""
     if (Path(path) / "config.json").is_file():
-        from transformers import AutoConfig
-
-        dims = EncoderDims.from_config(AutoConfig.from_pretrained(str(path)))
+        dims = EncoderDims.from_config(_backbone_config(path))
         if dims.num_layers == num_layers:
             return dims
     return EncoderDims(num_layers, 384, 1536)

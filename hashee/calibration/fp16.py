@@ -27,7 +27,7 @@ import numpy as np
 
 from hashee.bundle import FP16_FILE, MODEL_FILE, read_bundle, replace_precision_file
 from hashee.calibration.feeds import BundleFeeder
-from hashee.errors import ExportError, ValidationError
+from hashee.errors import BundleError, ExportError, ValidationError
 
 __all__ = ["FP16_FILE", "add_fp16", "build_fp16", "convert_fp16", "inline_functions"]
 EXTRA_BLOCKED_OPS = ["LayerNormalization", "Softmax", "ReduceSum", "ReduceMax", "ReduceMean", "ReduceMin",
@@ -236,6 +236,9 @@ def add_fp16(bundle: str | Path) -> dict[str, Any]:
 
     bundle = Path(bundle)
     meta = read_bundle(bundle)
+    if meta.get("kind") != "hashee":  # as calibrate says: the dense baseline is Optimum's export, left as it is
+        raise BundleError(f"{bundle} is a {meta.get('kind')!r} bundle; reduced precision is built for HashEE bundles "
+                          f"(hashee export without --dense)")
     scratch = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.fp16-", dir=bundle.absolute().parent))
     try:
         entry = build_fp16(bundle, meta, scratch / FP16_FILE)

@@ -9,6 +9,9 @@ not by builder flags), adds one optimisation profile per ``--profile`` (batch an
 :meth:`Profile.width_range`), reuses a timing cache when given one, and
 writes the serialized plan to ``BUNDLE/engines/`` under a name holding the precision, the GPU's
 compute capability, the TensorRT version and the profiles; ``hashee.json`` lists it with its sha256.
+The plan is written before the timing cache, which is replaced atomically; a cache TensorRT refuses
+(``set_timing_cache`` -> False: made on another GPU) or does not give back (``get_timing_cache`` ->
+None) only warns (:class:`TimingCacheWarning`).
 
 Running a plan is the runtime's: :class:`~hashee.runtime.runners.tensorrt_engine.TensorRTEngine` (re-exported
 here with :func:`run_engine` for callers of this module).
@@ -19,10 +22,12 @@ here with :func:`run_engine` for callers of this module).
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +38,10 @@ from hashee.engines import (Profile, bundle_layout, default_profiles, engine_fil
 from hashee.errors import EngineError
 from hashee.runtime.runners.tensorrt_engine import INSTALL_HINT, TensorRTEngine, _logger, require_tensorrt, run_engine
 
-__all__ = ["INSTALL_HINT", "EngineBuild", "Profile", "TensorRTEngine", "build_engine", "bundle_layout",
-           "default_profiles", "engine_file_name", "mask_layer", "parse_profile", "require_tensorrt", "run_engine",
-           "validate_profiles"]
+__all__ = ["INSTALL_HINT", "EngineBuild", "Profile", "TensorRTEngine", "TimingCacheWarning", "attach_timing_cache",
+           "build_engine", "bundle_layout", "default_profiles", "engine_file_name", "mask_layer", "parse_profile",
+           "require_tensorrt", "run_engine", "save_timing_cache", "validate_profiles", "write_bytes_atomically",
+           "write_plan"]
 
 
 @dataclass
@@ -132,19 +138,12 @@ def build_engine(bundle: str | Path, precision: str = "fp32", profiles: list[str
             trt_profile.set_shape(name, low, opt, high)
         config.add_optimization_profile(trt_profile)
     cache_path = Path(timing_cache) if timing_cache else None
-    cache_blob = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
-    cache = config.create_timing_cache(cache_blob)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    reused = attach_timing_cache(config, cache_path) if cache_path is not None else False
     say(f"building ({precision}, {len(chosen)} profile(s), workspace {workspace_mb} MiB"
-        + (f", timing cache {cache_path} with {len(cache_blob)} bytes" if cache_path else "") + ")")
+        + (f", timing cache {cache_path} ({'reused' if reused else 'new'})" if cache_path else "") + ")")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineError(f"TensorRT could not build an engine from {bundle / onnx_name} (see its log above)")
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_path.with_name(f".{cache_path.name}.partial")
-        partial.write_bytes(bytes(config.get_timing_cache().serialize()))
-        partial.replace(cache_path)
     layout = bundle_layout(meta)
     name = engine_file_name(precision, capability, str(trt.__version__), chosen, layout)
     entry = {"file": name, "precision": precision, "layout": layout, "onnx": onnx_name,
@@ -156,14 +155,98 @@ def build_engine(bundle: str | Path, precision: str = "fp32", profiles: list[str
     if layout == "prefix":  # the W_l ranges each profile gave TensorRT, for the record
         for record, profile in zip(entry["profiles"], chosen):
             record["widths"] = [list(profile.width_range(layer, num_layers)) for layer in range(1, num_layers + 1)]
+    write_plan(bundle, meta, entry, plan, config, cache_path)
+    say(f"wrote {bundle / name}")
+    return EngineBuild(bundle, entry, time.perf_counter() - started)
+
+
+class TimingCacheWarning(UserWarning):
+    """A TensorRT timing cache could not be used or saved; the engine is built (and written) without it."""
+
+
+def _warn_cache(message: str) -> None:
+    warnings.warn(TimingCacheWarning(message), stacklevel=3)
+
+
+def attach_timing_cache(config: Any, path: Path) -> bool:
+    """Give builder ``config`` the timing cache stored at ``path`` (an empty one when the file is absent).
+
+    TensorRT's ``set_timing_cache`` returns False for a cache made on another GPU or TensorRT version:
+    then the build goes on with a fresh cache (written back to ``path`` afterwards) and a
+    :class:`TimingCacheWarning` says so.  Returns whether the stored cache is in use.
+    """
+    blob = b""
+    if path.is_file():
+        try:
+            blob = path.read_bytes()
+        except OSError as exc:
+            _warn_cache(f"cannot read the timing cache {path} ({exc}); building without it")
+    if blob:
+        cache = config.create_timing_cache(blob)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return True
+        _warn_cache(f"TensorRT refused the timing cache {path} (made on another GPU or TensorRT version?); "
+                    f"building with a fresh one, which replaces it afterwards")
+    fresh = config.create_timing_cache(b"")
+    if fresh is None or not config.set_timing_cache(fresh, ignore_mismatch=False):
+        _warn_cache("TensorRT could not create an empty timing cache; building without one")
+    return False
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_timing_cache(config: Any, path: Path) -> bool:
+    """Write ``config``'s timing cache to ``path`` atomically; False (with a :class:`TimingCacheWarning`) when
+    TensorRT gives none (``get_timing_cache()`` may return None), it cannot be serialized or written."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        _warn_cache(f"TensorRT returned no timing cache after the build; {path} is left as it was")
+        return False
+    try:
+        blob = cache.serialize()
+        data = bytes(blob) if blob is not None else b""
+    except (RuntimeError, TypeError, ValueError) as exc:
+        _warn_cache(f"TensorRT could not serialize the timing cache ({exc}); {path} is left as it was")
+        return False
+    if not data:
+        _warn_cache(f"TensorRT serialized an empty timing cache; {path} is left as it was")
+        return False
+    try:
+        write_bytes_atomically(path, data)
+    except OSError as exc:
+        _warn_cache(f"cannot write the timing cache {path} ({exc}); the engine is written all the same")
+        return False
+    return True
+
+
+def write_plan(bundle: Path, meta: dict[str, Any], entry: dict[str, Any], plan: Any, config: Any,
+               cache_path: Path | None) -> None:
+    """Write the built ``plan`` into the bundle (listed in ``hashee.json``), then the timing cache.
+
+    The plan comes first: a timing cache TensorRT cannot give back or that cannot be written only
+    warns (:func:`save_timing_cache`), after a long build the engine is never lost to it.
+    """
     scratch = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.engine-", dir=bundle.absolute().parent))
     try:
         (scratch / "plan").write_bytes(bytes(plan))
-        engines = [e for e in meta.get("engines", []) if e.get("file") != name] + [entry]
-        update_bundle(bundle, {name: scratch / "plan"}, {"engines": engines})
+        engines = [e for e in meta.get("engines", []) if e.get("file") != entry["file"]] + [entry]
+        update_bundle(bundle, {entry["file"]: scratch / "plan"}, {"engines": engines})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    say(f"wrote {bundle / name}")
-    return EngineBuild(bundle, entry, time.perf_counter() - started)
+    if cache_path is not None:
+        save_timing_cache(config, cache_path)
 
 

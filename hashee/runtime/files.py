@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from hashee.data import PAIR_CANDIDATES, TEXT_CANDIDATES, detect_columns
+from hashee.data import PAIR_CANDIDATES, TEXT_CANDIDATES, detect_columns, looks_like_header
 from hashee.errors import DataError
 
 FORMATS = {".txt": "txt", ".text": "txt", ".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -71,9 +71,8 @@ def _delimited(handle: IO[str], path: Path, fmt: str, text_column: Any, pair_col
     first = next(reader, None)
     if first is None:
         return
-    known = {n.strip().lower() for n in first} & set(TEXT_CANDIDATES + PAIR_CANDIDATES)
     named = any(f is not None and not str(f).isdigit() for f in (text_column, pair_column))
-    if known or named:
+    if looks_like_header(first) or named:  # as hashee.data decides
         text, pair = _header_columns(first, text_column, pair_column, path)
         if text is None:
             raise DataError(f"{path}: no text column in the header {first}; pass --text-column")

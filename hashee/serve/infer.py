@@ -1,4 +1,4 @@
-"""``hashee infer``: classify a JSONL, CSV or Parquet file in-process (``local``) or with Ray Data (``ray``).
+"""``hashee infer``: classify a JSONL, CSV, TSV or Parquet file in-process (``local``) or with Ray Data (``ray``).
 
 ``local`` streams the file in chunks through one :class:`hashee.runtime.Session` (bounded memory) and
 writes one output file in input order.  ``ray`` reads with ``ray.data.read_json/read_csv/read_parquet``,
@@ -9,6 +9,9 @@ The pool is sized so that reading and writing tasks still get a CPU: an actor po
 would wait forever for blocks that no task can read.
 
 Output columns: the id column, then ``label`` and ``score`` (classification) or ``value`` (regression).
+TSV is read as ``hashee train``/``eval``/``predict`` read it (tab-separated, quote characters kept as
+text, the header's columns detected by :func:`hashee.data.detect_columns`); ``local`` writes a ``.tsv``
+output as TSV, Ray writes CSV part files for it.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ from hashee.runtime.batching import check_batch_size
 from hashee.runtime.session import Session
 
 ENGINES = ("local", "ray")
-FORMATS = ("jsonl", "csv", "parquet")
-EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet",
-              ".pq": "parquet"}
+FORMATS = ("jsonl", "csv", "tsv", "parquet")
+EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv",
+              ".parquet": "parquet", ".pq": "parquet"}
 INSTALL_HINT = "pip install 'hashee[serve]'"
 CHUNK = 4096
 
@@ -62,7 +65,7 @@ def detect_format(path: Path, fmt: str | None) -> str:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
         if not files:
-            raise DataError(f"{path} holds no .jsonl, .csv or .parquet files")
+            raise DataError(f"{path} holds no .jsonl, .csv, .tsv or .parquet files")
         probe = files[0]
     found = EXTENSIONS.get(probe.suffix.lower())
     if found is None:
@@ -83,8 +86,8 @@ def input_columns(path: Path, fmt: str) -> list[str]:
         pq = _pyarrow_parquet()
         return list(pq.ParquetFile(path).schema_arrow.names)
     with open(path, encoding="utf-8-sig", newline="") as handle:
-        if fmt == "csv":
-            return next(csv.reader(handle), [])
+        if fmt in ("csv", "tsv"):
+            return next(_csv_reader(handle, fmt), [])
         for line in handle:
             if line.strip():
                 value = json.loads(line)
@@ -97,7 +100,7 @@ def input_columns(path: Path, fmt: str) -> list[str]:
 def resolve_columns(columns: list[str], text_column: str | None, pair_column: str | None,
                     id_column: str | None, path: Path) -> tuple[str, str | None, str | None]:
     """``(text, pair or None, id or None)`` column names, detected like ``hashee predict`` does."""
-    lower = {c.lower(): c for c in columns}
+    lower = {c.strip().lower(): c for c in columns}
 
     def named(value: str, what: str) -> str:
         if value in columns:
@@ -143,6 +146,15 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def _dialect(fmt: str) -> dict[str, Any]:
+    """csv-module arguments: TSV is read as train/eval/predict read it (tabs, quote characters kept as text)."""
+    return {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == "tsv" else {}
+
+
+def _csv_reader(handle: Any, fmt: str) -> Iterator[list[str]]:
+    return csv.reader(handle, **_dialect(fmt))
+
+
 # ---------------------------------------------------------------- local engine
 def _chunks(path: Path, fmt: str, columns: list[str]) -> Iterator[dict[str, list[Any]]]:
     if fmt == "parquet":
@@ -152,8 +164,8 @@ def _chunks(path: Path, fmt: str, columns: list[str]) -> Iterator[dict[str, list
         return
     rows: list[dict[str, Any]] = []
     with open(path, encoding="utf-8-sig", newline="") as handle:
-        if fmt == "csv":
-            source: Iterator[dict[str, Any]] = csv.DictReader(handle)
+        if fmt in ("csv", "tsv"):
+            source: Iterator[dict[str, Any]] = csv.DictReader(handle, **_dialect(fmt))
         else:
             source = (json.loads(line) for line in handle if line.strip())
         for number, row in enumerate(source, 1):
@@ -172,7 +184,7 @@ class _Writer:
         self.path, self.fmt, self.parquet = path, fmt, None
         path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = None if fmt == "parquet" else open(path, "w", encoding="utf-8", newline="")
-        self.csv = csv.writer(self.handle) if fmt == "csv" else None
+        self.csv = csv.writer(self.handle, delimiter="\t" if fmt == "tsv" else ",") if fmt in ("csv", "tsv") else None
         self.header = False
 
     def write(self, columns: dict[str, np.ndarray]) -> None:
@@ -186,7 +198,7 @@ class _Writer:
             self.parquet.write_table(table)
             return
         rows = zip(*(columns[n].tolist() for n in names))
-        if self.fmt == "csv":
+        if self.csv is not None:
             if not self.header:
                 self.csv.writerow(names)
                 self.header = True
@@ -265,6 +277,10 @@ def infer_ray(bundle: str, path: Path, output: Path, fmt: str, text: str, pair: 
             ds = ray.data.read_json(source, lines=True)
         elif fmt == "csv":
             ds = ray.data.read_csv(source)
+        elif fmt == "tsv":
+            import pyarrow.csv as pa_csv
+
+            ds = ray.data.read_csv(source, parse_options=pa_csv.ParseOptions(delimiter="\t", quote_char=False))
         else:
             ds = ray.data.read_parquet(source, columns=columns)
         ds = ds.select_columns(columns)
@@ -275,6 +291,7 @@ def infer_ray(bundle: str, path: Path, output: Path, fmt: str, text: str, pair: 
                             num_cpus=per_actor,
                             num_gpus=gpus_per_actor or None)
         out_fmt = _output_format(output, fmt) if output.suffix else fmt
+        out_fmt = "csv" if out_fmt == "tsv" else out_fmt  # Ray writes delimited part files as CSV
         write = {"jsonl": ds.write_json, "csv": ds.write_csv, "parquet": ds.write_parquet}[out_fmt]
         write(str(output))
         rows = count_rows(output, out_fmt)
@@ -313,9 +330,9 @@ def read_results(path: str | Path, fmt: str | None = None) -> list[dict[str, Any
         kind = fmt or EXTENSIONS[file.suffix.lower()]
         if kind == "parquet":
             rows += _pyarrow_parquet().read_table(file).to_pylist()
-        elif kind == "csv":
+        elif kind in ("csv", "tsv"):
             with open(file, encoding="utf-8", newline="") as handle:
-                rows += list(csv.DictReader(handle))
+                rows += list(csv.DictReader(handle, **_dialect(kind)))
         else:
             with open(file, encoding="utf-8") as handle:
                 rows += [json.loads(line) for line in handle if line.strip()]

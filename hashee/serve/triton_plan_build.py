@@ -40,8 +40,80 @@ def check_spec(spec):
     return problems
 
 
+def import_tensorrt():
+    """The tensorrt module; SystemExit with the reason when it is absent or cannot load its libraries."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as exc:
+        raise SystemExit(f"build_plans.py: cannot import tensorrt ({exc}). Install the TensorRT Python package "
+                         f"matching the server's TensorRT; TensorRT's library wheels on PyPI only download from "
+                         f"NVIDIA's index (pypi.nvidia.com) at install time") from None
+    return trt
+
+
+def write_atomically(path, data):
+    """Write ``data`` to ``path`` through a temporary file in the same folder and os.replace."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".partial", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def attach_timing_cache(config, path, say):
+    """Give ``config`` the timing cache at ``path`` (a fresh one when it is absent or TensorRT refuses it:
+    ``set_timing_cache`` returns False for a cache made on another GPU or TensorRT version)."""
+    blob = b""
+    if path and os.path.isfile(path):
+        try:
+            with open(path, "rb") as handle:
+                blob = handle.read()
+        except OSError as exc:
+            say(f"warning: cannot read the timing cache {path} ({exc}); building without it")
+    if blob:
+        cache = config.create_timing_cache(blob)
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return True
+        say(f"warning: TensorRT refused the timing cache {path} (another GPU or TensorRT version?); "
+            f"building with a fresh one, which replaces it afterwards")
+    fresh = config.create_timing_cache(b"")
+    if fresh is None or not config.set_timing_cache(fresh, ignore_mismatch=False):
+        say("warning: TensorRT could not create an empty timing cache; building without one")
+    return False
+
+
+def save_timing_cache(config, path, say):
+    """Write ``config``'s timing cache to ``path`` atomically; only a warning when TensorRT gives none back
+    (``get_timing_cache()`` may return None) or it cannot be written: the plan is already on disk."""
+    cache = config.get_timing_cache()
+    if cache is None:
+        say(f"warning: TensorRT returned no timing cache; {path} is left as it was")
+        return False
+    try:
+        blob = cache.serialize()
+        data = bytes(blob) if blob is not None else b""
+        if not data:
+            say(f"warning: TensorRT serialized an empty timing cache; {path} is left as it was")
+            return False
+        write_atomically(path, data)
+    except (RuntimeError, TypeError, ValueError, OSError) as exc:
+        say(f"warning: cannot save the timing cache to {path} ({exc}); the plan is written all the same")
+        return False
+    return True
+
+
 def build(spec, folder, workspace_mb, timing_cache, say):
-    import tensorrt as trt
+    trt = import_tensorrt()
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -67,25 +139,17 @@ def build(spec, folder, workspace_mb, timing_cache, say):
             low, opt, high = profile["shapes"][name]
             trt_profile.set_shape(name, tuple(low), tuple(opt), tuple(high))
         config.add_optimization_profile(trt_profile)
-    blob = b""
-    if timing_cache and os.path.isfile(timing_cache):
-        with open(timing_cache, "rb") as handle:
-            blob = handle.read()
-    config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False)
+    if timing_cache:
+        attach_timing_cache(config, timing_cache, say)
     say(f"building {len(spec['profiles'])} profile(s), precision from the ONNX file ({spec['precision']}), "
         f"workspace {workspace_mb} MiB, TensorRT {trt.__version__}")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise SystemExit(f"TensorRT could not build a plan from {onnx_path} (see its log above)")
-    if timing_cache:
-        with open(timing_cache, "wb") as handle:
-            handle.write(bytes(config.get_timing_cache().serialize()))
     target = os.path.join(folder, spec["plan"])
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    partial = target + ".partial"
-    with open(partial, "wb") as handle:
-        handle.write(bytes(plan))
-    os.replace(partial, target)
+    write_atomically(target, bytes(plan))  # the plan first: a timing cache problem never loses it
+    if timing_cache:
+        save_timing_cache(config, timing_cache, say)
     return target
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import sys
 import threading
 from typing import Any
 
@@ -51,15 +52,36 @@ from hashee.runtime.runners.base import Runner
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
+def _driver_library_names() -> list[str]:
+    """Where the CUDA driver API is looked for, in order: the driver's own ``libcuda.so.1`` (Windows:
+    ``nvcuda.dll``) first, then ``find_library("cuda")``, which may find a toolkit stub (``stubs/libcuda.so``,
+    whose ``cuInit`` always fails) before the driver."""
+    names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1"]
+    found = ctypes.util.find_library("cuda")
+    if found and found not in names:
+        names.append(found)
+    return names
+
+
+def load_cuda_driver() -> Any:
+    """The CUDA driver library whose ``cuInit`` succeeds, or None (no driver, only a stub, or no GPU)."""
+    for name in _driver_library_names():
+        try:
+            cuda = ctypes.CDLL(name)
+        except OSError:
+            continue
+        if cuda.cuInit(0) == 0:
+            return cuda
+    return None
+
+
 def gpu_compute_capabilities() -> list[str]:
     """``"major.minor"`` of every CUDA device the driver reports (empty without a driver or GPU)."""
-    name = ctypes.util.find_library("cuda") or "libcuda.so.1"
-    try:
-        cuda = ctypes.CDLL(name)
-    except OSError:
+    cuda = load_cuda_driver()
+    if cuda is None:
         return []
     count = ctypes.c_int(0)
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+    if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
         return []
     found = []
     for index in range(count.value):

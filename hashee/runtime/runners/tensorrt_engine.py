@@ -10,6 +10,7 @@ Building plans is the exporter's job (:mod:`hashee.exporter.tensorrt_engine`).
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,29 @@ from hashee.errors import EngineError
 INSTALL_HINT = "install it with: pip install 'hashee[tensorrt]', NVIDIA's wheel, which needs an NVIDIA driver"
 
 
-def require_tensorrt() -> Any:
-    """The ``tensorrt`` module, with a CUDA GPU present; else :class:`EngineError` naming what is missing."""
-    missing = []
+def _import_tensorrt() -> tuple[Any, str | None]:
+    """``(tensorrt module, None)``, or ``(None, why not)`` when it is absent or cannot load its libraries."""
     if importlib.util.find_spec("tensorrt") is None:
-        missing.append(f"the tensorrt package is not installed ({INSTALL_HINT})")
+        return None, f"the tensorrt package is not installed ({INSTALL_HINT})"
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as exc:  # the bindings are there, libnvinfer is not (or not loadable)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, (f"the tensorrt package is installed but cannot load its libraries ({first}); TensorRT's "
+                      f"library wheels on PyPI only download from NVIDIA's index at install time: reinstall with "
+                      f"pip install 'hashee[tensorrt]' where pypi.nvidia.com is reachable, or install NVIDIA's "
+                      f"TensorRT libraries")
+    return trt, None
+
+
+def require_tensorrt() -> Any:
+    """The ``tensorrt`` module, with a CUDA GPU present; else :class:`EngineError` naming what is missing.
+
+    A ``tensorrt`` package present without its libraries (``libnvinfer``) is an :class:`EngineError`
+    too, not the raw ``ImportError``.
+    """
+    trt, problem = _import_tensorrt()
+    missing = [problem] if problem else []
     try:
         import torch
 
@@ -36,8 +55,6 @@ def require_tensorrt() -> Any:
                        "an NVIDIA GPU are needed)")
     if missing:
         raise EngineError("TensorRT engines need TensorRT and an NVIDIA GPU: " + "; ".join(missing))
-    import tensorrt as trt
-
     major = int(str(trt.__version__).split(".")[0])
     if major < 10:
         raise EngineError(f"TensorRT {trt.__version__} is too old: hashee builds strongly typed networks with "
@@ -49,8 +66,20 @@ def _logger(trt: Any) -> Any:
     return trt.Logger(trt.Logger.WARNING)
 
 
-def _logger(trt: Any) -> Any:
-    return trt.Logger(trt.Logger.WARNING)
+def torch_dtypes(trt: Any, torch: Any) -> dict[Any, Any]:
+    """TensorRT ``DataType`` -> torch dtype for the tensors an engine binds (those this TensorRT has)."""
+    pairs = (("FLOAT", "float32"), ("HALF", "float16"), ("BF16", "bfloat16"), ("INT32", "int32"),
+             ("INT64", "int64"), ("INT8", "int8"), ("UINT8", "uint8"), ("BOOL", "bool"))
+    return {getattr(trt.DataType, t): getattr(torch, d) for t, d in pairs if hasattr(trt.DataType, t)}
+
+
+@dataclass
+class DeviceBatch:
+    """One batch resident on the GPU: input and output torch CUDA tensors and its optimisation profile."""
+
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    profile: int
 
 
 class TensorRTEngine:
@@ -75,9 +104,14 @@ class TensorRTEngine:
         self.outputs = [n for n in names if n not in self.inputs]
         self.stream = torch.cuda.Stream()
         self._profile = -1
-        table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
-                 trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool, trt.DataType.INT8: torch.int8}
-        self._dtypes = {name: table[self.engine.get_tensor_dtype(name)] for name in names}  # once, not per batch
+        table = torch_dtypes(trt, torch)
+        self._dtypes = {}
+        for name in names:  # once, not per batch
+            dtype = self.engine.get_tensor_dtype(name)
+            if dtype not in table:
+                raise EngineError(f"the engine's tensor {name!r} has TensorRT type {dtype}, which hashee cannot bind "
+                                  f"(it binds {', '.join(sorted(str(k) for k in table))})")
+            self._dtypes[name] = table[dtype]
 
     def _dtype(self, name: str) -> Any:
         return self._dtypes[name]
@@ -96,12 +130,24 @@ class TensorRTEngine:
         raise EngineError(f"no optimisation profile of the engine accepts input shapes {shapes}; rebuild with a "
                           f"--profile that covers them")
 
-    def infer(self, feed: dict[str, np.ndarray], profile: int | None = None) -> dict[str, np.ndarray]:
-        """Run one batch; returns every output as a numpy array.
+    def _use_profile(self, profile: int) -> None:
+        if profile != self._profile:
+            if not self.context.set_optimization_profile_async(profile, self.stream.cuda_stream):
+                raise EngineError(f"TensorRT refused to switch the execution context to optimisation profile {profile}")
+            self._profile = profile
 
-        ``profile`` is the optimisation profile to run under (default: :meth:`pick_profile`).  Not
-        thread-safe: one execution context serves one call at a time (the runtime's TensorRT runner
-        holds a lock around it).
+    def _set_shapes(self, batch: DeviceBatch) -> None:
+        self._use_profile(batch.profile)
+        for name, tensor in batch.inputs.items():
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                raise EngineError(f"TensorRT refused shape {tuple(tensor.shape)} for input {name!r} under "
+                                  f"optimisation profile {batch.profile}; rebuild with a --profile that covers it")
+            self.context.set_tensor_address(name, tensor.data_ptr())
+
+    def prepare(self, feed: dict[str, np.ndarray], profile: int | None = None) -> DeviceBatch:
+        """Copy ``feed`` to the GPU once and allocate its outputs there: a batch :meth:`execute` can rerun.
+
+        ``profile`` is the optimisation profile to run under (default: :meth:`pick_profile`).
         """
         torch = self._torch
         missing = [n for n in self.inputs if n not in feed]
@@ -112,29 +158,40 @@ class TensorRTEngine:
         elif not 0 <= profile < self.engine.num_optimization_profiles:
             raise EngineError(f"profile {profile} does not exist: the engine has "
                               f"{self.engine.num_optimization_profiles} optimisation profile(s)")
-        if profile != self._profile:
-            self.context.set_optimization_profile_async(profile, self.stream.cuda_stream)
-            self._profile = profile
-        keep = []
         with torch.cuda.stream(self.stream):
-            for name in self.inputs:
-                tensor = torch.as_tensor(np.ascontiguousarray(feed[name])).to("cuda", self._dtype(name),
-                                                                               non_blocking=False).contiguous()
-                keep.append(tensor)
-                if not self.context.set_input_shape(name, tuple(tensor.shape)):
-                    raise EngineError(f"TensorRT refused shape {tuple(tensor.shape)} for input {name!r} under "
-                                      f"optimisation profile {profile}; rebuild with a --profile that covers it")
-                self.context.set_tensor_address(name, tensor.data_ptr())
-            results = {}
+            inputs = {name: torch.as_tensor(np.ascontiguousarray(feed[name])).to("cuda", self._dtype(name))
+                      .contiguous() for name in self.inputs}
+            batch = DeviceBatch(inputs, {}, profile)
+            self._set_shapes(batch)
             for name in self.outputs:
                 shape = tuple(self.context.get_tensor_shape(name))
-                results[name] = torch.empty(shape, dtype=self._dtype(name), device="cuda")
-                self.context.set_tensor_address(name, results[name].data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise EngineError("TensorRT failed to execute the engine")
+                batch.outputs[name] = torch.empty(shape, dtype=self._dtype(name), device="cuda")
+        return batch
+
+    def execute(self, batch: DeviceBatch) -> None:
+        """Enqueue one run of a :meth:`prepare`-d batch on the engine's stream (no copies, no sync)."""
+        self._set_shapes(batch)
+        for name, tensor in batch.outputs.items():
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise EngineError("TensorRT failed to execute the engine")
+
+    def synchronize(self) -> None:
+        """Wait for the work enqueued on the engine's stream."""
         self.stream.synchronize()
+
+    def infer(self, feed: dict[str, np.ndarray], profile: int | None = None) -> dict[str, np.ndarray]:
+        """Run one batch; returns every output as a numpy array.
+
+        ``profile`` is the optimisation profile to run under (default: :meth:`pick_profile`).  Not
+        thread-safe: one execution context serves one call at a time (the runtime's TensorRT runner
+        holds a lock around it).
+        """
+        batch = self.prepare(feed, profile)
+        self.execute(batch)
+        self.synchronize()
         return {name: out.float().cpu().numpy() if out.is_floating_point() else out.cpu().numpy()
-                for name, out in results.items()}
+                for name, out in batch.outputs.items()}
 
     def profile_ranges(self, name: str) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         """``(min shape, max shape)`` of input ``name`` under each optimisation profile."""
