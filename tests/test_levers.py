@@ -344,3 +344,17 @@ def test_train_with_a_curriculum_trains_with_it(tiny_classifier, sst2_sentences,
         last_layer = float(model(**batch, exit_layers=torch.full_like(batch["input_ids"], 3)).loss)
         routed = float(model(**batch).loss)
     assert first == pytest.approx(last_layer, rel=1e-6) and abs(routed - last_layer) > 1e-6
+
+
+def test_a_mean_pooled_run_is_never_exported_as_a_cls_dense_baseline(tiny_classifier, sst2_sentences, tmp_path):
+    from hashee.errors import ExportError
+    from hashee.exporter import export
+    from hashee.training import train
+
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in sst2_sentences[:24]))
+    train(tiny_classifier, train_file=data, pooling="mean", max_steps=1, batch_size=8, progress=False,
+          output_dir=tmp_path / "run")
+    with pytest.raises(ExportError, match="reads \\[CLS\\]"):
+        export(tmp_path / "run", tmp_path / "dense", dense=True, progress=False)
+    assert not (tmp_path / "dense").exists() or not any((tmp_path / "dense").iterdir())

@@ -47,6 +47,11 @@ def export_dense(run_dir: Path, output: Path, config: dict[str, Any], opset: int
                           f"{MAX_OPSET['onnxruntime']}")
     say(f"loading {run_dir}")
     model, tokenizer, kind = load_run(run_dir, device="cpu")
+    if kind == "hashee" and getattr(model.config, "pooling", "cls") != "cls":
+        raise ExportError(f"{run_dir} reads the {model.config.pooling} of the token states, which the Hugging Face "
+                          f"classifier Optimum exports cannot do (it reads [CLS]); export it without --dense (every "
+                          f"token at the last layer is a dense run of this model: hashee train --dense --pooling "
+                          f"{model.config.pooling})")
     dense = model.dense if kind == "hashee" else model
     dense.config.problem_type = dense.config.problem_type or model.config.problem_type
     max_length = resolve_max_length(max_length, dense.config, tokenizer)
