@@ -93,22 +93,11 @@ def test_a_row_of_only_padding_changes_nothing_else(tiny_bundles, references, na
 
 
 # ---------------------------------------------------------------------------------------- exactly max length
-@pytest.fixture(scope="module")
-def family_bundles(tmp_path_factory):
-    """One bundle per family at its default (largest) max length."""
-    root = tmp_path_factory.mktemp("max-length")
-    out = {}
-    for family in FAMILIES:
-        run = tiny_run(root / f"run-{family}", family, seed=4)
-        export(run, root / family, progress=False)
-        out[family] = (run, root / family)
-    return out
-
-
 @pytest.mark.parametrize("family", FAMILIES)
-def test_an_input_of_exactly_the_max_length(family_bundles, family):
+def test_an_input_of_exactly_the_max_length(family, tmp_path):
     """The longest input the bundle takes runs and matches PyTorch (RoBERTa: positions start at pad + 1)."""
-    run, bundle = family_bundles[family]
+    run, bundle = tiny_run(tmp_path / "run", family, seed=4), tmp_path / "bundle"
+    export(run, bundle, progress=False)  # the default max length: the largest the model allows
     model, tokenizer = load_run(run, device="cpu")[:2]
     positions = model.dense.config.max_position_embeddings
     with Session.load(bundle, backend="onnxruntime") as session:
