@@ -35,6 +35,7 @@ class Fault:
     edits: list[tuple[str, str]]  # (exact source text, replacement); each text must occur in the package
     tests: list[str]  # pytest node ids / files relative to the repository root, plus "-k" expressions
     note: str = ""
+    alternatives: list[list[tuple[str, str]]] = field(default_factory=list)  # the same fault in other versions
     caught_by: list[str] = field(default_factory=list)
 
 
@@ -73,7 +74,9 @@ FAULTS = [
     Fault("early exit ignored (runtime exit masks)",
           [("exits = table[input_ids] * (attention_mask != 0)",
             "exits = np.full_like(input_ids, num_layers) * (attention_mask != 0)")],
-          ["tests/test_runtime.py::test_predict_matches_the_pytorch_reference", "tests/test_active_work.py"]),
+          ["tests/test_runtime.py::test_predict_matches_the_pytorch_reference", "tests/test_active_work.py"],
+          alternatives=[[("return layer_masks(np.asarray(table)[np.asarray(input_ids)], attention_mask, num_layers)",
+                          "return layer_masks(np.full(np.shape(input_ids), num_layers), attention_mask, num_layers)")]]),
     Fault("scatter to the wrong rows (PyTorch model)",
           [("(0, rows, updated)", "(0, rows.flip(0), updated)")],
           [MODELING_ORACLE]),
@@ -88,7 +91,8 @@ FAULTS = [
           note="the export/oracle tests pass: only the work test can see it"),
     Fault("RoBERTa position offset removed from the max length",
           [("positions -= int(config.pad_token_id) + 1", "positions -= 0")],
-          ["tests/test_edge_cases.py::test_an_input_of_exactly_the_max_length"]),
+          ["tests/test_edge_cases.py::test_an_input_of_exactly_the_max_length"],
+          alternatives=[[('positions -= int(getattr(config, "pad_token_id", 1) or 0) + 1', "positions -= 0")]]),
     Fault("predictions reversed in hashee infer",
           [("results = self.session.predict(items, batch_size=self.batch_size)",
             "results = self.session.predict(items, batch_size=self.batch_size)[::-1]")],
@@ -116,14 +120,20 @@ def copy_tree(work: Path) -> Path:
 
 
 def plant(root: Path, fault: Fault) -> list[str]:
-    """Apply the fault's edits in the copy; returns the files changed.  Every text must be found."""
+    """Apply the fault's edits in the copy; returns the files changed.
+
+    The first edit set (``edits``, then each of ``alternatives``) whose texts all occur is applied.
+    """
     sources = sorted((root / "hashee").rglob("*.py"))
+    texts = {path: path.read_text() for path in sources}
+    edits = next((e for e in [fault.edits, *fault.alternatives]
+                  if all(any(old in t for t in texts.values()) for old, _ in e)), None)
+    if edits is None:
+        raise SystemExit(f"planted_faults: {fault.name!r}: its source text occurs nowhere in the package; update "
+                         f"the fault to the current source")
     changed = []
-    for old, new in fault.edits:
+    for old, new in edits:
         hits = [path for path in sources if old in path.read_text()]
-        if not hits:
-            raise SystemExit(f"planted_faults: {fault.name!r}: {old!r} occurs nowhere in the package; update the "
-                             f"fault to the current source")
         for path in hits:
             path.write_text(path.read_text().replace(old, new))
             changed.append(str(path.relative_to(root)))
@@ -137,7 +147,8 @@ def run_tests(root: Path, tests: list[str], work: Path, extra: tuple[str, ...] =
     command = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-W", "ignore", *extra,
                f"--basetemp={work / 'pytest'}", *tests]
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1800)
-    failed = sorted({m.group(2) for m in re.finditer(r"^(FAILED|ERROR) (\S+)", done.stdout, re.MULTILINE)})
+    found = re.finditer(r"^(FAILED|ERROR) (.+?)(?: - .*)?$", done.stdout, re.MULTILINE)
+    failed = sorted({m.group(2) for m in found})
     return done.returncode, failed, (done.stdout + done.stderr)[-3000:]
 
 
