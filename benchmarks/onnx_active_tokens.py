@@ -59,7 +59,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from hashee.data import load_examples
-    from hashee.exporter import read_bundle
+    from hashee.bundle import read_bundle
+    from hashee.exit_table import layer_masks
     from hashee.flops import EncoderDims, batch_flops
 
     bundle = Path(args.bundle)
@@ -92,7 +93,7 @@ def main() -> None:
     print(f"{'masks':<34} {'active':>7} {'GFLOPs':>8} {'ms':>8} {'time vs all':>11} {'FLOPs vs all':>12}")
     base_ms = base_flops = None
     for name, exits in cases.items():
-        feed["exit_masks"] = np.stack([exits >= layer for layer in range(1, num_layers + 1)])
+        feed["exit_masks"] = layer_masks(exits, feed["attention_mask"], num_layers)
         ms = 1000 * _time(session, feed, args.repeats)
         report = batch_flops(exits, dims)
         base_ms, base_flops = base_ms or ms, base_flops or report.hashee_flops

@@ -70,7 +70,7 @@ def main() -> None:
     from hashee.bench.configs import resolve_data
     from hashee.data import load_examples
     from hashee.runtime.batching import active_profile, exit_masks, pad, plan_batches
-    from hashee.runtime.bundle import open_bundle
+    from hashee.bundle import open_bundle
     from hashee.runtime.inputs import TextEncoder, normalize_texts
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

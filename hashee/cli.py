@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 from hashee import __version__
 from hashee.errors import HasheeError
+from hashee.extras import require_command
 
 HASH_KINDS = ("random", "random-incons", "frequency", "mi", "cluster")
 
@@ -481,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        require_command(args.command)
         return handler(args)
     except HasheeError as exc:
         print(f"hashee {args.command}: error: {exc}", file=sys.stderr)

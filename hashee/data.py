@@ -105,6 +105,30 @@ class Examples:
         return np.asarray([label2id[name] for name in self.labels], dtype=np.int64)
 
 
+def detect_columns(names: Sequence[str], text: str | None = None, pair: str | None = None,
+                   guess_pair: bool = False) -> tuple[str | None, str | None]:
+    """The text and pair columns among header (or field) ``names``, matched case-insensitively: the column
+    detection every reader shares (training data, ``predict --input``, ``infer``).
+
+    ``text``/``pair`` are columns the user named (kept).  Without ``text``: the first pair schema whose two
+    names are present (``sentence1``/``sentence2``, ``premise``/``hypothesis``, ...; it must agree with a
+    named ``pair``), else the first text name, with a known second-text column beside it.  With ``text``
+    named, a pair is guessed only when ``guess_pair``.  Returns ``(text or None, pair or None)``.
+    """
+    lowered: dict[str, str] = {}
+    for name in names:
+        lowered.setdefault(str(name).strip().lower(), name)
+    guessed = text is None
+    if text is None:
+        for first, second in PAIR_SCHEMAS:
+            if first in lowered and second in lowered and pair in (None, lowered[second]):
+                return lowered[first], lowered[second]
+        text = next((lowered[c] for c in TEXT_CANDIDATES if c in lowered), None)
+    if pair is None and text is not None and (guessed or guess_pair):
+        pair = next((lowered[c] for c in PAIR_CANDIDATES if c in lowered and lowered[c] != text), None)
+    return text, pair
+
+
 def label_mapping(label_names: Sequence[str]) -> tuple[dict[int, str], dict[str, int]]:
     """``(id2label, label2id)`` for sorted label names, as stored on a model's config."""
     id2label = {i: str(name) for i, name in enumerate(label_names)}
@@ -267,15 +291,7 @@ def _resolve_columns(path: Path, header: list[str] | None, flags: dict, json_fie
                             f"{'first record has the fields' if json_fields else 'header (first row) has'} "
                             f"{header}{hint}")
     if columns["text"] is None:
-        for first, second in PAIR_SCHEMAS:
-            if first in lowered and second in lowered and columns["pair"] in (None, lowered[second]):
-                columns["text"], columns["pair"] = lowered[first], lowered[second]
-                break
-        else:
-            columns["text"] = next((lowered[c] for c in TEXT_CANDIDATES if c in lowered), None)
-            if columns["pair"] is None and columns["text"] is not None:
-                columns["pair"] = next((lowered[c] for c in PAIR_CANDIDATES if c in lowered
-                                        and lowered[c] != columns["text"]), None)
+        columns["text"], columns["pair"] = detect_columns(header, None, columns["pair"])
     if columns["text"] is None:
         raise DataError(f"{path}: cannot tell which column holds the text (header: {header}); {_FLAG_HINT}")
     if columns["label"] is None:

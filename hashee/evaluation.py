@@ -20,6 +20,7 @@ from hashee.data import TokenizedDataset, load_examples, tokenize_examples
 from hashee.errors import BackboneError, DataError, ExitTableError, HasheeError, TrainConfigError
 from hashee.exit_table import ExitTable
 from hashee.flops import EncoderDims, FlopsReport, batch_flops
+from hashee.lengths import max_length_limit
 from hashee.metrics import compute_metrics
 
 TRAIN_META = "hashee_train.json"
@@ -70,11 +71,8 @@ def _check_number(name: str, value: Any, low: float, high: float | None = None, 
 
 
 def _max_length_limit(tokenizer: Any, config: Any) -> int | None:
-    limits = [int(tokenizer.model_max_length)] if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000 else []
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions:
-        limits.append(int(positions))
-    return min(limits) if limits else None
+    """The core max-length rule (:func:`hashee.lengths.max_length_limit`), in this module's argument order."""
+    return max_length_limit(config, tokenizer)
 
 
 def _device(device: Any = None) -> Any:

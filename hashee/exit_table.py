@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from hashee.errors import ExitTableError
+from hashee.jsonio import read_json
 
 TABLE_FILE = "exit_table.npy"
 META_FILE = "exit_table.json"
@@ -115,10 +116,7 @@ class ExitTable:
         for path in (table_path, meta_path):
             if not path.is_file():
                 raise ExitTableError(f"{path} is missing; an exit table folder holds {TABLE_FILE} and {META_FILE}")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ExitTableError(f"{meta_path} is not valid JSON ({exc}); re-save the table") from exc
+        meta = read_json(meta_path, ExitTableError, "re-save the table")
         version = meta.get("format_version", FORMAT_VERSION)
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ExitTableError(
@@ -154,3 +152,15 @@ class ExitTable:
                 and self.metadata == other.metadata and np.array_equal(self.layers, other.layers))
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def layer_masks(exit_layers: Any, attention_mask: Any, num_layers: int) -> np.ndarray:
+    """The exit-mask rule: bool ``[L, batch, seq]`` whose row ``l-1`` marks the real (non-padding) tokens
+    whose exit layer is ``>= l``.  ``exit_layers`` is int ``[batch, seq]``; every stage builds masks here."""
+    exits = np.asarray(exit_layers) * (np.asarray(attention_mask) != 0)
+    return exits[None, :, :] >= np.arange(1, int(num_layers) + 1, dtype=exits.dtype)[:, None, None]
+
+
+def exit_masks(input_ids: Any, attention_mask: Any, table: np.ndarray, num_layers: int) -> np.ndarray:
+    """:func:`layer_masks` of the exit layers the table gives each token id (``table[input_ids]``)."""
+    return layer_masks(np.asarray(table)[np.asarray(input_ids)], attention_mask, num_layers)

@@ -16,7 +16,7 @@ from export_helpers import tiny_run  # noqa: E402
 from tiny import FAMILIES  # noqa: E402
 
 from hashee.exporter import export, read_bundle, tensorrt_violations  # noqa: E402
-from hashee.exporter.bundle import sha256_file  # noqa: E402
+from hashee.bundle import sha256_file  # noqa: E402
 from hashee.modeling import HashEEForSequenceClassification  # noqa: E402
 from hashee.modeling.oracle import masked_oracle  # noqa: E402
 

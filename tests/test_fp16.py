@@ -19,7 +19,7 @@ from hashee.calibration.feeds import BundleFeeder  # noqa: E402
 from hashee.calibration.fp16 import FP16_FILE, add_fp16  # noqa: E402
 from hashee.cli import main  # noqa: E402
 from hashee.exporter import export, read_bundle, tensorrt_violations  # noqa: E402
-from hashee.exporter.bundle import sha256_file  # noqa: E402
+from hashee.bundle import sha256_file  # noqa: E402
 from hashee.exporter.validate import ort_session, sample_texts  # noqa: E402
 from hashee.modeling import HashEEForSequenceClassification  # noqa: E402
 

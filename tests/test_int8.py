@@ -22,7 +22,7 @@ from hashee.calibration.int8 import INT8_FILE, RANGES_FILE, calibrate_bundle, co
 from hashee.cli import main  # noqa: E402
 from hashee.errors import CalibrationError  # noqa: E402
 from hashee.exporter import export, read_bundle, tensorrt_violations  # noqa: E402
-from hashee.exporter.bundle import sha256_file  # noqa: E402
+from hashee.bundle import sha256_file  # noqa: E402
 from hashee.exporter.validate import ort_session, sample_texts  # noqa: E402
 from hashee.modeling import HashEEForSequenceClassification  # noqa: E402
 from hashee.samples import SST2_DEV, SST2_TRAIN  # noqa: E402

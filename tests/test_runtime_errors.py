@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from hashee.errors import BackendError, BundleError, ExitTableError, HasheeError, InputError  # noqa: E402
-from hashee.exporter.bundle import sha256_file  # noqa: E402
+from hashee.bundle import sha256_file  # noqa: E402
 from hashee.runtime import Session  # noqa: E402
 
 

@@ -87,7 +87,7 @@ def engines(bundle, tmp_path_factory):
     """A copy of the bundle holding exactly one fp32 and one fp16 engine (built here, max batch 16)."""
     import shutil
 
-    from hashee.exporter.bundle import read_bundle, update_bundle
+    from hashee.bundle import read_bundle, update_bundle
     from hashee.exporter.tensorrt_engine import build_engine
 
     folder = tmp_path_factory.mktemp("trt-session") / "bundle"
@@ -173,7 +173,7 @@ def test_an_engine_listed_for_another_gpu_is_refused(engines, tmp_path):
     import torch
 
     from hashee.errors import BackendError
-    from hashee.exporter.bundle import read_bundle, update_bundle
+    from hashee.bundle import read_bundle, update_bundle
     from hashee.runtime import Session
 
     folder = tmp_path / "bundle"

@@ -18,7 +18,7 @@ pytest.importorskip("onnxruntime")
 
 from hashee.cli import main  # noqa: E402
 from hashee.errors import BackendError, EngineError, ProfileError  # noqa: E402
-from hashee.exporter.bundle import read_bundle, update_bundle  # noqa: E402
+from hashee.bundle import read_bundle, update_bundle  # noqa: E402
 from hashee.exporter.tensorrt_engine import (  # noqa: E402
     Profile,
     engine_file_name,

@@ -134,7 +134,7 @@ def test_validate_notices_a_drifted_exit_table(run, bundle, tmp_path):
     with pytest.raises(BundleError, match="sha256"):
         read_bundle(copy)
     meta = json.loads((copy / "hashee.json").read_text())
-    from hashee.exporter.bundle import sha256_file
+    from hashee.bundle import sha256_file
 
     meta["files"]["exit_table.npy"] = sha256_file(copy / "exit_table.npy")
     (copy / "hashee.json").write_text(json.dumps(meta))

@@ -24,7 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from hashee.errors import BundleError, DataError, HasheeError, InputError
+from hashee import __version__
+from hashee.bench.configs import resolve_data
+from hashee.bench.report import write_markdown, write_plot
+from hashee.bundle import MODEL_FILE, open_bundle, tokenizer_config, write_meta
+from hashee.data import load_examples
+from hashee.errors import BackendError, BundleError, DataError, HasheeError, InputError
+from hashee.flops import EncoderDims, batch_flops
+from hashee.runtime.batching import active_profile, plan_batches
+from hashee.runtime.inputs import TextEncoder, normalize_texts
+from hashee.runtime.runners.tensorrt import TensorRTRunner
+from hashee.runtime.session import _special
 
 RUNTIMES = ("torch", "onnxruntime", "tensorrt")
 RUNTIME_LABELS = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
@@ -97,8 +107,6 @@ def resolve_dense(dense: str | Path | None, hashee_bundle: Any, output: Path, sa
     if dense is not None:
         path = Path(dense)
         if (path / "hashee.json").is_file():
-            from hashee.runtime.bundle import open_bundle
-
             if open_bundle(path, verify=False).kind != "dense":
                 raise BundleError(f"--dense {path} is a HashEE bundle; pass a dense bundle (hashee export --dense) "
                                   f"or a run folder")
@@ -114,8 +122,6 @@ def resolve_dense(dense: str | Path | None, hashee_bundle: Any, output: Path, sa
         origin = f"Optimum export of the HashEE model's own weights without early exit ({run})"
     target = output / "work" / "dense-bundle"
     try:  # reuse an export of the same run from an earlier bench into this folder
-        from hashee.runtime.bundle import open_bundle
-
         previous = open_bundle(target)
         if previous.meta.get("source", {}).get("run_dir") == str(run.absolute()) and previous.reference_dir \
                 and previous.max_length == hashee_bundle.max_length:
@@ -136,9 +142,6 @@ def optimize_dense(bundle_dir: Path, output: Path, say: Callable[[str], None]) -
     GELU and bias fusions), applied with ``onnxruntime.transformers.optimizer``.  Falls back to the
     plain export (with the reason) where the optimizer fails.
     """
-    from hashee.exporter.bundle import MODEL_FILE, write_meta
-    from hashee.runtime.bundle import open_bundle
-
     bundle = open_bundle(bundle_dir)
     backbone = bundle.meta["backbone"]
     model_type = ORT_MODEL_TYPES.get(backbone.get("family"))
@@ -171,10 +174,6 @@ def optimize_dense(bundle_dir: Path, output: Path, say: Callable[[str], None]) -
 
 def tensorrt_refusal(bundle_dir: Path, device: str | None, threads: int | None) -> str | None:
     """Why the TensorRT runner cannot run ``bundle_dir`` here (checked without starting a worker), or None."""
-    from hashee.errors import BackendError
-    from hashee.runtime.bundle import open_bundle
-    from hashee.runtime.runners.tensorrt import TensorRTRunner
-
     try:
         TensorRTRunner(open_bundle(bundle_dir, verify=False), device, threads)
     except BackendError as exc:
@@ -257,8 +256,6 @@ def data_statistics(encoded: Any, table: Any, layers: int, dims: Any, plans: dic
     """Token counts, analytic FLOPs on the data, and the padding of each batch size's plan."""
     import numpy as np
 
-    from hashee.flops import batch_flops
-
     lengths = encoded.lengths
     flops = batch_flops([table[ids] for ids in encoded.ids], dims)
     padding = {}
@@ -312,16 +309,6 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
     short and long inputs stay represented); accuracy and parity always cover every example.
     """
     import multiprocessing
-
-    from hashee import __version__
-    from hashee.bench.configs import resolve_data
-    from hashee.bench.report import write_markdown, write_plot
-    from hashee.data import load_examples
-    from hashee.flops import EncoderDims
-    from hashee.runtime.batching import active_profile, plan_batches
-    from hashee.runtime.bundle import open_bundle, tokenizer_config
-    from hashee.runtime.inputs import TextEncoder, normalize_texts
-    from hashee.runtime.session import _special
 
     say = _say(progress)
     started = time.time()

@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hashee.calibration.budget import calibrate_budget, texts_flops
+from hashee.calibration.exit_tables import build_exit_table
+from hashee.data import load_examples
 from hashee.errors import BackboneError, HashConfigError
+from hashee.flops import EncoderDims
 
 
 def _load_tokenizer(path: str | Path) -> Any:
@@ -31,8 +35,6 @@ def _input_embeddings(model_path: str | Path) -> Any:
 
 def _dims_for(path: str | Path, num_layers: int) -> Any:
     """FLOPs sizes of the model in ``path`` when it has a config, else MiniLM sizes with L layers."""
-    from hashee.flops import EncoderDims
-
     if (Path(path) / "config.json").is_file():
         from transformers import AutoConfig
 
@@ -48,9 +50,6 @@ def run_hash_command(tokenizer_path: str | Path, data: str | Path | None, kind: 
                      max_length: int = 128, text_column: Any = None, pair_column: Any = None,
                      label_column: Any = None) -> str:
     """Build the table, save it to ``output_dir`` and return a short human-readable report."""
-    from hashee.calibration import build_exit_table, calibrate_budget
-    from hashee.calibration.budget import texts_flops
-
     if target_speedup is not None and kind != "frequency":
         raise HashConfigError(f"--target-speedup calibrates frequency buckets; it cannot be used with --kind {kind}")
     if data is None and (kind in ("frequency", "mi") or target_speedup is not None):
@@ -58,8 +57,6 @@ def run_hash_command(tokenizer_path: str | Path, data: str | Path | None, kind: 
     tokenizer = _load_tokenizer(tokenizer_path)
     examples = None
     if data is not None:
-        from hashee.data import load_examples
-
         examples = load_examples(data, text_column, pair_column, label_column)
     texts = examples.inputs() if examples is not None else None
     dims = _dims_for(model_path or tokenizer_path, num_layers)

@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from hashee.bundle import FP16_FILE, MODEL_FILE, read_bundle, replace_precision_file
+from hashee.calibration.feeds import BundleFeeder
 from hashee.errors import ExportError, ValidationError
 
-FP16_FILE = "model.fp16.onnx"
+__all__ = ["FP16_FILE", "add_fp16", "build_fp16", "convert_fp16", "inline_functions"]
 EXTRA_BLOCKED_OPS = ["LayerNormalization", "Softmax", "ReduceSum", "ReduceMax", "ReduceMean", "ReduceMin",
                      "NonZero", "MultiHeadAttention", "SkipLayerNormalization", "Gelu", "FastGelu"]
 # logits of an fp16 graph vs the fp32 graph: absolute, scaled by max(1, largest |fp32 logit|)
@@ -164,28 +166,28 @@ class PrecisionReport:
 
 def compare_to_fp32(fp32_file: Path, other_file: Path, feeder: Any, precision: str, tolerance: float,
                     min_agreement: float) -> PrecisionReport:
-    """Run the exporter's validation cases through both files; raise when they disagree.
+    """Run the exporter's validation cases through both files, each on a runtime Session; raise when they disagree.
 
     The check on |difference| is relative to the logits' scale (``tolerance * max(1, max |logit|)``)
     because fp16 keeps about three significant digits; labels must agree on at least ``min_agreement``
     of the real-text rows (classification only).
     """
-    from hashee.exporter.validate import ort_session
-
-    reference, candidate = ort_session(fp32_file), ort_session(other_file)
+    reference, candidate = feeder.session_for(fp32_file), feeder.session_for(other_file)
     cases: dict[str, float] = {}
     agree = total = 0
     worst_excess = 0.0
     classification = feeder.meta.get("task", {}).get("problem_type") != "regression"
     for name, feed in feeder.edge_feeds():
-        (ref,) = reference.run(["logits"], feed)
-        (out,) = candidate.run(["logits"], feed)
+        ref = reference.run(**feed)["logits"]
+        out = candidate.run(**feed)["logits"]
         diff = float(np.max(np.abs(out.astype(np.float64) - ref), initial=0.0))
         cases[name] = diff
         worst_excess = max(worst_excess, diff / (tolerance * max(1.0, float(np.max(np.abs(ref), initial=0.0)))))
         if classification and name in ("text, padded batch of mixed lengths", "sentence pairs", "batch of 1"):
             agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
             total += len(ref)
+    reference.close()
+    candidate.close()
     agreement = agree / total if classification and total else None
     report = PrecisionReport(precision, max(cases.values()), agreement, tolerance, total, cases)
     if worst_excess > 1.0:
@@ -204,9 +206,6 @@ def build_fp16(folder: Path, meta: dict[str, Any], output: Path) -> dict[str, An
     ONNX checker's full check or disagrees with the fp32 graph.
     """
     import onnx
-
-    from hashee.calibration.feeds import BundleFeeder
-    from hashee.exporter.bundle import MODEL_FILE
 
     folder, output = Path(folder), Path(output)
     converted, info = convert_fp16(onnx.load(str(folder / MODEL_FILE)))
@@ -235,18 +234,11 @@ def add_fp16(bundle: str | Path) -> dict[str, Any]:
     import shutil
     import tempfile
 
-    from hashee.exporter.bundle import read_bundle, update_bundle
-
     bundle = Path(bundle)
     meta = read_bundle(bundle)
     scratch = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.fp16-", dir=bundle.absolute().parent))
     try:
         entry = build_fp16(bundle, meta, scratch / FP16_FILE)
-        precisions = {**meta.get("precisions", {}), "fp16": entry}
-        # engines built from an older fp16 file no longer match it
-        engines = [e for e in meta.get("engines", []) if e.get("precision") != "fp16"]
-        stale = tuple(e["file"] for e in meta.get("engines", []) if e.get("precision") == "fp16")
-        return update_bundle(bundle, {FP16_FILE: scratch / FP16_FILE}, {"precisions": precisions, "engines": engines or None},
-                             remove=stale)
+        return replace_precision_file(bundle, "fp16", {FP16_FILE: scratch / FP16_FILE}, entry)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -32,10 +32,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from hashee.bundle import INT8_FILE, MODEL_FILE, RANGES_FILE, read_bundle, replace_precision_file, sha256_file
+from hashee.calibration.feeds import BundleFeeder, read_texts
+from hashee.calibration.fp16 import inline_functions
 from hashee.errors import CalibrationError
 
-INT8_FILE = "model.int8.onnx"
-RANGES_FILE = "calibration/int8_ranges.json"
+__all__ = ["INT8_FILE", "METHODS", "RANGES_FILE", "calibrate_bundle", "keep_float_readers", "quantize_int8"]
 METHODS = ("minmax", "entropy", "percentile")
 PERCENTILE = 99.999
 CALIBRATION_BATCH = 16
@@ -84,8 +86,6 @@ def quantize_int8(fp32_file: Path, output: Path, feeder: Any, data: Any | None, 
     """Write the Q/DQ model to ``output``; calibrate on ``data`` unless ``ranges_file`` exists."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from hashee.calibration.fp16 import inline_functions
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -158,15 +158,13 @@ class Comparison:
 def compare_files(fp32_file: Path, other_file: Path, feeder: Any, data: Any, batch_size: int = 32,
                   timing_repeats: int = 1, name: str = "int8") -> Comparison:
     """Accuracy, label agreement, max |difference| and ORT CPU samples/s (length-sorted batches)."""
-    from hashee.exporter.validate import ort_session
-
-    sessions = {"fp32": ort_session(fp32_file), "other": ort_session(other_file)}
+    sessions = {"fp32": feeder.session_for(fp32_file), "other": feeder.session_for(other_file)}
     batches = list(feeder.batches(data, batch_size, sort=True))
     preds = {name: np.zeros(len(data), dtype=np.int64) for name in sessions}
     worst = 0.0
     for rows, feed in batches:
-        (ref,) = sessions["fp32"].run(["logits"], feed)
-        (out,) = sessions["other"].run(["logits"], feed)
+        ref = sessions["fp32"].run(**feed)["logits"]
+        out = sessions["other"].run(**feed)["logits"]
         preds["fp32"][rows], preds["other"][rows] = ref.argmax(-1), out.argmax(-1)
         worst = max(worst, float(np.max(np.abs(out - ref))))
     speed: dict[str, float] = {}
@@ -174,7 +172,7 @@ def compare_files(fp32_file: Path, other_file: Path, feeder: Any, data: Any, bat
         for key, session in sessions.items():
             start = time.perf_counter()
             for _, feed in batches:
-                session.run(["logits"], feed)
+                session.run(**feed)
             speed[key] = max(speed.get(key, 0.0), len(data) / (time.perf_counter() - start))
     gold = data.labels
     accuracy = (lambda p: None) if gold is None else (lambda p: float((p == gold).mean()))
@@ -233,9 +231,6 @@ def calibrate_bundle(bundle: str | Path, data_file: str | Path, method: str = "m
     """
     import sys
 
-    from hashee.calibration.feeds import BundleFeeder, read_texts
-    from hashee.exporter.bundle import MODEL_FILE, read_bundle, sha256_file, update_bundle
-
     started = time.perf_counter()
 
     def say(message: str) -> None:
@@ -287,11 +282,7 @@ def calibrate_bundle(bundle: str | Path, data_file: str | Path, method: str = "m
             check = read_texts(eval_data, meta, eval_samples)
             entry["evaluation"] = {"data": str(eval_data.absolute()),
                                    **compare_files(bundle / MODEL_FILE, scratch / INT8_FILE, feeder, check).to_meta()}
-        precisions = {**meta.get("precisions", {}), "int8": entry}
-        stale = tuple(e["file"] for e in meta.get("engines", []) if e.get("precision") == "int8")
-        engines = [e for e in meta.get("engines", []) if e.get("precision") != "int8"]
-        update_bundle(bundle, {INT8_FILE: scratch / INT8_FILE, RANGES_FILE: ranges},
-                      {"precisions": precisions, "engines": engines or None}, remove=stale)
+        replace_precision_file(bundle, "int8", {INT8_FILE: scratch / INT8_FILE, RANGES_FILE: ranges}, entry)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return CalibrationResult(bundle, entry, reuse, time.perf_counter() - started)

@@ -11,7 +11,7 @@ Public API::
 Heavy libraries (onnx, onnxruntime, optimum, torch) are imported inside the functions that use them.
 """
 
-from hashee.exporter.bundle import FORMAT_VERSION, read_bundle
+from hashee.bundle import FORMAT_VERSION, read_bundle  # the format lives in the core; kept here for callers
 from hashee.exporter.export import ExportResult, export
 from hashee.exporter.targets import TARGETS, tensorrt_violations
 from hashee.exporter.validate import BundleValidation, validate_bundle

@@ -15,8 +15,23 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from hashee.bundle import MODEL_FILE, TOKENIZER_DIR, bundle_view, staged_folder, write_meta
 from hashee.errors import ExportError
-from hashee.exporter.bundle import MODEL_FILE, TOKENIZER_DIR, staged_folder, write_meta
+from hashee.exporter.manifest import ExportResult, bundle_meta, resolve_max_length, save_reference, validation_entry
+from hashee.exporter.targets import MAX_OPSET, MIN_OPSET
+from hashee.exporter.validate import check_export
+
+
+def graph_io(values: Any) -> list[dict[str, Any]]:
+    """``[{"name", "dtype", "shape"}]`` of ONNX graph inputs or outputs (symbolic dims by name)."""
+    from onnx import helper
+
+    out = []
+    for value in values:
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        out.append({"name": value.name, "dtype": helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name,
+                    "shape": dims})
+    return out
 
 
 def export_dense(run_dir: Path, output: Path, config: dict[str, Any], opset: int, max_length: int | None,
@@ -25,12 +40,7 @@ def export_dense(run_dir: Path, output: Path, config: dict[str, Any], opset: int
     import onnx
     from optimum.exporters.onnx import main_export
 
-    from hashee import __version__
-    from hashee.evaluation import load_run
-    from hashee.exporter.bundle import REFERENCE_DIR
-    from hashee.exporter.export import ExportResult, describe, resolve_max_length, save_reference
-    from hashee.exporter.targets import MAX_OPSET, MIN_OPSET
-    from hashee.exporter.validate import TOLERANCE, check_export
+    from hashee.evaluation import load_run  # torch and transformers
 
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET["onnxruntime"]:
         raise ExportError(f"opset {opset!r} is out of range for the dense export; use {MIN_OPSET}.."
@@ -62,33 +72,18 @@ def export_dense(run_dir: Path, output: Path, config: dict[str, Any], opset: int
                 hf_logging.set_verbosity(hf_level)
         shutil.copyfile(Path(scratch) / "onnx" / MODEL_FILE, stage / MODEL_FILE)
         onnx.checker.check_model(str(stage / MODEL_FILE), full_check=True)
-        say("validating on ONNX Runtime CPU against PyTorch")
-        report = check_export(stage / MODEL_FILE, dense.eval(), tokenizer, max_length, dense=True)
         tokenizer.save_pretrained(str(stage / TOKENIZER_DIR))
         if reference:
             save_reference(dense, stage)
         graph = onnx.load(str(stage / MODEL_FILE), load_external_data=False).graph
-
-        def spec(values: Any) -> list[dict[str, Any]]:
-            out = []
-            for value in values:
-                dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
-                dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type).name
-                out.append({"name": value.name, "dtype": dtype, "shape": dims})
-            return out
-
-        meta = {
-            "kind": "dense",
-            "producer": {"name": "hashee", "version": __version__, "exporter": "optimum"},
-            "source": {"run_dir": str(run_dir.absolute())},
-            **describe(dense.config, int(getattr(dense.config, "num_hidden_layers", 0) or dense.config.n_layers)),
-            "max_length": max_length,
-            "onnx": {"file": MODEL_FILE, "target": "onnxruntime", "precision": "fp32", "opset": opset,
-                     "inputs": spec(graph.input), "outputs": spec(graph.output)},
-            "tokenizer": TOKENIZER_DIR,
-            "validation": {"tolerance": TOLERANCE, "cases": report},
-            **({"reference": REFERENCE_DIR} if reference else {}),
-        }
+        layers = int(getattr(dense.config, "num_hidden_layers", 0) or dense.config.n_layers)
+        meta = bundle_meta("dense", run_dir, dense.config, layers, max_length,
+                           {"file": MODEL_FILE, "target": "onnxruntime", "precision": "fp32", "opset": opset,
+                            "inputs": graph_io(graph.input), "outputs": graph_io(graph.output)},
+                           reference, producer={"exporter": "optimum"})
+        say("validating through the runtime (ONNX Runtime CPU) against PyTorch")
+        report = check_export(bundle_view(stage, meta), dense.eval(), tokenizer, dense=True)
+        meta["validation"] = validation_entry(report)
         meta = write_meta(stage, meta)
         say(f"writing {output}")
     return ExportResult(output, meta, time.perf_counter() - started, report)

@@ -3,50 +3,25 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hashee.bundle import FP16_FILE, MODEL_FILE, TABLE_FILE, TOKENIZER_DIR, bundle_view, check_output_folder, staged_folder, write_meta
+from hashee.calibration.fp16 import build_fp16
 from hashee.errors import ExitTableError, ExportError
-from hashee.exporter.bundle import MODEL_FILE, REFERENCE_DIR, TABLE_FILE, TOKENIZER_DIR, staged_folder, write_meta
+from hashee.exporter.dense import export_dense
+from hashee.exporter.embed import embed_exit_table as embed
+from hashee.exporter.manifest import (ExportResult, Progress, bundle_meta, describe, resolve_max_length, save_reference,
+                                      validation_entry)
 from hashee.exporter.targets import MIN_OPSET, TARGETS
+from hashee.exporter.validate import check_embedded, check_export
+
+__all__ = ["EXPORT_PRECISIONS", "ExportResult", "describe", "export", "resolve_max_length", "save_reference"]
 
 EXPORT_PRECISIONS = ("fp32", "fp16")
-
-
-@dataclass
-class ExportResult:
-    """What :func:`export` wrote: the bundle folder, its ``hashee.json`` content, the time it took."""
-
-    bundle: Path
-    meta: dict[str, Any]
-    seconds: float
-    validation: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def format(self) -> str:
-        onnx_meta = self.meta["onnx"]
-        worst = max((d for case in self.validation.values() for d in case.values()), default=0.0)
-        return "\n".join([
-            f"bundle: {self.bundle} ({self.meta['kind']}, target {onnx_meta['target']}, opset {onnx_meta['opset']})",
-            f"validated on {len(self.validation)} input sets against PyTorch: max |difference| {worst:.3g} "
-            f"(tolerance {self.meta['validation']['tolerance']:g})",
-            f"export took {self.seconds:.1f} s",
-        ])
-
-
-class Progress:
-    """One line per step on stderr, with the elapsed time."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self.start = enabled, time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            print(f"[export {time.perf_counter() - self.start:5.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
@@ -73,51 +48,6 @@ def _check_exit_table(run_dir: Path, config: dict[str, Any]) -> None:
             if "exit_table_layers" not in handle.keys():
                 raise ExitTableError(f"{weights} holds no exit table (tensor exit_table_layers); save the model "
                                      f"with HashEEForSequenceClassification.save_pretrained")
-
-
-def max_length_limit(config: Any, tokenizer: Any) -> int:
-    """Longest input the position table allows (RoBERTa positions start after the padding id)."""
-    positions = int(getattr(config, "max_position_embeddings", 512))
-    if config.model_type == "roberta":
-        positions -= int(config.pad_token_id) + 1
-    tok = int(getattr(tokenizer, "model_max_length", 0) or 0)
-    return min(positions, tok) if 0 < tok < 1_000_000 else positions
-
-
-def resolve_max_length(max_length: int | None, config: Any, tokenizer: Any) -> int:
-    limit = max_length_limit(config, tokenizer)
-    if max_length is None:
-        return limit
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise ExportError(f"max length must be an integer >= 2, got {max_length!r}")
-    if max_length > limit:
-        raise ExportError(f"max length {max_length} exceeds what the model's position embeddings allow ({limit})")
-    return max_length
-
-
-def save_reference(model: Any, stage: Path) -> None:
-    """The PyTorch weights as ``reference/`` (safetensors only: the runtime never loads a pickle)."""
-    model.save_pretrained(str(stage / REFERENCE_DIR), safe_serialization=True)
-    extra = sorted(p.name for p in (stage / REFERENCE_DIR).iterdir() if p.name not in ("config.json", "model.safetensors"))
-    for name in extra:  # e.g. generation_config.json: not needed to rebuild an encoder classifier
-        (stage / REFERENCE_DIR / name).unlink()
-
-
-def describe(model_config: Any, num_layers: int) -> dict[str, Any]:
-    """Backbone and task facts for ``hashee.json``."""
-    from hashee.flops import EncoderDims
-
-    dims = EncoderDims.from_config(model_config)
-    heads = getattr(model_config, "num_attention_heads", None) or getattr(model_config, "n_heads", None)
-    return {
-        "backbone": {"family": model_config.model_type, "num_layers": num_layers, "hidden_size": dims.hidden_size,
-                     "intermediate_size": dims.intermediate_size, "num_attention_heads": int(heads),
-                     "vocab_size": int(model_config.vocab_size)},
-        "task": {"problem_type": model_config.problem_type or ("regression" if model_config.num_labels == 1
-                                                               else "single_label_classification"),
-                 "num_labels": int(model_config.num_labels),
-                 "id2label": {str(k): str(v) for k, v in sorted(model_config.id2label.items())}},
-    }
 
 
 def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime", opset: int = MIN_OPSET,
@@ -154,12 +84,9 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
     """
     import onnx
 
-    from hashee import __version__
-    from hashee.evaluation import load_run
-    from hashee.exporter.bundle import check_output_folder
+    from hashee.evaluation import load_run  # torch and transformers
     from hashee.exporter.graph import build_graph, check_target
     from hashee.exporter.targets import tensorrt_violations
-    from hashee.exporter.validate import TOLERANCE, check_export
 
     started = time.perf_counter()
     say = Progress(progress)
@@ -174,8 +101,6 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
     check_output_folder(output.absolute(), overwrite)
     config = _read_config(run_dir)
     if dense:
-        from hashee.exporter.dense import export_dense
-
         if embed_exit_table:
             raise ExportError("--embed-exit-table applies to HashEE models; a dense export has no exit table")
         return export_dense(run_dir, output, config, opset=opset, max_length=max_length, overwrite=overwrite,
@@ -194,8 +119,6 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
         proto, spec = build_graph(model, target, opset, token_outputs)
         masks_proto = None
         if embed_exit_table:
-            from hashee.exporter.embed import embed_exit_table as embed
-
             say("embedding the exit table in the graph")
             masks_proto = proto
             proto = embed(proto, model.exit_table.layers, int(model.num_layers))
@@ -211,38 +134,26 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
             problems = tensorrt_violations(onnx.load(str(stage / MODEL_FILE)))
             if problems:
                 raise ExportError(f"{len(problems)} nodes would not import into TensorRT: " + "; ".join(problems[:5]))
-        say("validating on ONNX Runtime CPU against PyTorch (real text and edge inputs)")
-        report = check_export(stage / MODEL_FILE, model, tokenizer, max_length)
-        if masks_proto is not None:
-            from hashee.exporter.validate import check_embedded
-
-            say("checking the embedded-table graph against the exit-masks graph (1e-5)")
-            check_embedded(stage / MODEL_FILE, masks_proto, model.exit_table.layers, int(model.num_layers),
-                           tokenizer, max_length)
-            del masks_proto
         table = model.exit_table
         np.save(stage / TABLE_FILE, table.layers, allow_pickle=False)
         tokenizer.save_pretrained(str(stage / TOKENIZER_DIR))
         if reference:
             save_reference(model, stage)
-        meta = {
-            "kind": "hashee",
-            "producer": {"name": "hashee", "version": __version__},
-            "source": {"run_dir": str(run_dir.absolute())},
-            **describe(backbone_config, int(model.num_layers)),
-            "max_length": max_length,
-            "exit_table": {**table.to_meta(), "file": TABLE_FILE, "dtype": str(table.layers.dtype)},
-            "onnx": {"file": MODEL_FILE, "target": target, "precision": "fp32", "opset": opset,
-                     "inputs": spec.inputs, "outputs": spec.outputs,
-                     "custom_ops": ["hashee.GatherActive", "hashee.ScatterActive"],
-                     "exit_table": "embedded" if embed_exit_table else "input"},
-            "tokenizer": TOKENIZER_DIR,
-            "validation": {"tolerance": TOLERANCE, "cases": report},
-            **({"reference": REFERENCE_DIR} if reference else {}),
-        }
+        meta = bundle_meta(
+            "hashee", run_dir, backbone_config, int(model.num_layers), max_length,
+            {"file": MODEL_FILE, "target": target, "precision": "fp32", "opset": opset,
+             "inputs": spec.inputs, "outputs": spec.outputs,
+             "custom_ops": ["hashee.GatherActive", "hashee.ScatterActive"],
+             "exit_table": "embedded" if embed_exit_table else "input"},
+            reference, exit_table={**table.to_meta(), "file": TABLE_FILE, "dtype": str(table.layers.dtype)})
+        say("validating through the runtime (ONNX Runtime CPU) against PyTorch (real text and edge inputs)")
+        report = check_export(bundle_view(stage, meta), model, tokenizer)
+        if masks_proto is not None:
+            say("checking the embedded-table graph against the exit-masks graph (1e-5)")
+            check_embedded(stage / MODEL_FILE, masks_proto, table.layers, int(model.num_layers), tokenizer, max_length)
+            del masks_proto
+        meta["validation"] = validation_entry(report)
         if precision == "fp16":
-            from hashee.calibration.fp16 import FP16_FILE, build_fp16
-
             say("converting to fp16 (inlined copy) and checking it against the fp32 graph on ONNX Runtime CPU")
             meta["precisions"] = {"fp16": build_fp16(stage, meta, stage / FP16_FILE)}
         meta = write_meta(stage, meta)

@@ -1,4 +1,4 @@
-"""TensorRT 11 engines from a bundle: profiles checked before TensorRT sees them, build, minimal execution.
+"""TensorRT 11 engines from a bundle: profiles checked before TensorRT sees them (:mod:`hashee.engines`), build.
 
 ``hashee build-engine BUNDLE [--precision fp32|fp16|int8] [--profile MIN:OPT:MAX ...]`` parses the
 bundle's tensorrt-target ONNX file of that precision (``model.onnx``, ``model.fp16.onnx`` or the Q/DQ
@@ -8,9 +8,8 @@ not by builder flags), adds one optimisation profile per ``--profile`` (batch an
 writes the serialized plan to ``BUNDLE/engines/`` under a name holding the precision, the GPU's
 compute capability, the TensorRT version and the profiles; ``hashee.json`` lists it with its sha256.
 
-:class:`TensorRTEngine` / :func:`run_engine` execute a plan on torch CUDA tensors (pick the profile
-that fits, set input shapes, bind device buffers, run on a stream, copy out): the helper the GPU tests
-use and that ``hashee.runtime``'s TensorRT runner (:mod:`hashee.runtime.runners.tensorrt`) wraps.
+Running a plan is the runtime's: :class:`~hashee.runtime.runners.tensorrt_engine.TensorRTEngine` (re-exported
+here with :func:`run_engine` for callers of this module).
 
 ``tensorrt`` and CUDA torch are imported only inside the functions that need them; without either,
 :func:`require_tensorrt` raises :class:`~hashee.errors.EngineError` naming what is missing.
@@ -18,8 +17,6 @@ use and that ``hashee.runtime``'s TensorRT runner (:mod:`hashee.runtime.runners.
 
 from __future__ import annotations
 
-import importlib.util
-import re
 import shutil
 import sys
 import tempfile
@@ -28,109 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from hashee.bundle import PRECISION_FILES, read_bundle, update_bundle
+from hashee.engines import Profile, default_profiles, engine_file_name, parse_profile, validate_profiles
+from hashee.errors import EngineError
+from hashee.runtime.runners.tensorrt_engine import INSTALL_HINT, TensorRTEngine, _logger, require_tensorrt, run_engine
 
-from hashee.errors import EngineError, ProfileError
-
-ENGINES_DIR = "engines"
-PRECISION_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-INSTALL_HINT = "install it with: pip install 'hashee[tensorrt]', NVIDIA's wheel, which needs an NVIDIA driver"
-_DIMS = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
-
-
-@dataclass(frozen=True)
-class Profile:
-    """One optimisation profile: (min, opt, max) of the batch and of the sequence length."""
-
-    batch: tuple[int, int, int]
-    sequence: tuple[int, int, int]
-
-    @property
-    def tag(self) -> str:
-        return f"b{'-'.join(map(str, self.batch))}_s{'-'.join(map(str, self.sequence))}"
-
-    def shapes(self, name: str, num_layers: int) -> tuple[tuple[int, ...], ...]:
-        """(min, opt, max) shapes of input ``name`` ([B, S], or [L, B, S] for ``exit_masks``)."""
-        lead = (num_layers,) if name == "exit_masks" else ()
-        return tuple(lead + (b, s) for b, s in zip(self.batch, self.sequence))
-
-    def to_meta(self) -> dict[str, list[int]]:
-        return {"batch": list(self.batch), "sequence": list(self.sequence)}
-
-
-def parse_profile(text: str) -> Profile:
-    """``"1x8:32x64:128x128"`` (BATCHxSEQ for min:opt:max) -> :class:`Profile`; :class:`ProfileError` if malformed."""
-    parts = str(text).split(":")
-    if len(parts) != 3:
-        raise ProfileError(f"profile {text!r} must be MIN:OPT:MAX, each BATCHxSEQ (e.g. 1x8:32x64:128x128)")
-    dims = []
-    for part in parts:
-        match = _DIMS.match(part)
-        if not match:
-            raise ProfileError(f"profile {text!r}: {part!r} is not BATCHxSEQ with positive integers (e.g. 32x64)")
-        dims.append((int(match.group(1)), int(match.group(2))))
-    return Profile(tuple(d[0] for d in dims), tuple(d[1] for d in dims))  # type: ignore[arg-type]
-
-
-def validate_profiles(profiles: list[Profile], max_length: int) -> list[Profile]:
-    """Check every profile against the bundle before TensorRT sees it; returns them unchanged."""
-    if not profiles:
-        raise ProfileError("at least one optimisation profile is needed")
-    for profile in profiles:
-        where = f"profile {':'.join(f'{b}x{s}' for b, s in zip(profile.batch, profile.sequence))}"
-        for axis, (low, opt, high) in (("batch", profile.batch), ("sequence", profile.sequence)):
-            if low < 1:
-                raise ProfileError(f"{where}: the minimum {axis} must be at least 1, got {low}")
-            if not low <= opt <= high:
-                raise ProfileError(f"{where}: {axis} must satisfy min <= opt <= max, got {low}, {opt}, {high}")
-        if profile.sequence[2] > max_length:
-            raise ProfileError(f"{where}: the maximum sequence length {profile.sequence[2]} exceeds the bundle's "
-                               f"max length {max_length}; use at most {max_length} (or re-export with --max-length)")
-    if len(set(profiles)) != len(profiles):
-        raise ProfileError("the same profile is given twice")
-    return profiles
-
-
-def default_profiles(max_length: int) -> list[Profile]:
-    """One profile: batch 1..128 (opt 32), sequence 2..max length (opt half of it)."""
-    return [Profile((1, 32, 128), (min(2, max_length), max(2, max_length // 2), max_length))]
-
-
-def engine_file_name(precision: str, compute_capability: tuple[int, int], tensorrt_version: str,
-                     profiles: list[Profile]) -> str:
-    """``engines/model.<precision>.sm<cc>.trt<version>.<profiles>.plan`` (a plan runs on that GPU and TensorRT only)."""
-    major, minor = compute_capability
-    tags = "+".join(p.tag for p in profiles)
-    return f"{ENGINES_DIR}/model.{precision}.sm{major}{minor}.trt{tensorrt_version}.{tags}.plan"
-
-
-def require_tensorrt() -> Any:
-    """The ``tensorrt`` module, with a CUDA GPU present; else :class:`EngineError` naming what is missing."""
-    missing = []
-    if importlib.util.find_spec("tensorrt") is None:
-        missing.append(f"the tensorrt package is not installed ({INSTALL_HINT})")
-    try:
-        import torch
-
-        has_gpu = torch.cuda.is_available()
-    except ImportError:
-        has_gpu = False
-    if not has_gpu:
-        missing.append("no CUDA GPU is visible (torch.cuda.is_available() is False; a CUDA build of torch and "
-                       "an NVIDIA GPU are needed)")
-    if missing:
-        raise EngineError("TensorRT engines need TensorRT and an NVIDIA GPU: " + "; ".join(missing))
-    import tensorrt as trt
-
-    major = int(str(trt.__version__).split(".")[0])
-    if major < 10:
-        raise EngineError(f"TensorRT {trt.__version__} is too old: hashee builds strongly typed networks with "
-                          f"TensorRT 11 (10 also works); {INSTALL_HINT}")
-    return trt
-
-
-def _logger(trt: Any) -> Any:
-    return trt.Logger(trt.Logger.WARNING)
+__all__ = ["INSTALL_HINT", "EngineBuild", "Profile", "TensorRTEngine", "build_engine", "default_profiles",
+           "engine_file_name", "parse_profile", "require_tensorrt", "run_engine", "validate_profiles"]
 
 
 @dataclass
@@ -183,8 +84,6 @@ def build_engine(bundle: str | Path, precision: str = "fp32", profiles: list[str
         EngineError: wrong bundle kind/target, missing precision file, TensorRT or GPU missing,
             a parse or build failure (with TensorRT's messages).
     """
-    from hashee.exporter.bundle import read_bundle, update_bundle
-
     started = time.perf_counter()
 
     def say(message: str) -> None:
@@ -259,104 +158,3 @@ def build_engine(bundle: str | Path, precision: str = "fp32", profiles: list[str
     return EngineBuild(bundle, entry, time.perf_counter() - started)
 
 
-class TensorRTEngine:
-    """A deserialized plan with one execution context; :meth:`infer` runs numpy feeds on the GPU."""
-
-    def __init__(self, plan: str | Path | bytes) -> None:
-        trt = require_tensorrt()
-        import torch
-
-        self._trt, self._torch = trt, torch
-        data = Path(plan).read_bytes() if isinstance(plan, (str, Path)) else plan
-        self.runtime = trt.Runtime(_logger(trt))
-        self.engine = self.runtime.deserialize_cuda_engine(data)
-        if self.engine is None:
-            raise EngineError("TensorRT could not deserialize the plan: it was built for another GPU or TensorRT "
-                              "version; rebuild it with hashee build-engine on this machine")
-        self.context = self.engine.create_execution_context()
-        if self.context is None:
-            raise EngineError("TensorRT could not create an execution context for the plan (out of GPU memory?)")
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if n not in self.inputs]
-        self.stream = torch.cuda.Stream()
-        self._profile = -1
-        table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
-                 trt.DataType.INT64: torch.int64, trt.DataType.BOOL: torch.bool, trt.DataType.INT8: torch.int8}
-        self._dtypes = {name: table[self.engine.get_tensor_dtype(name)] for name in names}  # once, not per batch
-
-    def _dtype(self, name: str) -> Any:
-        return self._dtypes[name]
-
-    def pick_profile(self, shapes: dict[str, tuple[int, ...]]) -> int:
-        """Index of the first optimisation profile whose ranges hold every input shape."""
-        for index in range(self.engine.num_optimization_profiles):
-            fits = True
-            for name, shape in shapes.items():
-                low, _, high = self.engine.get_tensor_profile_shape(name, index)
-                if len(low) != len(shape) or any(not lo <= s <= hi for lo, s, hi in zip(low, shape, high)):
-                    fits = False
-                    break
-            if fits:
-                return index
-        raise EngineError(f"no optimisation profile of the engine accepts input shapes {shapes}; rebuild with a "
-                          f"--profile that covers them")
-
-    def infer(self, feed: dict[str, np.ndarray], profile: int | None = None) -> dict[str, np.ndarray]:
-        """Run one batch; returns every output as a numpy array.
-
-        ``profile`` is the optimisation profile to run under (default: :meth:`pick_profile`).  Not
-        thread-safe: one execution context serves one call at a time (the runtime's TensorRT runner
-        holds a lock around it).
-        """
-        torch = self._torch
-        missing = [n for n in self.inputs if n not in feed]
-        if missing:
-            raise EngineError(f"the engine needs inputs {missing}")
-        if profile is None:
-            profile = self.pick_profile({n: tuple(np.shape(feed[n])) for n in self.inputs})
-        elif not 0 <= profile < self.engine.num_optimization_profiles:
-            raise EngineError(f"profile {profile} does not exist: the engine has "
-                              f"{self.engine.num_optimization_profiles} optimisation profile(s)")
-        if profile != self._profile:
-            self.context.set_optimization_profile_async(profile, self.stream.cuda_stream)
-            self._profile = profile
-        keep = []
-        with torch.cuda.stream(self.stream):
-            for name in self.inputs:
-                tensor = torch.as_tensor(np.ascontiguousarray(feed[name])).to("cuda", self._dtype(name),
-                                                                               non_blocking=False).contiguous()
-                keep.append(tensor)
-                if not self.context.set_input_shape(name, tuple(tensor.shape)):
-                    raise EngineError(f"TensorRT refused shape {tuple(tensor.shape)} for input {name!r} under "
-                                      f"optimisation profile {profile}; rebuild with a --profile that covers it")
-                self.context.set_tensor_address(name, tensor.data_ptr())
-            results = {}
-            for name in self.outputs:
-                shape = tuple(self.context.get_tensor_shape(name))
-                results[name] = torch.empty(shape, dtype=self._dtype(name), device="cuda")
-                self.context.set_tensor_address(name, results[name].data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise EngineError("TensorRT failed to execute the engine")
-        self.stream.synchronize()
-        return {name: out.float().cpu().numpy() if out.is_floating_point() else out.cpu().numpy()
-                for name, out in results.items()}
-
-    def profile_ranges(self, name: str) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-        """``(min shape, max shape)`` of input ``name`` under each optimisation profile."""
-        ranges = []
-        for index in range(self.engine.num_optimization_profiles):
-            low, _, high = self.engine.get_tensor_profile_shape(name, index)
-            ranges.append((tuple(int(x) for x in low), tuple(int(x) for x in high)))
-        return ranges
-
-    def close(self) -> None:
-        """Free the execution context, the engine and the runtime, in that order."""
-        for attribute in ("context", "engine", "runtime"):
-            if hasattr(self, attribute):
-                delattr(self, attribute)
-
-
-def run_engine(plan: str | Path | bytes, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Deserialize ``plan`` and run one batch (see :class:`TensorRTEngine` to run many)."""
-    return TensorRTEngine(plan).infer(feed)

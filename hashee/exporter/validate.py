@@ -1,34 +1,37 @@
-"""Hard-failing validation of an exported graph against the PyTorch reference.
+"""Hard-failing validation of an exported graph, run through the runtime, against the PyTorch reference.
 
-:func:`check_export` runs the saved file on ONNX Runtime CPU next to the reference model on real
-text and on edge inputs (batch 1, only special tokens, every token exiting at layer 1, all tokens
-active, a padded batch of mixed lengths, sentence pairs, random exit layers) and raises
-:class:`~hashee.errors.ValidationError` listing every output whose max |difference| exceeds the
-tolerance.  :func:`validate_bundle` does the same comparison over a whole data file.
+The graph side is what a deployment runs: a :class:`~hashee.runtime.Session` on the bundle (its
+``TextEncoder``, its exit masks from ``exit_table.npy`` or the graph's embedded table, its ONNX Runtime
+runner and input checks).  The reference side is the Hugging Face tokenizer and the PyTorch model.
+Both must tokenise alike and agree within the tolerance, or :class:`~hashee.errors.ValidationError`
+lists every case that does not.  :func:`check_export` runs the edge cases (batch 1, only special tokens,
+every token exiting at layer 1, all tokens active, a padded batch of mixed lengths, sentence pairs,
+random exit layers) on a staged export; :func:`validate_bundle` compares over a whole data file.
 """
 
 from __future__ import annotations
 
-import csv
+import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hashee.errors import ValidationError
+from hashee.bundle import Bundle, open_bundle
+from hashee.data import load_examples
+from hashee.errors import BundleError, DataError, ValidationError
+from hashee.exit_table import exit_masks, layer_masks
+from hashee.exporter.manifest import TOLERANCE
+from hashee.runtime.inputs import TruncationWarning
+from hashee.runtime.session import Session
+from hashee.samples import sample_texts
 
-TOLERANCE = 1e-4  # fp32
+__all__ = ["TOLERANCE", "BundleValidation", "check_embedded", "check_export", "edge_cases", "ort_session",
+           "sample_texts", "validate_bundle"]
 
-
-def sample_texts(count: int = 16) -> list[str]:
-    """Real sentences: the first ``count`` of the bundled SST-2 dev sample."""
-    from hashee.samples import SST2_DEV
-
-    with open(SST2_DEV, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader)
-        return [row[0] for _, row in zip(range(count), reader)]
+FORCED = ("first", "last", "random")  # cases whose exit layers are forced instead of the table's
 
 
 def ort_session(model: Any) -> Any:
@@ -41,53 +44,101 @@ def ort_session(model: Any) -> Any:
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def _encode(tokenizer: Any, texts: list[str], pairs: list[str] | None, max_length: int) -> dict[str, np.ndarray]:
-    args = (texts, pairs) if pairs is not None else (texts,)
-    return dict(tokenizer(*args, padding=True, truncation=True, max_length=max_length, return_tensors="np"))
-
-
-def edge_cases(tokenizer: Any, num_layers: int, max_length: int, seed: int = 0) -> list[tuple[str, dict, Any]]:
-    """``(name, tokenizer output, exit layers or None for the table's)`` for every validation case."""
+def edge_cases() -> list[tuple[str, list[Any], str | None]]:
+    """``(name, inputs, forced exits)`` of every validation case; inputs are texts or (text, text) pairs,
+    forced exits ``None`` (the table's), ``first`` (all exit at 1), ``last`` (all active) or ``random``."""
     texts = sample_texts()
-    batch = _encode(tokenizer, texts, None, max_length)
-    rng = np.random.default_rng(seed)
-    shape = batch["input_ids"].shape
     return [
-        ("text, padded batch of mixed lengths", batch, None),
-        ("batch of 1", _encode(tokenizer, texts[:1], None, max_length), None),
-        ("only special tokens", _encode(tokenizer, ["", ""], None, max_length), None),
-        ("every token exits at layer 1", batch, np.ones(shape, dtype=np.int64)),
-        ("all tokens active", batch, np.full(shape, num_layers, dtype=np.int64)),
-        ("sentence pairs", _encode(tokenizer, texts[:8], texts[8:16], max_length), None),
-        ("random exit layers", batch, rng.integers(1, num_layers + 1, size=shape)),
+        ("text, padded batch of mixed lengths", texts, None),
+        ("batch of 1", texts[:1], None),
+        ("only special tokens", ["", ""], None),
+        ("every token exits at layer 1", texts, "first"),
+        ("all tokens active", texts, "last"),
+        ("sentence pairs", list(zip(texts[:8], texts[8:16])), None),
+        ("random exit layers", texts, "random"),
     ]
 
 
-def hashee_reference(model: Any, encoded: dict[str, np.ndarray], input_names: list[str],
-                     exit_layers: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """``(ONNX feed, reference outputs)`` of a HashEE model for one tokenized batch."""
+def forced_exits(mode: str, shape: tuple[int, ...], num_layers: int, seed: int = 0) -> np.ndarray:
+    """int64 exit layers of a forced case (see :func:`edge_cases`)."""
+    if mode == "first":
+        return np.ones(shape, dtype=np.int64)
+    if mode == "last":
+        return np.full(shape, num_layers, dtype=np.int64)
+    return np.random.default_rng(seed).integers(1, num_layers + 1, size=shape)
+
+
+def hf_encode(tokenizer: Any, inputs: list[Any], max_length: int) -> dict[str, np.ndarray]:
+    """The Hugging Face tokenizer's padded int64 arrays for texts or (text, text) pairs."""
+    pair = bool(inputs) and isinstance(inputs[0], tuple)
+    args = ([a for a, _ in inputs], [b for _, b in inputs]) if pair else (list(inputs),)
+    encoded = tokenizer(*args, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    return {k: np.asarray(v, dtype=np.int64) for k, v in encoded.items()}
+
+
+def reference_outputs(model: Any, encoded: dict[str, np.ndarray], input_names: list[str], dense: bool,
+                      exit_layers: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The PyTorch model's outputs (``logits``; ``token_states`` for HashEE) for one tokenised batch; the
+    model gets the arrays the graph takes (``input_names``)."""
     import torch
 
-    tensors = {k: torch.as_tensor(np.asarray(v, dtype=np.int64)) for k, v in encoded.items() if k in input_names}
+    tensors = {k: torch.as_tensor(v) for k, v in encoded.items() if k in input_names}
     with torch.no_grad():
+        if dense:
+            return {"logits": model(**tensors).logits.float().numpy()}
         out = model(**tensors, exit_layers=None if exit_layers is None else torch.as_tensor(exit_layers),
                     output_token_states=True)
-    exits = out.exit_layers.cpu().numpy()
-    feed = {k: v.numpy() for k, v in tensors.items()}
-    feed["exit_masks"] = np.stack([exits >= layer for layer in range(1, model.num_layers + 1)])
-    reference = {"logits": out.logits.float().numpy(), "token_states": out.token_states.float().numpy()}
-    return feed, reference
+    return {"logits": out.logits.float().numpy(), "token_states": out.token_states.float().numpy()}
 
 
-def dense_reference(model: Any, encoded: dict[str, np.ndarray], input_names: list[str]
-                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """``(ONNX feed, reference logits)`` of a dense Hugging Face classifier for one tokenized batch."""
-    import torch
+def runtime_batch(session: Session, inputs: list[Any]) -> dict[str, np.ndarray]:
+    """The Session's own padded arrays for ``inputs`` (truncation is expected here: no warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)
+        return session.tokenize(inputs)
 
-    feed = {k: np.asarray(v, dtype=np.int64) for k, v in encoded.items() if k in input_names}
-    with torch.no_grad():
-        logits = model(**{k: torch.as_tensor(v) for k, v in feed.items()}).logits
-    return feed, {"logits": logits.float().numpy()}
+
+def check_tokens(case: str, mine: dict[str, np.ndarray], theirs: dict[str, np.ndarray], session: Session) -> None:
+    """Raise :class:`ValidationError` unless the runtime's encoder gives the Hugging Face tokenizer's arrays."""
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if session.uses_token_type_ids else [])
+    for name in names:
+        a, b = mine[name], theirs.get(name, np.zeros_like(theirs["input_ids"]))
+        if a.shape != b.shape or not np.array_equal(a, b):
+            raise ValidationError(f"{case}: the bundle's tokenizer (as the runtime loads it) and the Hugging Face "
+                                  f"tokenizer give different {name} ({a.shape} vs {b.shape}); re-export the bundle")
+
+
+def compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, float]:
+    """Max |difference| per output present on both sides."""
+    return {name: float(np.max(np.abs(outputs[name].astype(np.float64) - reference[name]), initial=0.0))
+            for name in outputs if name in reference}
+
+
+def check_export(bundle: Bundle, model: Any, tokenizer: Any, dense: bool = False,
+                 tolerance: float = TOLERANCE) -> dict[str, dict[str, float]]:
+    """Run every edge case through a :class:`Session` on ``bundle`` (a staged export's view) and through the
+    PyTorch reference; raise on a tokenizer mismatch or any excess difference.
+
+    Cases with forced exit layers are skipped where the graph fixes its own masks (dense, or the exit
+    table embedded).  Returns ``{case: {output: max |difference|}}``.
+    """
+    session = Session.for_model_file(bundle, bundle.model_file)
+    try:
+        report: dict[str, dict[str, float]] = {}
+        for name, inputs, mode in edge_cases():
+            if mode is not None and not session.takes_exit_masks:
+                continue
+            mine = runtime_batch(session, inputs)
+            theirs = hf_encode(tokenizer, inputs, bundle.max_length)
+            check_tokens(name, mine, theirs, session)
+            exits = None if mode is None else forced_exits(mode, mine["input_ids"].shape, bundle.num_layers)
+            masks = None if exits is None else layer_masks(exits, mine["attention_mask"], bundle.num_layers)
+            outputs = session.run(mine["input_ids"], mine["attention_mask"], mine.get("token_type_ids"), masks)
+            report[name] = compare(outputs, reference_outputs(model, theirs, session.input_names, dense, exits))
+    finally:
+        session.close()
+    _raise_on_excess(report, tolerance, "the exported graph disagrees with the PyTorch reference")
+    return report
 
 
 def check_embedded(embedded_file: Path, masks_model: Any, table: np.ndarray, num_layers: int, tokenizer: Any,
@@ -96,8 +147,6 @@ def check_embedded(embedded_file: Path, masks_model: Any, table: np.ndarray, num
     from on the text edge cases; where ``masks_model`` takes ``exit_masks`` they come from ``table``.
     Inputs are cast to each graph's own integer types.  Raises :class:`ValidationError` beyond
     ``tolerance``."""
-    from hashee.runtime.batching import exit_masks
-
     embedded, masked = ort_session(embedded_file), ort_session(masks_model.SerializeToString())
     types = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}
 
@@ -105,49 +154,19 @@ def check_embedded(embedded_file: Path, masks_model: Any, table: np.ndarray, num
         feed = {i.name: np.asarray(encoded[i.name], dtype=types.get(i.type, np.int64))
                 for i in session.get_inputs() if i.name in encoded}
         if any(i.name == "exit_masks" for i in session.get_inputs()):
-            ids = np.asarray(encoded["input_ids"], dtype=np.int64)
-            feed["exit_masks"] = exit_masks(ids, np.asarray(encoded["attention_mask"]), table, num_layers)
+            feed["exit_masks"] = exit_masks(encoded["input_ids"], encoded["attention_mask"], table, num_layers)
         return feed
 
-    outputs = [o.name for o in embedded.get_outputs()]
+    def run(session: Any, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, feed)))
+
     report: dict[str, dict[str, float]] = {}
-    for name, encoded, exits in edge_cases(tokenizer, num_layers, max_length):
-        if exits is not None:
-            continue
-        mine = dict(zip(outputs, embedded.run(outputs, feed_for(embedded, encoded))))
-        report[name] = compare(masked, feed_for(masked, encoded), mine)
+    for name, inputs, mode in edge_cases():
+        if mode is None:
+            encoded = hf_encode(tokenizer, inputs, max_length)
+            report[name] = compare(run(embedded, feed_for(embedded, encoded)), run(masked, feed_for(masked, encoded)))
     _raise_on_excess(report, tolerance, "the rewritten graph disagrees with the graph it was made from")
-    return report
-
-
-def compare(session: Any, feed: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, float]:
-    """Max |difference| per output the session produces that the reference also has."""
-    names = [o.name for o in session.get_outputs() if o.name in reference]
-    outputs = session.run(names, feed)
-    return {name: float(np.max(np.abs(out - reference[name]), initial=0.0)) for name, out in zip(names, outputs)}
-
-
-def check_export(model_file: Path, model: Any, tokenizer: Any, max_length: int, dense: bool = False,
-                 tolerance: float = TOLERANCE) -> dict[str, dict[str, float]]:
-    """Run every edge case through the saved file and the reference; raise on any excess difference.
-
-    Returns ``{case: {output: max |difference|}}``.
-    """
-    session = ort_session(model_file)
-    input_names = [i.name for i in session.get_inputs()]
-    num_layers = 1 if dense else int(model.num_layers)
-    fixed_masks = dense or "exit_masks" not in input_names  # dense, or the exit table embedded in the graph
-    report: dict[str, dict[str, float]] = {}
-    for name, encoded, exits in edge_cases(tokenizer, num_layers, max_length):
-        if fixed_masks and exits is not None:
-            continue
-        if dense:
-            feed, reference = dense_reference(model, encoded, input_names)
-        else:
-            feed, reference = hashee_reference(model, encoded, input_names, exits)
-            feed = {k: v for k, v in feed.items() if k in input_names}
-        report[name] = compare(session, feed, reference)
-    _raise_on_excess(report, tolerance, "the exported graph disagrees with the PyTorch reference")
     return report
 
 
@@ -186,80 +205,76 @@ class BundleValidation:
         return "\n".join(lines)
 
 
+def gold_labels(examples: Any, bundle: Bundle) -> np.ndarray | None:
+    """Class ids of a data file's labels through the bundle's labels (``None``: no usable labels)."""
+    if not examples.has_labels or bundle.is_regression:
+        return None
+    try:
+        return examples.label_ids(bundle.label2id)
+    except DataError:
+        return None
+
+
+def _reference_model(bundle: Bundle, reference: str | Path | None) -> Any:
+    """The PyTorch model of the run the bundle was exported from (dense bundles: its dense classifier)."""
+    from hashee.evaluation import load_run  # torch and transformers
+
+    folder = Path(reference or bundle.meta.get("source", {}).get("run_dir") or "")
+    if not str(folder) or not folder.is_dir():
+        raise BundleError(f"the reference run folder {str(folder) or '(none recorded)'} does not exist; "
+                          f"pass --reference RUN_DIR")
+    model, _, kind = load_run(folder, device="cpu")
+    if bundle.kind == "dense" and kind == "hashee":  # a dense baseline exported from a HashEE run: its backbone
+        return model.dense.eval()
+    if bundle.kind == "hashee" and kind != "hashee":
+        raise BundleError(f"{bundle.path} is a HashEE bundle but {folder} holds a dense model; pass --reference "
+                          f"with the HashEE run it was exported from")
+    return model
+
+
 def validate_bundle(bundle: str | Path, data_file: str | Path, reference: str | Path | None = None,
                     batch_size: int = 64, max_length: int | None = None, tolerance: float = TOLERANCE,
                     progress: bool = True, raise_on_failure: bool = True) -> BundleValidation:
-    """Compare a bundle on ONNX Runtime CPU with the PyTorch reference over a whole data file.
+    """Compare a bundle, run by the runtime (``Session``, ONNX Runtime CPU), with the PyTorch reference
+    over a whole data file.
 
     ``reference`` is the run folder the bundle was exported from (default: the one recorded in
-    ``hashee.json``).  Exit masks come from the bundle's own ``exit_table.npy``; the reference uses
-    the model's table, so a table that drifted shows up as a difference.  Raises
+    ``hashee.json``).  The runtime takes its exit masks from the bundle's ``exit_table.npy`` (or its
+    embedded table); the reference uses the model's table, so a table that drifted shows up as a
+    difference.  ``max_length`` (at most the bundle's) truncates both sides.  Raises
     :class:`~hashee.errors.ValidationError` when the max |difference| exceeds ``tolerance``.
     """
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
-    from hashee.data import load_examples
-    from hashee.errors import BundleError, DataError
-    from hashee.evaluation import load_run
-    from hashee.exporter.bundle import MODEL_FILE, TABLE_FILE, TOKENIZER_DIR, read_bundle
-
-    bundle = Path(bundle)
-    meta = read_bundle(bundle)
-    reference = Path(reference or meta.get("source", {}).get("run_dir") or "")
-    if not str(reference) or not reference.is_dir():
-        raise BundleError(f"the reference run folder {str(reference) or '(none recorded)'} does not exist; "
-                          f"pass --reference RUN_DIR")
+    view = open_bundle(bundle)
     if not Path(data_file).is_file():
         raise DataError(f"data file {data_file} does not exist")
-    model, _, kind = load_run(reference, device="cpu")
-    dense = meta.get("kind") == "dense"
-    if dense and kind == "hashee":  # a dense baseline exported from a HashEE run: its backbone's weights
-        model = model.dense.eval()
-    elif not dense and kind != "hashee":
-        raise BundleError(f"{bundle} is a HashEE bundle but {reference} holds a dense model; pass --reference "
-                          f"with the HashEE run it was exported from")
-    tokenizer = AutoTokenizer.from_pretrained(str(bundle / TOKENIZER_DIR))
-    max_length = int(max_length or meta.get("max_length") or 512)
-    regression = meta.get("task", {}).get("problem_type") == "regression"
-    examples = load_examples(data_file, regression=regression)
-    session = ort_session(bundle / MODEL_FILE)
-    input_names = [i.name for i in session.get_inputs()]
-    table = None if dense else np.load(bundle / TABLE_FILE, allow_pickle=False).astype(np.int64)
+    model = _reference_model(view, reference)
+    if max_length is not None:
+        view = dataclasses.replace(view, max_length=min(int(max_length), view.max_length))
+    tokenizer = AutoTokenizer.from_pretrained(str(view.tokenizer_dir))
+    examples = load_examples(data_file, regression=view.is_regression)
+    gold = gold_labels(examples, view)
+    inputs = examples.inputs()
     worst, agree, correct = 0.0, 0, 0
-    gold = None
-    if examples.has_labels and not regression:
-        label2id = {str(v): int(k) for k, v in meta.get("task", {}).get("id2label", {}).items()} or None
-        try:
-            gold = examples.label_ids(label2id)
-        except DataError:
-            gold = None
-    for start in tqdm(range(0, len(examples), batch_size), desc="validate", disable=not progress, unit="batch"):
-        stop = start + batch_size
-        pairs = examples.pairs[start:stop] if examples.pairs is not None else None
-        encoded = _encode(tokenizer, examples.texts[start:stop], pairs, max_length)
-        if dense:
-            feed, ref = dense_reference(model, encoded, input_names)
-        else:
-            feed, ref = hashee_reference(model, encoded, input_names)
-            exits = table[feed["input_ids"]] * (feed["attention_mask"] != 0)
-            feed["exit_masks"] = np.stack([exits >= layer for layer in range(1, table_depth(meta) + 1)])
-        (logits,) = session.run(["logits"], feed)
-        worst = max(worst, float(np.max(np.abs(logits - ref["logits"]))))
-        if not regression:
-            predicted = logits.argmax(-1)
-            agree += int((predicted == ref["logits"].argmax(-1)).sum())
-            if gold is not None:
-                correct += int((predicted == gold[start:stop]).sum())
+    with Session.for_model_file(view, view.model_file) as session:
+        for start in tqdm(range(0, len(examples), batch_size), desc="validate", disable=not progress, unit="batch"):
+            chunk = inputs[start:start + batch_size]
+            mine = runtime_batch(session, chunk)
+            logits = session.run(mine["input_ids"], mine["attention_mask"], mine.get("token_type_ids"))["logits"]
+            ref = reference_outputs(model, hf_encode(tokenizer, chunk, view.max_length), session.input_names,
+                                    view.kind == "dense")["logits"]
+            worst = max(worst, float(np.max(np.abs(logits - ref), initial=0.0)))
+            if not view.is_regression:
+                predicted = logits.argmax(-1)
+                agree += int((predicted == ref.argmax(-1)).sum())
+                if gold is not None:
+                    correct += int((predicted == gold[start:start + batch_size]).sum())
     count = len(examples)
-    result = BundleValidation(bundle, Path(data_file), count, worst, None if regression else agree / count,
+    result = BundleValidation(Path(bundle), Path(data_file), count, worst, None if view.is_regression else agree / count,
                               None if gold is None else correct / count, tolerance)
     if raise_on_failure and not result.ok:
         raise ValidationError(f"{bundle}: max |difference| of logits {worst:.3g} exceeds {tolerance:g} over "
                               f"{count} examples of {data_file}")
     return result
-
-
-def table_depth(meta: dict[str, Any]) -> int:
-    """L of a HashEE bundle (from ``hashee.json``)."""
-    return int(meta["backbone"]["num_layers"])

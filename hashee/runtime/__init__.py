@@ -10,7 +10,7 @@ Only numpy and the standard library load with this package; onnxruntime, tokeniz
 tensorrt load inside the runner or encoder that needs them.
 """
 
-from hashee.runtime.bundle import Bundle, open_bundle
+from hashee.bundle import Bundle, open_bundle
 from hashee.runtime.inputs import TruncationWarning
 from hashee.runtime.runners import BACKENDS
 from hashee.runtime.session import Session

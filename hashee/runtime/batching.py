@@ -15,12 +15,9 @@ from __future__ import annotations
 import numpy as np
 
 from hashee.errors import InputError
+from hashee.exit_table import exit_masks
 
-
-def exit_masks(input_ids: np.ndarray, attention_mask: np.ndarray, table: np.ndarray, num_layers: int) -> np.ndarray:
-    """bool ``[L, batch, seq]``: row ``l-1`` marks the real tokens whose exit layer is ``>= l``."""
-    exits = table[input_ids] * (attention_mask != 0)
-    return exits[None, :, :] >= np.arange(1, num_layers + 1, dtype=exits.dtype)[:, None, None]
+__all__ = ["active_profile", "bucket_width", "check_batch_size", "exit_masks", "pad", "pad_to", "plan_batches"]
 
 
 def active_profile(ids: list[np.ndarray], table: np.ndarray | None, num_layers: int) -> np.ndarray:

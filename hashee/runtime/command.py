@@ -10,6 +10,9 @@ from pathlib import Path
 from typing import IO, Any, Sequence
 
 from hashee.errors import DataError, InputError
+from hashee.runtime.files import count_records, input_format, read_records
+from hashee.runtime.inputs import TruncationWarning
+from hashee.runtime.session import Session
 
 
 def _line(result: dict[str, Any], item: Any) -> str:
@@ -25,8 +28,6 @@ def run_predict(bundle: str, texts: Sequence[str], input_file: str | None = None
                 chunk_size: int = 4096, text_column: Any = None, pair_column: Any = None,
                 progress: bool = True, precision: str | None = None) -> int:
     """Print ``label<TAB>score<TAB>text`` per text, or stream ``input_file`` to JSON lines; returns 0."""
-    from hashee.runtime.session import Session
-
     if bool(texts) == bool(input_file):
         raise InputError("pass either texts or --input FILE (not both, not neither)")
     if output_file and not input_file:
@@ -34,8 +35,6 @@ def run_predict(bundle: str, texts: Sequence[str], input_file: str | None = None
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"--chunk-size must be a positive integer, got {chunk_size!r}")
     if input_file and input_file != "-":
-        from hashee.runtime.files import input_format
-
         if not Path(input_file).is_file():
             raise DataError(f"input file {input_file} does not exist")
         input_format(Path(input_file))
@@ -51,9 +50,6 @@ def run_predict(bundle: str, texts: Sequence[str], input_file: str | None = None
 def _stream(session: Any, input_file: str, output_file: str | None, batch_size: int, chunk_size: int,
             text_column: Any, pair_column: Any, progress: bool) -> int:
     from tqdm.auto import tqdm
-
-    from hashee.runtime.files import count_records, read_records
-    from hashee.runtime.inputs import TruncationWarning
 
     if output_file and Path(output_file).resolve() == Path(input_file).resolve():
         raise DataError(f"--output {output_file} is the input file; choose another path")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from hashee.data import PAIR_CANDIDATES, PAIR_SCHEMAS, TEXT_CANDIDATES
+from hashee.data import PAIR_CANDIDATES, TEXT_CANDIDATES, detect_columns
 from hashee.errors import DataError
 
 FORMATS = {".txt": "txt", ".text": "txt", ".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -40,21 +40,29 @@ def count_records(path: Path) -> int:
     return count + (last != b"\n")
 
 
-def _pick(header: list[str], flag: Any, candidates: tuple[str, ...], what: str, path: Path) -> int | None:
+def _named(header: list[str], flag: Any, what: str, path: Path) -> str | int | None:
+    """The header name (or a bare index) a --text-column/--pair-column flag names; ``None`` when not given."""
+    if flag is None:
+        return None
+    if isinstance(flag, int) or str(flag).isdigit():
+        return int(flag)
     names = [h.strip().lower() for h in header]
-    if flag is not None:
-        if isinstance(flag, int) or str(flag).isdigit():
-            return int(flag)
-        if str(flag).lower() not in names:
-            raise DataError(f"{path}: no column {flag!r} in the header {header}; pass --{what}-column with a name or index")
-        return names.index(str(flag).lower())
-    for first, second in PAIR_SCHEMAS:  # a pair schema wins over single names (question/sentence)
-        if first in names and second in names:
-            return names.index(first if what == "text" else second)
-    for name in candidates:
-        if name in names:
-            return names.index(name)
-    return None
+    if str(flag).lower() not in names:
+        raise DataError(f"{path}: no column {flag!r} in the header {header}; pass --{what}-column with a name or index")
+    return header[names.index(str(flag).lower())]
+
+
+def _header_columns(header: list[str], text_column: Any, pair_column: Any, path: Path) -> tuple[int | None, int | None]:
+    """Indices of the text and pair columns: named by the flags, else detected as :mod:`hashee.data` does."""
+    text, pair = _named(header, text_column, "text", path), _named(header, pair_column, "pair", path)
+    named_text = header[text] if isinstance(text, int) and text < len(header) else text
+    named_pair = header[pair] if isinstance(pair, int) and pair < len(header) else pair
+    found_text, found_pair = detect_columns(header, named_text, named_pair, guess_pair=True)
+
+    def index(value: Any, name: Any) -> int | None:
+        return value if isinstance(value, int) else (None if name is None else header.index(name))
+
+    return index(text, found_text), index(pair, found_pair)
 
 
 def _delimited(handle: IO[str], path: Path, fmt: str, text_column: Any, pair_column: Any) -> Iterator[Record]:
@@ -66,8 +74,7 @@ def _delimited(handle: IO[str], path: Path, fmt: str, text_column: Any, pair_col
     known = {n.strip().lower() for n in first} & set(TEXT_CANDIDATES + PAIR_CANDIDATES)
     named = any(f is not None and not str(f).isdigit() for f in (text_column, pair_column))
     if known or named:
-        text = _pick(first, text_column, TEXT_CANDIDATES, "text", path)
-        pair = _pick(first, pair_column, PAIR_CANDIDATES, "pair", path) if pair_column is not None or text is not None else None
+        text, pair = _header_columns(first, text_column, pair_column, path)
         if text is None:
             raise DataError(f"{path}: no text column in the header {first}; pass --text-column")
         rows: Iterator[list[str]] = reader
@@ -102,13 +109,12 @@ def _jsonl(handle: IO[str], path: Path, text_column: Any, pair_column: Any) -> I
             continue
         if not isinstance(value, dict):
             raise DataError(f"{path}:{line_number}: expected a JSON object or string, got {type(value).__name__}")
-        text_key = text_column if text_column is not None else next((k for k in TEXT_CANDIDATES if k in value), None)
-        pair_key = pair_column if pair_column is not None else next(
-            (s for f, s in PAIR_SCHEMAS if f == text_key and s in value), None) or next(
-            (k for k in PAIR_CANDIDATES if k in value and k != text_key), None)
+        text_key, pair_key = detect_columns(list(value), text_column, pair_column, guess_pair=True)
         if text_key is None or text_key not in value:
             raise DataError(f"{path}:{line_number}: no text field (looked for {text_column or 'sentence, text, ...'}); "
                             f"pass --text-column")
+        if pair_key is not None and pair_key not in value:
+            raise DataError(f"{path}:{line_number}: no field {pair_key!r} for --pair-column")
         yield (value[text_key], value[pair_key]) if pair_key is not None else value[text_key]
 
 

@@ -18,11 +18,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import dataclasses
+
 import numpy as np
 
-from hashee.errors import InputError
-from hashee.runtime.batching import active_profile, check_batch_size, exit_masks, pad, plan_batches
-from hashee.runtime.bundle import Bundle, open_bundle, tokenizer_config
+from hashee.bundle import Bundle, open_bundle, tokenizer_config
+from hashee.errors import BundleError, InputError
+from hashee.exit_table import exit_masks
+from hashee.runtime.batching import active_profile, check_batch_size, pad, plan_batches
 from hashee.runtime.inputs import TextEncoder, normalize_texts, warn_truncated
 from hashee.runtime.runners import make_runner
 from hashee.runtime.runners.base import Runner
@@ -43,8 +46,6 @@ class Session:
         self.encoder = TextEncoder(bundle.tokenizer_dir, bundle.max_length, pad_token)
         table = bundle.exit_table
         if table is not None and self.encoder.vocab_size > table.shape[0]:
-            from hashee.errors import BundleError
-
             raise BundleError(f"the tokenizer in {bundle.tokenizer_dir} has {self.encoder.vocab_size} ids but the exit "
                               f"table only {table.shape[0]}; re-export the bundle")
         runner.activate()
@@ -81,6 +82,21 @@ class Session:
         bundle = open_bundle(bundle_dir, verify=verify)
         return cls(bundle, make_runner(bundle, backend, device, threads, reference, precision))
 
+    @classmethod
+    def for_model_file(cls, bundle: Bundle, model_file: str | Path, threads: int | None = None) -> "Session":
+        """A session running another graph file of ``bundle`` (e.g. ``model.fp16.onnx``, or a staged export)
+        on ONNX Runtime CPU, with this bundle's tokenizer, exit table and input checks: what validation and
+        calibration feed a graph through, so they check exactly what a deployment runs."""
+        from hashee.runtime.runners.onnxruntime import OnnxRuntimeRunner
+
+        view = dataclasses.replace(bundle, model_file=Path(model_file))
+        return cls(view, OnnxRuntimeRunner(view, "cpu", threads))
+
+    @property
+    def takes_exit_masks(self) -> bool:
+        """Whether the graph takes an ``exit_masks`` input (HashEE without an embedded table)."""
+        return "exit_masks" in self.input_names
+
     @property
     def backend(self) -> str:
         """The backend in use: ``onnxruntime-cpu``, ``onnxruntime-cuda``, ``onnxruntime-tensorrt``,
@@ -116,13 +132,14 @@ class Session:
 
         Raises :class:`InputError` for a wrong dtype, rank, shape or value, naming the fix.
         """
-        feed = self._check_arrays(input_ids, attention_mask, token_type_ids, exit_masks)
+        feed = self.feed(input_ids, attention_mask, token_type_ids, exit_masks)
         if feed["input_ids"].shape[0] == 0:
             return {"logits": np.zeros((0, len(self.bundle.labels)), dtype=np.float32)}
         return self.runner.infer(feed)
 
-    def _check_arrays(self, input_ids: Any, attention_mask: Any, token_type_ids: Any,
-                      masks: Any) -> dict[str, np.ndarray]:
+    def feed(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None,
+             masks: Any = None) -> dict[str, np.ndarray]:
+        """The checked graph feed :meth:`run` gives the runner (exit masks from the table unless given)."""
         def integer(name: str, value: Any, allow_bool: bool = False) -> np.ndarray:
             array = np.asarray(value)
             ok = np.issubdtype(array.dtype, np.integer) or (allow_bool and array.dtype == np.bool_)
@@ -206,6 +223,20 @@ class Session:
         return feed
 
     # ------------------------------------------------------------------ texts
+    def tokenize(self, texts: Sequence[Any]) -> dict[str, np.ndarray]:
+        """``input_ids``, ``attention_mask`` (and ``token_type_ids`` where the graph takes them)
+        [len(texts), longest], right-padded in input order, as :meth:`predict` encodes them (truncated to
+        the max length, with a warning)."""
+        firsts, seconds = normalize_texts(texts)
+        encoded = self.encoder.encode(firsts, seconds)
+        warn_truncated(encoded.truncated, len(firsts), self.bundle.max_length)
+        index = np.arange(len(firsts))
+        ids, mask = pad(encoded.ids, index, self.encoder.pad_id)
+        arrays = {"input_ids": ids, "attention_mask": mask}
+        if self.uses_token_type_ids:
+            arrays["token_type_ids"], _ = pad(encoded.types, index, 0)
+        return arrays
+
     def predict_logits(self, texts: Sequence[Any], batch_size: int = 32, cost_aware: bool = True) -> np.ndarray:
         """float32 ``[len(texts), num_labels]`` logits, in input order (see :meth:`predict`)."""
         firsts, seconds = normalize_texts(texts)

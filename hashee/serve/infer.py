@@ -22,7 +22,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from hashee.bundle import open_bundle
+from hashee.data import detect_columns
 from hashee.errors import DataError, InputError, MissingDependencyError
+from hashee.runtime.batching import check_batch_size
+from hashee.runtime.session import Session
 
 ENGINES = ("local", "ray")
 FORMATS = ("jsonl", "csv", "parquet")
@@ -93,8 +97,6 @@ def input_columns(path: Path, fmt: str) -> list[str]:
 def resolve_columns(columns: list[str], text_column: str | None, pair_column: str | None,
                     id_column: str | None, path: Path) -> tuple[str, str | None, str | None]:
     """``(text, pair or None, id or None)`` column names, detected like ``hashee predict`` does."""
-    from hashee.data import PAIR_CANDIDATES, PAIR_SCHEMAS, TEXT_CANDIDATES
-
     lower = {c.lower(): c for c in columns}
 
     def named(value: str, what: str) -> str:
@@ -104,19 +106,10 @@ def resolve_columns(columns: list[str], text_column: str | None, pair_column: st
             return lower[value.lower()]
         raise DataError(f"{path}: no column {value!r} for --{what}-column (columns: {', '.join(columns)})")
 
-    text = named(text_column, "text") if text_column else None
-    pair = named(pair_column, "pair") if pair_column else None
+    text, pair = detect_columns(columns, named(text_column, "text") if text_column else None,
+                                named(pair_column, "pair") if pair_column else None)
     if text is None:
-        for first, second in PAIR_SCHEMAS:
-            if first in lower and second in lower:
-                text, pair = lower[first], pair or lower[second]
-                break
-    if text is None:
-        text = next((lower[c] for c in TEXT_CANDIDATES if c in lower), None)
-        if text is None:
-            raise DataError(f"{path}: no text column among {', '.join(columns)}; pass --text-column")
-        if pair is None:  # as hashee.data does: a known second-text column next to the text
-            pair = next((lower[c] for c in PAIR_CANDIDATES if c in lower and lower[c] != text), None)
+        raise DataError(f"{path}: no text column among {', '.join(columns)}; pass --text-column")
     ident = named(id_column, "id") if id_column else lower.get("id")
     return text, pair, ident
 
@@ -126,8 +119,6 @@ class Predictor:
 
     def __init__(self, bundle: str, text: str, pair: str | None, ident: str, backend: str = "auto",
                  threads: int | None = None, batch_size: int = 32) -> None:
-        from hashee.runtime import Session
-
         self.session = Session.load(bundle, backend=backend, threads=threads)
         self.text, self.pair, self.ident, self.batch_size = text, pair, ident, batch_size
 
@@ -350,8 +341,6 @@ def run_infer(bundle: str | Path, input_path: str | Path, output: str | Path, en
         MissingDependencyError: Ray or pyarrow is needed and not installed (the message says what to install).
         BundleError, BackendError: from loading the bundle.
     """
-    from hashee.runtime.batching import check_batch_size
-
     if engine not in ENGINES:
         raise InputError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     batch_size = check_batch_size(batch_size)
@@ -365,8 +354,6 @@ def run_infer(bundle: str | Path, input_path: str | Path, output: str | Path, en
     if engine == "local" and path.is_dir():
         raise InputError(f"--engine local reads one file; {path} is a folder (use --engine ray for folders)")
     fmt = detect_format(path, fmt)
-    from hashee.runtime.bundle import open_bundle
-
     open_bundle(bundle, verify=False)  # a bad bundle fails here, before any worker starts
     text, pair, ident = resolve_columns(input_columns(path, fmt), text_column, pair_column, id_column, path)
     started = time.perf_counter()

@@ -44,7 +44,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from hashee.bundle import FP16_FILE, TABLE_FILE, TOKENIZER_DIR, check_output_folder, open_bundle, staged_folder
+from hashee.bundle import tokenizer_config as read_tokenizer_config
 from hashee.errors import ExportError, TritonRepositoryError
+from hashee.exporter.embed import MASKS, embed_exit_table
+from hashee.exporter.validate import check_embedded
+from hashee.runtime.batching import pad_to
+from hashee.runtime.inputs import TextEncoder
+from hashee.runtime.session import _special
+from hashee.samples import sample_texts
+from hashee.serve.triton_check import check_repository, format_problems, model_config_pb2
 
 BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-plan")
 TOKENIZER_SOURCE = Path(__file__).with_name("triton_tokenizer.py")
@@ -293,15 +302,6 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
     import onnx
     from transformers import AutoTokenizer
 
-    from hashee.exporter.bundle import check_output_folder, staged_folder
-    from hashee.exporter.embed import MASKS, embed_exit_table
-    from hashee.exporter.validate import check_embedded, sample_texts
-    from hashee.runtime.bundle import open_bundle
-    from hashee.runtime.inputs import TextEncoder
-    from hashee.runtime.session import _special
-    from hashee.runtime.bundle import tokenizer_config as read_tokenizer_config
-    from hashee.serve.triton_check import check_repository, format_problems, model_config_pb2
-
     started = time.perf_counter()
     if backend not in BACKENDS:
         raise ExportError(f"unknown Triton backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -337,10 +337,10 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
                           f"with --target tensorrt (hashee export RUN -o DIR --target tensorrt)")
     model_file = source.model_file
     if backend == "tensorrt-plan" and fp16:
-        if "model.fp16.onnx" not in source.meta.get("files", {}):
-            raise ExportError(f"{bundle} has no model.fp16.onnx; strongly typed TensorRT plans take their precision "
+        if FP16_FILE not in source.meta.get("files", {}):
+            raise ExportError(f"{bundle} has no {FP16_FILE}; strongly typed TensorRT plans take their precision "
                               f"from the graph: create it first with hashee convert {bundle}")
-        model_file = source.path / "model.fp16.onnx"
+        model_file = source.path / FP16_FILE
     if backend == "tensorrt" and target != "tensorrt":
         notes.append(f"note: the bundle was exported for {target}; its com.microsoft attention runs outside TensorRT "
                      f"(export with --target tensorrt for a graph TensorRT takes whole)")
@@ -381,8 +381,6 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
         for sample, width, batch in (("smallest_bucket", widths[0], 1), ("largest_bucket", widths[-1], max_batch_size)):
             encoder_w = TextEncoder(source.tokenizer_dir, width, pad_token)
             encoded = encoder_w.encode([text])
-            from hashee.runtime.batching import pad_to
-
             ids, mask = pad_to(encoded.ids, width, encoder.pad_id)
             arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
             files = {}
@@ -406,13 +404,13 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
                                                                  index_type, num_labels, warmups, accelerator))
         # --- the tokenizer
         tok_dir = stage / names["tokenizer"]
-        (tok_dir / "1" / "tokenizer").mkdir(parents=True)
+        (tok_dir / "1" / TOKENIZER_DIR).mkdir(parents=True)
         shutil.copyfile(TOKENIZER_SOURCE, tok_dir / "1" / "model.py")
-        shutil.copyfile(source.tokenizer_dir / "tokenizer.json", tok_dir / "1" / "tokenizer" / "tokenizer.json")
-        np.save(tok_dir / "1" / "exit_table.npy", np.asarray(source.exit_table, dtype=np.int16), allow_pickle=False)
+        shutil.copyfile(source.tokenizer_dir / "tokenizer.json", tok_dir / "1" / TOKENIZER_DIR / "tokenizer.json")
+        np.save(tok_dir / "1" / TABLE_FILE, np.asarray(source.exit_table, dtype=np.int16), allow_pickle=False)
         params = {"buckets": ",".join(map(str, widths)), "max_length": str(widths[-1]), "pad_id": str(encoder.pad_id),
                   "token_type_ids": "true" if uses_types else "false", "index_dtype": index_dtype.name,
-                  "tokenizer_file": "tokenizer/tokenizer.json", "exit_table_file": "exit_table.npy",
+                  "tokenizer_file": "tokenizer/tokenizer.json", "exit_table_file": TABLE_FILE,
                   "num_layers": str(source.num_layers)}
         if python_env is not None:
             params["EXECUTION_ENV_PATH"] = python_env
@@ -434,6 +432,4 @@ def validate_triton(repo: str | Path, allow_unbuilt_plans: bool = False,
     """Every problem of a Triton model repository (see :mod:`hashee.serve.triton_check`); with
     ``allow_unbuilt_plans`` a ``tensorrt_plan`` model whose plan its build script has not yet built is a
     warning (appended to ``warnings``) instead of a problem."""
-    from hashee.serve.triton_check import check_repository
-
     return check_repository(repo, allow_unbuilt_plans=allow_unbuilt_plans, warnings=warnings)

@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 from hashee.errors import BackendError, HasheeError, InputError
-from hashee.runtime.bundle import Bundle
+from hashee.bundle import Bundle
 from hashee.runtime.runners.base import Runner
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")

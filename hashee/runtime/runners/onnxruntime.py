@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 
 from hashee.errors import BackendError, BundleError
-from hashee.runtime.bundle import Bundle
+from hashee.bundle import ORT_TRT_CACHE_DIR as CACHE_DIR
+from hashee.bundle import Bundle
 from hashee.runtime.runners import cuda_index
 from hashee.runtime.runners.base import Runner
 
 SHORT = {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "tensorrt"}
-CACHE_DIR = "engines/onnxruntime-trt"
 
 
 def available_providers() -> list[str]:

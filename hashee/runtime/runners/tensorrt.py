@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 
 from hashee.errors import BackendError, EngineError, ProfileError
-from hashee.exporter.tensorrt_engine import Profile
-from hashee.runtime.bundle import Bundle
+from hashee.bundle import Bundle
+from hashee.engines import Profile
 from hashee.runtime.runners import cuda_index
 from hashee.runtime.runners.base import Runner
 
@@ -294,7 +294,7 @@ class TensorRTRunner(Runner):
             raise BackendError("backend 'tensorrt' cannot run here: torch sees no CUDA device (the runner keeps the "
                                "engine's buffers in torch CUDA tensors; install a CUDA build of torch). Use "
                                "backend='onnxruntime' (or 'auto')")
-        from hashee.exporter.tensorrt_engine import TensorRTEngine
+        from hashee.runtime.runners.tensorrt_engine import TensorRTEngine
 
         with torch.cuda.device(self.device_index):
             engine = TensorRTEngine(self.plan_file)

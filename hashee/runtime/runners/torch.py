@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from hashee.bundle import Bundle
 from hashee.errors import BackendError, BundleError
-from hashee.runtime.bundle import Bundle
+from hashee.extras import EXTRA_MODULES, install_hint, missing_modules
 from hashee.runtime.runners.base import Runner
 
 
@@ -36,6 +37,10 @@ class TorchRunner(Runner):
     def __init__(self, bundle: Bundle, device: str | None = None, threads: int | None = None,
                  reference: str | Path | None = None) -> None:
         super().__init__()
+        missing = missing_modules(EXTRA_MODULES["torch"])
+        if missing:
+            raise BackendError(f"backend 'torch' runs the PyTorch reference model and needs {', '.join(missing)}, "
+                               f"which this install lacks: {install_hint('torch')}")
         self.bundle, self.threads = bundle, threads
         self.folder = reference_folder(bundle, reference)
         self.device = device
