@@ -358,7 +358,7 @@ def test_build_script_dry_run_and_a_build_against_a_fake_tensorrt(repos, tmp_pat
     assert calls["workspace"] == 4096 << 20
     assert calls["build"] == [{name: ((1, w), (8, w), (8, w)) for name in ("input_ids", "attention_mask",
                                                                           "token_type_ids")} for w in BUCKETS]
-    assert (repo / "hashee_model" / "1" / "model.plan").read_bytes() == b"fake plan"
+    assert (repo / "hashee_model" / "1" / "model.plan").read_bytes() == b"ftrt fake plan"
     assert (tmp_path / "cache.bin").read_bytes() == b"cache"
     assert check_repository(repo) == []  # built: no warning, no problem
     assert main(["validate-triton", str(repo)]) == 0
