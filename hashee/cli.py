@@ -12,7 +12,7 @@ import argparse
 import os
 import shlex
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from hashee import __version__
 from hashee.errors import HasheeError
@@ -217,16 +217,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     progress=not args.quiet)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand (no heavy imports)."""
-    parser = argparse.ArgumentParser(
-        prog="hashee",
-        description="Hash-based token-level early exiting (HashEE) for transformer encoders: "
-                    "build exit tables, train, evaluate, export to ONNX.",
-    )
-    parser.add_argument("--version", action="version", version=f"hashee {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def add_hash(sub: Any) -> None:
+    """The ``hashee hash`` subcommand."""
     p = sub.add_parser("hash", help="build an exit table (token id -> exit layer) from a tokenizer and data",
                        description="Build an exit table for every id of a tokenizer's vocabulary.")
     p.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer or model folder")
@@ -244,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_columns(p)
     p.set_defaults(handler=cmd_hash)
 
+
+def add_train(sub: Any) -> None:
+    """The ``hashee train`` subcommand."""
     p = sub.add_parser("train", help="fine-tune a HashEE (or dense) classifier with the Hugging Face Trainer",
                        description="Fine-tune with the seed's recipe (Table 8) and write a run directory.")
     p.add_argument("--backbone", help="Hugging Face model folder (default: the offline all-MiniLM-L6-v2)")
@@ -274,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_columns(p)
     p.set_defaults(handler=cmd_train)
 
+
+def add_eval(sub: Any) -> None:
+    """The ``hashee eval`` subcommand."""
     p = sub.add_parser("eval", help="score a run directory on a data file, with its FLOPs reduction",
                        description="Evaluate a HashEE or dense run: task metric and measured FLOPs reduction.")
     p.add_argument("run_dir", help="run directory written by `hashee train` (or any save_pretrained folder)")
@@ -286,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_columns(p)
     p.set_defaults(handler=cmd_eval)
 
+
+def add_export(sub: Any) -> None:
+    """The ``hashee export`` subcommand."""
     p = sub.add_parser("export", help="export a run to a validated ONNX bundle (model.onnx, exit table, tokenizer)",
                        description="Export a HashEE run (or, with --dense, its weights without early exit) to a "
                                    "bundle folder; the saved graph is checked against PyTorch and nothing is "
@@ -308,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_export)
 
+
+def add_convert(sub: Any) -> None:
+    """The ``hashee convert`` subcommand."""
     p = sub.add_parser("convert", help="add a mixed-precision fp16 copy (model.fp16.onnx) to a bundle",
                        description="Convert a bundle's fp32 model.onnx to fp16 (LayerNorm, Softmax, reductions, "
                                    "exit-mask/index logic and IO stay fp32), check it against fp32 on ONNX "
@@ -316,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp16",), default="fp16")
     p.set_defaults(handler=cmd_convert)
 
+
+def add_calibrate(sub: Any) -> None:
+    """The ``hashee calibrate`` subcommand."""
     p = sub.add_parser("calibrate", help="calibrate INT8 (Q/DQ) on real sentences: model.int8.onnx in the bundle",
                        description="Quantise the bundle's MatMul weights per channel and their inputs per tensor "
                                    "(symmetric int8, explicit QuantizeLinear/DequantizeLinear as TensorRT "
@@ -333,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_calibrate)
 
+
+def add_build_engine(sub: Any) -> None:
+    """The ``hashee build-engine`` subcommand."""
     p = sub.add_parser("build-engine", help="build a TensorRT engine from a tensorrt-target bundle (needs a GPU)",
                        description="Parse the bundle's tensorrt-target ONNX (fp32, fp16 or int8 Q/DQ) with the "
                                    "TensorRT 11 Python API and write a serialized plan to BUNDLE/engines/.")
@@ -346,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_build_engine)
 
+
+def add_validate(sub: Any) -> None:
+    """The ``hashee validate`` subcommand."""
     p = sub.add_parser("validate", help="compare a bundle with its PyTorch reference over a data file",
                        description="Run a bundle on ONNX Runtime CPU and the PyTorch model over a data file; "
                                    "report max |difference| and label agreement (exit 1 above the tolerance).")
@@ -358,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_validate)
 
+
+def add_predict(sub: Any) -> None:
+    """The ``hashee predict`` subcommand."""
     p = sub.add_parser("predict", help="classify texts with a bundle (labels and scores)",
                        description="Load a bundle with the runtime Session and classify texts given on the command "
                                    "line, or stream a file (--input) to JSON lines (--output) in bounded memory.")
@@ -378,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_predict)
 
+
+def add_export_triton(sub: Any) -> None:
+    """The ``hashee export-triton`` subcommand."""
     p = sub.add_parser("export-triton", help="write a Triton Inference Server model repository for a bundle",
                        description="Write a Triton model repository (Python-backend tokenizer padding to buckets, "
                                    "the HashEE model with the exit table embedded and dynamic batching, an ensemble "
@@ -398,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty repository folder")
     p.set_defaults(handler=cmd_export_triton)
 
+
+def add_validate_triton(sub: Any) -> None:
+    """The ``hashee validate-triton`` subcommand."""
     p = sub.add_parser("validate-triton", help="check a Triton model repository (exit 1 listing every problem)",
                        description="Parse every config.pbtxt as Triton's ModelConfig and run the semantic checks: "
                                    "names, version folders, ensemble chaining, batch-first inputs, ONNX names, "
@@ -407,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a tensorrt_plan model whose build_plans.py has not run yet is a warning, not a problem")
     p.set_defaults(handler=cmd_validate_triton)
 
+
+def add_infer(sub: Any) -> None:
+    """The ``hashee infer`` subcommand."""
     p = sub.add_parser("infer", help="classify a JSONL/CSV/Parquet file, in-process or on a Ray cluster",
                        description="Batch inference over a file: --engine local streams it through the in-process "
                                    "runtime; --engine ray reads, predicts (an actor pool, one Session per actor) and "
@@ -428,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_infer)
 
 
+def add_bench(sub: Any) -> None:
+    """The ``hashee bench`` subcommand."""
     p = sub.add_parser("bench", help="benchmark a HashEE bundle against dense: PyTorch, ONNX Runtime, TensorRT",
                        description="Throughput (median samples/s), p50/p99 latency per batch, peak RSS, FLOPs "
                                    "speed-up (ideal vs realised), task metric and parity with PyTorch, for dense and "
@@ -454,6 +481,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="folder for results.json, results.md and throughput.png")
     p.set_defaults(handler=cmd_bench)
 
+
+def add_demo(sub: Any) -> None:
+    """The ``hashee demo`` subcommand."""
     p = sub.add_parser("demo", help="the whole pipeline on the bundled SST-2 sample: train, export, validate, bench",
                        description="Fine-tune MiniLM (frequency hash) on the bundled SST-2 sample, export HashEE and "
                                    "dense bundles, validate, benchmark against dense and print the table.")
@@ -464,6 +494,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop training after this many optimiser steps")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.set_defaults(handler=cmd_demo)
+
+
+#: one function per subcommand, in the order ``hashee --help`` lists them; a new subcommand adds its own
+SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
+    add_hash,
+    add_train,
+    add_eval,
+    add_export,
+    add_convert,
+    add_calibrate,
+    add_build_engine,
+    add_validate,
+    add_predict,
+    add_export_triton,
+    add_validate_triton,
+    add_infer,
+    add_bench,
+    add_demo,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand (no heavy imports)."""
+    parser = argparse.ArgumentParser(
+        prog="hashee",
+        description="Hash-based token-level early exiting (HashEE) for transformer encoders: "
+                    "build exit tables, train, evaluate, export to ONNX.",
+    )
+    parser.add_argument("--version", action="version", version=f"hashee {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 

@@ -23,12 +23,7 @@ from hashee.errors import BundleError, DataError
 from hashee.exit_table import layer_masks
 from hashee.runtime.inputs import TruncationWarning
 from hashee.runtime.session import Session
-from hashee.samples import sample_texts
-
-# the exporter's validation cases: (name, inputs, forced exit layers or None for the table's)
-EDGE_CASES = ("text, padded batch of mixed lengths", "batch of 1", "only special tokens", "every token exits at layer 1",
-              "all tokens active", "sentence pairs", "random exit layers")
-
+from hashee.samples import forced_exit_layers, validation_cases
 
 @dataclass
 class TextSet:
@@ -105,21 +100,20 @@ class BundleFeeder:
             yield rows, self.feed([data.texts[i] for i in rows], pairs)
 
     def edge_feeds(self, seed: int = 0) -> list[tuple[str, dict[str, np.ndarray]]]:
-        """The exporter's validation cases (real text, batch of 1, only specials, extreme and random exits);
-        the forced-exit cases only where the graph takes ``exit_masks``."""
-        texts = sample_texts()
-        base = self.feed(texts)
-        shape = base["input_ids"].shape
-        rng = np.random.default_rng(seed)
-        cases = [("text, padded batch of mixed lengths", base), ("batch of 1", self.feed(texts[:1])),
-                 ("only special tokens", self.feed(["", ""])), ("sentence pairs", self.feed(texts[:8], texts[8:16]))]
-        if self.takes_exit_masks:
-            forced = {"every token exits at layer 1": np.ones(shape, dtype=np.int64),
-                      "all tokens active": np.full(shape, self.num_layers, dtype=np.int64),
-                      "random exit layers": rng.integers(1, self.num_layers + 1, size=shape)}
-            cases += [(name, self.feed(texts, exit_layers=exits)) for name, exits in forced.items()]
-        order = {name: i for i, name in enumerate(EDGE_CASES)}
-        return sorted(cases, key=lambda case: order[case[0]])
+        """The exporter's validation cases (:func:`hashee.samples.validation_cases`) as feeds; the forced-exit
+        cases only where the graph takes ``exit_masks``."""
+        cases = []
+        for name, inputs, mode in validation_cases():
+            if mode is not None and not self.takes_exit_masks:
+                continue
+            pairs = [b for _, b in inputs] if inputs and isinstance(inputs[0], tuple) else None
+            texts = [a for a, _ in inputs] if pairs is not None else list(inputs)
+            exits = None
+            if mode is not None:
+                shape = self.feed(texts, pairs)["input_ids"].shape
+                exits = forced_exit_layers(mode, shape, self.num_layers, seed)
+            cases.append((name, self.feed(texts, pairs, exit_layers=exits)))
+        return cases
 
     def close(self) -> None:
         self.session.close()

@@ -14,9 +14,10 @@ from hashee.calibration.fp16 import build_fp16
 from hashee.errors import ExitTableError, ExportError
 from hashee.exporter.dense import export_dense
 from hashee.exporter.embed import embed_exit_table as embed
+from hashee.exporter.graph import build_graph, check_target
 from hashee.exporter.manifest import (ExportResult, Progress, bundle_meta, describe, resolve_max_length, save_reference,
                                       validation_entry)
-from hashee.exporter.targets import MIN_OPSET, TARGETS
+from hashee.exporter.targets import MIN_OPSET, TARGETS, tensorrt_violations
 from hashee.exporter.validate import check_embedded, check_export
 
 __all__ = ["EXPORT_PRECISIONS", "ExportResult", "describe", "export", "resolve_max_length", "save_reference"]
@@ -48,6 +49,34 @@ def _check_exit_table(run_dir: Path, config: dict[str, Any]) -> None:
             if "exit_table_layers" not in handle.keys():
                 raise ExitTableError(f"{weights} holds no exit table (tensor exit_table_layers); save the model "
                                      f"with HashEEForSequenceClassification.save_pretrained")
+
+
+def _write_graph(path: Path, model: Any, target: str, opset: int, token_outputs: bool, embed_exit_table: bool,
+                 say: Any) -> tuple[Any, Any]:
+    """Build the HashEE graph (table embedded on request), save it to ``path`` and check it (the ONNX checker;
+    TensorRT's op list for the tensorrt target).  Returns ``(input/output spec, the exit-masks graph or None)``."""
+    import onnx
+
+    say(f"building the graph (target {target}, opset {opset})")
+    proto, spec = build_graph(model, target, opset, token_outputs)
+    masks_proto = None
+    if embed_exit_table:
+        say("embedding the exit table in the graph")
+        masks_proto = proto
+        proto = embed(proto, model.exit_table.layers, int(model.num_layers))
+        spec = type(spec)([s for s in spec.inputs if s["name"] != "exit_masks"], spec.outputs)
+    path.write_bytes(proto.SerializeToString())
+    del proto
+    say("checking the saved file (onnx.checker, full check)")
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"the exported graph fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
+    if target == "tensorrt":
+        problems = tensorrt_violations(onnx.load(str(path)))
+        if problems:
+            raise ExportError(f"{len(problems)} nodes would not import into TensorRT: " + "; ".join(problems[:5]))
+    return spec, masks_proto
 
 
 def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime", opset: int = MIN_OPSET,
@@ -82,11 +111,7 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
         ExportError, ExitTableError, BackboneError: the run folder or the arguments cannot be exported.
         ValidationError: the saved graph disagrees with PyTorch beyond 1e-4; nothing is written.
     """
-    import onnx
-
     from hashee.evaluation import load_run  # torch and transformers
-    from hashee.exporter.graph import build_graph, check_target
-    from hashee.exporter.targets import tensorrt_violations
 
     started = time.perf_counter()
     say = Progress(progress)
@@ -115,25 +140,7 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
     backbone_config = model.dense.config
     max_length = resolve_max_length(max_length, backbone_config, tokenizer)
     with staged_folder(output, overwrite) as stage:
-        say(f"building the graph (target {target}, opset {opset})")
-        proto, spec = build_graph(model, target, opset, token_outputs)
-        masks_proto = None
-        if embed_exit_table:
-            say("embedding the exit table in the graph")
-            masks_proto = proto
-            proto = embed(proto, model.exit_table.layers, int(model.num_layers))
-            spec = type(spec)([s for s in spec.inputs if s["name"] != "exit_masks"], spec.outputs)
-        (stage / MODEL_FILE).write_bytes(proto.SerializeToString())
-        del proto
-        say("checking the saved file (onnx.checker, full check)")
-        try:
-            onnx.checker.check_model(str(stage / MODEL_FILE), full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            raise ExportError(f"the exported graph fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
-        if target == "tensorrt":
-            problems = tensorrt_violations(onnx.load(str(stage / MODEL_FILE)))
-            if problems:
-                raise ExportError(f"{len(problems)} nodes would not import into TensorRT: " + "; ".join(problems[:5]))
+        spec, masks_proto = _write_graph(stage / MODEL_FILE, model, target, opset, token_outputs, embed_exit_table, say)
         table = model.exit_table
         np.save(stage / TABLE_FILE, table.layers, allow_pickle=False)
         tokenizer.save_pretrained(str(stage / TOKENIZER_DIR))

@@ -26,12 +26,10 @@ from hashee.exit_table import exit_masks, layer_masks
 from hashee.exporter.manifest import TOLERANCE
 from hashee.runtime.inputs import TruncationWarning
 from hashee.runtime.session import Session
-from hashee.samples import sample_texts
+from hashee.samples import forced_exit_layers, sample_texts, validation_cases
 
-__all__ = ["TOLERANCE", "BundleValidation", "check_embedded", "check_export", "edge_cases", "ort_session",
+__all__ = ["TOLERANCE", "BundleValidation", "check_embedded", "check_export", "ort_session",
            "sample_texts", "validate_bundle"]
-
-FORCED = ("first", "last", "random")  # cases whose exit layers are forced instead of the table's
 
 
 def ort_session(model: Any) -> Any:
@@ -42,30 +40,6 @@ def ort_session(model: Any) -> Any:
     options.log_severity_level = 3
     source = str(model) if isinstance(model, Path) else model
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def edge_cases() -> list[tuple[str, list[Any], str | None]]:
-    """``(name, inputs, forced exits)`` of every validation case; inputs are texts or (text, text) pairs,
-    forced exits ``None`` (the table's), ``first`` (all exit at 1), ``last`` (all active) or ``random``."""
-    texts = sample_texts()
-    return [
-        ("text, padded batch of mixed lengths", texts, None),
-        ("batch of 1", texts[:1], None),
-        ("only special tokens", ["", ""], None),
-        ("every token exits at layer 1", texts, "first"),
-        ("all tokens active", texts, "last"),
-        ("sentence pairs", list(zip(texts[:8], texts[8:16])), None),
-        ("random exit layers", texts, "random"),
-    ]
-
-
-def forced_exits(mode: str, shape: tuple[int, ...], num_layers: int, seed: int = 0) -> np.ndarray:
-    """int64 exit layers of a forced case (see :func:`edge_cases`)."""
-    if mode == "first":
-        return np.ones(shape, dtype=np.int64)
-    if mode == "last":
-        return np.full(shape, num_layers, dtype=np.int64)
-    return np.random.default_rng(seed).integers(1, num_layers + 1, size=shape)
 
 
 def hf_encode(tokenizer: Any, inputs: list[Any], max_length: int) -> dict[str, np.ndarray]:
@@ -125,13 +99,13 @@ def check_export(bundle: Bundle, model: Any, tokenizer: Any, dense: bool = False
     session = Session.for_model_file(bundle, bundle.model_file)
     try:
         report: dict[str, dict[str, float]] = {}
-        for name, inputs, mode in edge_cases():
+        for name, inputs, mode in validation_cases():
             if mode is not None and not session.takes_exit_masks:
                 continue
             mine = runtime_batch(session, inputs)
             theirs = hf_encode(tokenizer, inputs, bundle.max_length)
             check_tokens(name, mine, theirs, session)
-            exits = None if mode is None else forced_exits(mode, mine["input_ids"].shape, bundle.num_layers)
+            exits = None if mode is None else forced_exit_layers(mode, mine["input_ids"].shape, bundle.num_layers)
             masks = None if exits is None else layer_masks(exits, mine["attention_mask"], bundle.num_layers)
             outputs = session.run(mine["input_ids"], mine["attention_mask"], mine.get("token_type_ids"), masks)
             report[name] = compare(outputs, reference_outputs(model, theirs, session.input_names, dense, exits))
@@ -162,7 +136,7 @@ def check_embedded(embedded_file: Path, masks_model: Any, table: np.ndarray, num
         return dict(zip(names, session.run(names, feed)))
 
     report: dict[str, dict[str, float]] = {}
-    for name, inputs, mode in edge_cases():
+    for name, inputs, mode in validation_cases():
         if mode is None:
             encoded = hf_encode(tokenizer, inputs, max_length)
             report[name] = compare(run(embedded, feed_for(embedded, encoded)), run(masked, feed_for(masked, encoded)))
