@@ -98,7 +98,8 @@ def _time(fn, batches, repeats, sync, rows=lambda b: b["input_ids"].shape[0]):
 
 
 def torch_section(model, tokenizer, texts, batch_sizes, repeats, device, labels=None):
-    """samples/s of HashEE and dense, fp32 and fp16 autocast; parity of each against HashEE fp32.
+    """samples/s of HashEE and dense, fp32 and fp16 autocast; parity of each (and of the masked oracle)
+    against HashEE fp32.
 
     With ``labels`` (class ids in ``texts`` order) each variant's accuracy is reported too, and the
     HashEE fp32 logits on ``device`` are compared with the same model's fp32 logits on the CPU.
@@ -128,6 +129,10 @@ def torch_section(model, tokenizer, texts, batch_sizes, repeats, device, labels=
                         logits = torch.cat([fn(**b).logits.float() for b in batches])
                     reference[name] = logits
                 ref = reference["hashee fp32"]
+                # an independent reference: the masked form (HF layers on every token, active rows kept)
+                from hashee.modeling.oracle import masked_oracle
+
+                reference["masked oracle fp32"] = torch.cat([masked_oracle(model, **b).logits.float() for b in batches])
                 order = _order(tokenizer, texts)
                 for name, logits in reference.items():
                     parity[name] = {"max_abs_diff_vs_hashee_fp32": float((logits - ref).abs().max()),

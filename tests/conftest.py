@@ -86,7 +86,7 @@ def tiny_bundles(tmp_path_factory) -> dict:
     specs = {"bert": ("bert", 2, True), "roberta": ("roberta", 3, False), "regression": ("bert", 1, False)}
     out: dict = {"runs": {}}
     for name, (family, labels, reference) in specs.items():
-        run = tiny_run(root / f"run-{name}", family, num_labels=labels, seed=7)
+        run = tiny_run(root / f"run-{name}", family, num_labels=labels, seed=7, balanced=True)
         export(run, root / f"bundle-{name}", progress=False, reference=reference, max_length=48)
         out[name], out["runs"][name] = root / f"bundle-{name}", run
     return out

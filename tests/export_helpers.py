@@ -40,9 +40,45 @@ def tiny_tokenizer(folder: Path, vocab_size: int, pad_id: int):
     return BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True, model_max_length=64)
 
 
+def final_linear(dense) -> torch.nn.Linear:
+    """The last ``nn.Linear`` of a ``*ForSequenceClassification`` head (the one that makes the logits)."""
+    classifier = dense.classifier
+    return classifier.out_proj if hasattr(classifier, "out_proj") else classifier
+
+
+def balance_head(model, tokenizer, texts: list[str] | None = None) -> None:
+    """Shift the head's biases so that the labels of real sentences split roughly evenly.
+
+    A tiny random model predicts (nearly) one class for every sentence, which makes label comparisons
+    vacuous; centring each class's logit on the sample sentences (and, for two classes, the median of
+    their difference on zero) leaves the logits' spread as it is and makes the argmax vary.
+    """
+    texts = texts if texts is not None else _sentences(200)
+    with torch.no_grad():
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+        batch.pop("token_type_ids", None)  # single sentences: segment 0 throughout
+        logits = model(**batch).logits.double()
+        shift = logits.mean(0)
+        if logits.shape[1] == 2:
+            shift[1] = shift[0] + (logits[:, 1] - logits[:, 0]).median()
+        linear = final_linear(model.dense)
+        linear.bias.sub_(shift.to(linear.bias.dtype))
+
+
+def _sentences(count: int) -> list[str]:
+    with open(SST2_TRAIN, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        next(reader)
+        return [row[0] for _, row in zip(range(count), reader)]
+
+
 def tiny_run(folder: Path, family: str, num_labels: int = 2, seed: int = 0, exit_layers: np.ndarray | None = None,
-             **config) -> Path:
-    """Save a tiny random HashEE model of ``family`` with its tokenizer into ``folder``."""
+             balanced: bool = False, **config) -> Path:
+    """Save a tiny random HashEE model of ``family`` with its tokenizer into ``folder``.
+
+    ``balanced`` shifts the classification head so that its labels split roughly evenly over real
+    sentences (see :func:`balance_head`); regression heads are left as they are.
+    """
     from hashee.modeling import HashEEForSequenceClassification
 
     extra = dict(config)
@@ -65,6 +101,8 @@ def tiny_run(folder: Path, family: str, num_labels: int = 2, seed: int = 0, exit
     table = ExitTable(layers, num_layers=4, kind="random", metadata={"seed": seed})
     model = HashEEForSequenceClassification.from_dense(dense, table).eval()
     tokenizer = tiny_tokenizer(folder, vocab, int(dense.config.pad_token_id or 0))
+    if balanced and num_labels > 1:
+        balance_head(model, tokenizer)
     model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder

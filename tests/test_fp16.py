@@ -27,7 +27,8 @@ from hashee.modeling import HashEEForSequenceClassification  # noqa: E402
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("fp16runs")
-    return {family: tiny_run(root / family, family, seed=7) for family in ("bert", "roberta")}
+    # balanced heads: their labels split over real sentences, so label agreement is not vacuous
+    return {family: tiny_run(root / family, family, seed=7, balanced=True) for family in ("bert", "roberta")}
 
 
 @pytest.mark.parametrize("family, target", [("bert", "tensorrt"), ("roberta", "onnxruntime")])
@@ -71,6 +72,7 @@ def test_export_fp16_bundle(runs, family, target, tmp_path):
         ids = {k: torch.as_tensor(v) for k, v in feed.items() if k != "exit_masks"}
         reference = torch_model(**ids).logits.numpy()
     assert np.max(np.abs(logits - reference)) <= 2e-2 * max(1.0, np.abs(reference).max())
+    assert 4 <= np.bincount(reference.argmax(-1), minlength=2).min()  # both labels among the 16 sentences
     assert (logits.argmax(-1) == reference.argmax(-1)).mean() >= 0.9
 
 
@@ -84,6 +86,13 @@ def test_convert_adds_fp16_to_an_existing_bundle(runs, tmp_path, capsys):
     assert meta["files"]["model.onnx"] == before["files"]["model.onnx"]
     assert meta["files"][FP16_FILE] == sha256_file(bundle / FP16_FILE)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no scratch folders left behind
+    # the 100 % above is not vacuous: on real text the fp32 graph predicts both labels, and fp16 follows
+    feed = BundleFeeder(bundle).feed(sample_texts(16))
+    (fp32,) = ort_session(bundle / "model.onnx").run(["logits"], feed)
+    (fp16,) = ort_session(bundle / FP16_FILE).run(["logits"], feed)
+    assert 4 <= np.bincount(fp32.argmax(-1), minlength=2).min()
+    assert np.abs(fp16 - fp32).max() <= 2e-2 * max(1.0, np.abs(fp32).max())
+    assert (fp16.argmax(-1) == fp32.argmax(-1)).mean() >= 0.9
     again = add_fp16(bundle)  # replacing it keeps the manifest coherent
     assert again["files"] == meta["files"]
 

@@ -58,7 +58,10 @@ def test_local_engine_streams_every_format(tiny_bundles, inputs, fmt, tmp_path):
 
     with Session.load(tiny_bundles["bert"], backend="onnxruntime") as session:
         want = session.predict(_sentences(300))
-    assert [r["label"] for r in rows] == [w["label"] for w in want]
+    labels = [w["label"] for w in want]
+    assert 60 <= labels.count(labels[0]) <= 240  # the tiny bundle's labels split: agreement means something
+    assert [r["label"] for r in rows] == labels
+    assert max(abs(float(r["score"]) - w["score"]) for r, w in zip(rows, want)) < 1e-4
 
 
 def test_local_engine_numbers_rows_without_an_id(tiny_bundles, tmp_path):

@@ -34,7 +34,7 @@ INDEX_INPUTS = {"GatherND": (1,), "ScatterND": (1,), "Gather": (1,), "GatherElem
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     root = tmp_path_factory.mktemp("int8")
-    run = tiny_run(root / "run", "bert", seed=11)
+    run = tiny_run(root / "run", "bert", seed=11, balanced=True)  # labels split: agreement is not vacuous
     bundle = root / "bundle"
     export(run, bundle, target="tensorrt", progress=False)
     status = main(["calibrate", str(bundle), "--data", str(SST2_TRAIN), "--samples", "48", "--quiet"])
@@ -118,6 +118,8 @@ def test_int8_agrees_with_fp32_and_pytorch(calibrated):
     with torch.no_grad():
         reference = model(**{k: torch.as_tensor(v) for k, v in feed.items() if k != "exit_masks"}).logits.numpy()
     assert np.max(np.abs(logits - reference)) <= 0.1 * max(1.0, np.abs(reference).max())
+    assert 4 <= np.bincount(reference.argmax(-1), minlength=2).min()  # both labels among the 16 sentences
+    assert (logits.argmax(-1) == reference.argmax(-1)).mean() >= 0.8
 
 
 def test_calibrate_user_errors(calibrated, tmp_path, capsys):

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from hashee.cli import main  # noqa: E402
-from hashee.errors import BackendError, HasheeError, ProfileError  # noqa: E402
+from hashee.errors import BackendError, EngineError, ProfileError  # noqa: E402
 from hashee.bundle import read_bundle, update_bundle  # noqa: E402
 from hashee.exporter.tensorrt_engine import (  # noqa: E402
     Profile,
@@ -208,14 +208,21 @@ def test_predict_command_takes_precision(tiny_bundles, capsys):
 # ----------------------------------------------------------------------------------------- auto and activation
 def test_auto_falls_back_when_the_engine_cannot_load_and_says_so(with_engines, here):
     """A runnable-looking engine whose plan cannot load (no CUDA torch here; a placeholder plan on a GPU)."""
+    import torch
+
     bundle = with_engines()
     with pytest.warns(RuntimeWarning, match=r"backend='auto': the TensorRT engine engines/model\.fp32\..*could not "
-                                            r"be loaded .*; using ONNX Runtime"):
+                                            r"be loaded .*; using ONNX Runtime") as caught:
         session = Session.load(bundle.path)
     with session:
         assert session.backend.startswith("onnxruntime") and len(session.predict(["a fine film ."])) == 1
-    with pytest.raises(HasheeError):  # asked for explicitly: the reason is the error
+    # asked for explicitly: the reason is the error, the very one the warning names
+    expected = (BackendError, "torch sees no CUDA device") if not torch.cuda.is_available() else \
+        (EngineError, "TensorRT")  # a GPU: TensorRT missing, or the placeholder plan refused
+    with pytest.raises(expected[0], match=expected[1]) as refused:
         Session.load(bundle.path, backend="tensorrt")
+    assert type(refused.value) is expected[0]
+    assert str(refused.value) in " ".join(str(w.message) for w in caught)
 
 
 def test_auto_falls_back_silently_without_a_matching_engine(with_engines, here):

@@ -358,7 +358,7 @@ def test_build_script_dry_run_and_a_build_against_a_fake_tensorrt(repos, tmp_pat
     assert calls["workspace"] == 4096 << 20
     assert calls["build"] == [{name: ((1, w), (8, w), (8, w)) for name in ("input_ids", "attention_mask",
                                                                           "token_type_ids")} for w in BUCKETS]
-    assert (repo / "hashee_model" / "1" / "model.plan").read_bytes() == b"fake plan"
+    assert (repo / "hashee_model" / "1" / "model.plan").read_bytes() == b"ftrt fake plan"
     assert (tmp_path / "cache.bin").read_bytes() == b"cache"
     assert check_repository(repo) == []  # built: no warning, no problem
     assert main(["validate-triton", str(repo)]) == 0
@@ -429,6 +429,14 @@ def _plant_empty_plan(repo):
     (repo / "hashee_model" / "1" / "model.plan").write_bytes(b"")
 
 
+def _plant_onnx_as_plan(repo):  # the classic mistake: the ONNX file copied to where the plan goes
+    shutil.copyfile(repo / "hashee_model" / "onnx" / "model.onnx", repo / "hashee_model" / "1" / "model.plan")
+
+
+def _plant_text_as_plan(repo):
+    (repo / "hashee_model" / "1" / "model.plan").write_bytes(b"placeholder, not a TensorRT plan\n" * 4)
+
+
 PLAN_FAULTS = {
     "profile batch over max_batch_size": (_plant_profile_batch, "batch 16 > max_batch_size 8"),
     "a bucket without a profile": (_plant_missing_profile, "serves bucket 48"),
@@ -438,6 +446,8 @@ PLAN_FAULTS = {
     "tokenizer buckets differ": (_plant_tokenizer_buckets, "pads to buckets [16, 32, 64]"),
     "profiles not listed": (_plant_unlisted_profiles, "instance_group lists profiles ['0']"),
     "empty plan": (_plant_empty_plan, "model.plan is empty"),
+    "ONNX file as the plan": (_plant_onnx_as_plan, "model.plan is not a TensorRT plan: it starts with b'\\x08"),
+    "text as the plan": (_plant_text_as_plan, "model.plan is not a TensorRT plan: it starts with b'plac'"),
     "SPEC not filled in": (_plant_unfilled_script, "has no readable SPEC (SPEC is empty)"),
 }
 
@@ -450,6 +460,16 @@ def test_each_plan_check_catches_a_planted_fault(repos, fault, tmp_path):
     plant(repo)
     problems = check_repository(repo, allow_unbuilt_plans=True)
     assert any(message in p for p in problems), problems
+
+
+@pytest.mark.parametrize("tag", [b"ftrt", b"ptrt"])
+def test_a_plan_with_tensorrt_s_magic_tag_passes_the_header_check(repos, tag, tmp_path):
+    """Only the header is read here (no TensorRT on this machine): a plan-like file passes, the build warning goes."""
+    repo = tmp_path / "repo"
+    shutil.copytree(repos["tensorrt-plan"], repo)
+    (repo / "hashee_model" / "1" / "model.plan").write_bytes(tag + bytes(range(256)) * 8)
+    warnings = []
+    assert check_repository(repo, warnings=warnings) == [] and warnings == []
 
 
 def test_plan_commands(repos, tmp_path, capsys):

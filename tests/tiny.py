@@ -27,9 +27,19 @@ def tiny_config(family: str, vocab_size: int = 120, num_layers: int = 4, num_lab
     raise ValueError(family)
 
 
-def tiny_dense(family: str, seed: int = 0, **kwargs):
-    """A randomly initialised ``*ForSequenceClassification`` in eval mode, eager attention."""
+def tiny_dense(family: str, seed: int = 0, init_std: float | None = None, **kwargs):
+    """A randomly initialised ``*ForSequenceClassification`` in eval mode, eager attention.
+
+    ``init_std`` redraws every matrix from N(0, init_std^2): Hugging Face's init (std 0.02) gives logits
+    of about 0.01, too small for an absolute 1e-4 bound to catch anything; std 0.2 gives logits of order 1.
+    """
     torch.manual_seed(seed)
     config = tiny_config(family, **kwargs)
     model = transformers.AutoModelForSequenceClassification.from_config(config, attn_implementation="eager")
+    if init_std is not None:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.dim() == 2:
+                    param.copy_(torch.randn(param.shape, generator=generator) * init_std)
     return model.eval()

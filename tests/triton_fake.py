@@ -211,7 +211,7 @@ class FakeTensorRT:
 
             def build_serialized_network(self, network, config):
                 fake.calls.append(("build", config.profiles))
-                return b"fake plan"
+                return b"ftrt fake plan"  # TensorRT's magic tag first, as a real plan
 
         self.module = types.ModuleType("tensorrt")
         self.module.__version__ = self.__version__

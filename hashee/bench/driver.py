@@ -360,6 +360,15 @@ def parity(logits: Any, reference: Any, regression: bool) -> dict[str, Any]:
     return out
 
 
+def parity_reference(runtime: str, model: str) -> str:
+    """The record a backend's logits are compared with: never the backend itself.
+
+    Every runtime is checked against PyTorch running the same model; PyTorch itself is checked against
+    ONNX Runtime (an independent implementation: the exported graph, not the eager layers).
+    """
+    return f"{'onnxruntime' if runtime == 'torch' else 'torch'}-{model}"
+
+
 # ---------------------------------------------------------------------------------------------- the run
 def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Sequence[str] = RUNTIMES,
               batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, dense: str | Path | None = None, repeats: int = 5,
@@ -558,12 +567,13 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
         record["metric"] = score(out, gold, regression) if gold is not None else None
         if record["metric"] is None:
             record["metric_note"] = metric_note
-        reference_key = f"torch-{record['model']}"
+        reference_key = parity_reference(record["runtime"], record["model"])
         if reference_key in logits:
             record["parity"] = {"reference": reference_key, **parity(out, logits[reference_key], regression)}
         else:
-            reason = records.get(reference_key, {}).get("reason") or "the torch backend was not run"
-            record["parity"] = {"reference": None, "reason": f"no PyTorch reference: {reason}"}
+            runtime = reference_key.split("-")[0]
+            reason = records.get(reference_key, {}).get("reason") or f"the {runtime} backend was not run"
+            record["parity"] = {"reference": None, "reason": f"no {RUNTIME_LABELS[runtime]} reference: {reason}"}
         fp32_key = f"{record['runtime']}-{record['model']}"
         if record["precision"] != "fp32" and fp32_key in logits:  # int8 against fp32 on the same runtime
             record["parity_fp32"] = {"reference": fp32_key, **parity(out, logits[fp32_key], regression)}

@@ -167,7 +167,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> Path:
         memory = record.get("memory", {})
         lines.append(f"| {record['label']} | {record.get('device', '?')} | " + " | ".join(cells)
                      + f" | {_num(memory.get('loaded_mib'), '{:.0f}')} / {_num(memory.get('peak_mib'), '{:.0f}')} |")
-    lines += ["", "## Parity with the PyTorch reference (same batches)", "",
+    lines += ["", "## Parity (same batches; PyTorch against ONNX Runtime, every other backend against PyTorch)", "",
               "| backend | reference | max abs logit difference | label agreement | metric |",
               "| --- | --- | --- | --- | --- |"]
     for record in _ordered(result):

@@ -16,7 +16,10 @@ Layer ``l`` of the graph:
 5. ``hashee.ScatterActive`` writes the updated rows back; exited rows are carried over unchanged.
 
 So work per layer falls with the number of active tokens, the caller never sorts, and any mask works
-(monotone masks give exactly the PyTorch reference, :mod:`hashee.modeling`).
+(monotone masks give exactly the PyTorch reference, :mod:`hashee.modeling`).  A non-monotone mask is
+taken literally, layer by layer: ``H_l = where(exit_masks[l-1] & attention_mask, Layer_l(H_{l-1}), H_{l-1})``,
+so a token marked in rows 1 and 3 but not 2 computes in layers 1 and 3 and is carried through layer 2
+(keys and values always come from every real token's current state).
 """
 
 from __future__ import annotations

@@ -298,16 +298,26 @@ class Session:
         return format_predictions(logits, self.bundle)
 
 
+MULTI_LABEL_THRESHOLD = 0.5  # a multi-label row holds every label whose sigmoid reaches this
+
+
 def format_predictions(logits: np.ndarray, bundle: Bundle) -> list[dict[str, Any]]:
-    """``{"label", "score"}`` (softmax; sigmoid per label for multi-label) or ``{"value"}`` per row."""
+    """``{"label", "score"}`` (softmax) or ``{"value"}`` per row.
+
+    Multi-label bundles (trained with BCE) score each label with its own sigmoid: ``label``/``score`` are
+    the most probable label, and ``labels`` lists every label whose sigmoid is at least
+    :data:`MULTI_LABEL_THRESHOLD` (in the bundle's label order; empty when none is).
+    """
     if bundle.is_regression:
         return [{"value": float(v)} for v in logits[:, 0]]
     if bundle.problem_type == "multi_label_classification":
         probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    else:
-        shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-        probs = np.exp(shifted)
-        probs /= probs.sum(axis=1, keepdims=True)
+        names = bundle.labels
+        return [{"label": names[int(p.argmax())], "score": float(p.max()),
+                 "labels": [names[i] for i in np.flatnonzero(p >= MULTI_LABEL_THRESHOLD)]} for p in probs]
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted)
+    probs /= probs.sum(axis=1, keepdims=True)
     best = probs.argmax(axis=1)
     labels = bundle.labels
     return [{"label": labels[int(b)], "score": float(p[b])} for b, p in zip(best, probs)]

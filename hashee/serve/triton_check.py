@@ -44,6 +44,10 @@ DTYPES = {
 DEFAULT_FILES = {"onnxruntime": "model.onnx", "python": "model.py", "tensorrt": "model.plan",
                  "tensorrt_plan": "model.plan", "pytorch": "model.pt", "libtorch": "model.pt"}
 
+# The first four bytes of a serialized TensorRT engine (its magic tag): "ftrt" for a plan built for one
+# GPU and TensorRT version, "ptrt" for a version-compatible plan that carries its lean runtime.  Any other
+# start is refused by TensorRT's deserializer ("Magic tag does not match").
+PLAN_MAGIC_TAGS = (b"ftrt", b"ptrt")
 PLAN_SCRIPT = "build_plans.py"
 MODEL_DIRECTORY = "$$TRITON_MODEL_DIRECTORY"  # Triton puts the model's folder here in EXECUTION_ENV_PATH
 _PB2: Any = None
@@ -222,6 +226,18 @@ def _serves(profile: Any, width: int, max_batch_size: int) -> bool:
             for low, _, high in profile["shapes"].values())
     except (IndexError, KeyError, TypeError, ValueError):
         return False
+
+
+def _check_plan_header(name: str, path: Path, problems: list[str]) -> None:
+    """A TensorRT plan starts with one of :data:`PLAN_MAGIC_TAGS`; anything else cannot deserialize."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head:
+        problems.append(f"{name}: {path} is empty")
+    elif head not in PLAN_MAGIC_TAGS:
+        problems.append(f"{name}: {path} is not a TensorRT plan: it starts with {head!r}, not with "
+                        f"{' or '.join(repr(t) for t in PLAN_MAGIC_TAGS)} (TensorRT's magic tag); build it with "
+                        f"{PLAN_SCRIPT} or trtexec on the serving GPU")
 
 
 def _check_plan_build(model: _Model, script: Path, problems: list[str]) -> dict[str, Any] | None:
@@ -490,8 +506,8 @@ def check_repository(repo: str | Path, allow_unbuilt_plans: bool = False,
                         problems.append(message + "; validate-triton --allow-unbuilt-plans accepts it")
                 elif filename and not path.exists():
                     problems.append(f"{name}: version {version.name} has no {filename}")
-                elif backend == "tensorrt" and path.stat().st_size == 0:
-                    problems.append(f"{name}: {path} is empty")
+                elif backend == "tensorrt":
+                    _check_plan_header(name, path, problems)
                 elif backend == "onnxruntime":
                     _check_onnx(model, path, problems)
                 elif backend == "python":
