@@ -591,7 +591,8 @@ def _numbers(kind: type, what: str) -> Callable[[str], list]:
         try:
             return [kind(part) for part in text.split(",") if part.strip()]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a comma-separated list, e.g. {'2,3,4' if kind is int else '1.5,2,2.5'}; "
+            example = "2,3,4" if kind is int else "1.5,2,2.5"
+            raise argparse.ArgumentTypeError(f"{what} must be a comma-separated list, e.g. {example}; "
                                              f"got {text!r}") from None
     return parse
 

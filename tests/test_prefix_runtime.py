@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from hashee.errors import BackendError, ProfileError  # noqa: E402
+from hashee.errors import BackendError  # noqa: E402
 from hashee.exporter.tensorrt_engine import Profile, engine_file_name, mask_layer  # noqa: E402
 from hashee.exporter.validate import sample_texts  # noqa: E402
 from hashee.prefix import CostModel  # noqa: E402

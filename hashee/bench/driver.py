@@ -634,7 +634,8 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
                   "onnxruntime_graph": dense_ort_note},
         "data": {"name": dataset["name"], "file": str(dataset["file"]), "description": dataset["description"],
                  "pairs": isinstance(inputs[0], tuple), **{k: stats[k] for k in ("examples", "tokens")}},
-        "batch_sizes": batch_sizes, "precisions": precisions, "repeats": repeats, "warmup": warmup, "threads": threads, "device": device,
+        "batch_sizes": batch_sizes, "precisions": precisions, "repeats": repeats, "warmup": warmup, "threads": threads,
+        "device": device,
         "timing": "per batch: exit masks + the backend's inference call (host arrays out, GPU work synchronised); "
                   "tokenisation excluded; samples/s = examples timed per pass / median pass time",
         "max_batches": max_batches,

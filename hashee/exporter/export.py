@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from hashee.bundle import FP16_FILE, MODEL_FILE, TABLE_FILE, TOKENIZER_DIR, bundle_view, check_output_folder, staged_folder, write_meta
+from hashee.bundle import (FP16_FILE, MODEL_FILE, TABLE_FILE, TOKENIZER_DIR, bundle_view, check_output_folder,
+                           staged_folder, write_meta)
 from hashee.calibration.fp16 import build_fp16
 from hashee.errors import ExitTableError, ExportError
 from hashee.exporter.dense import export_dense

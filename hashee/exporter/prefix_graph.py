@@ -25,7 +25,7 @@ import numpy as np
 from hashee.exporter import custom_ops
 from hashee.exporter.builder import GraphBuilder
 from hashee.exporter.graph import MASK_VALUE, GraphSpec, _residual_norm, check_target
-from hashee.exporter.parts import FLOAT, INT64, activation, embed, head, uses_token_type_ids
+from hashee.exporter.parts import FLOAT, activation, embed, head, uses_token_type_ids
 from hashee.exporter.targets import MIN_OPSET
 from hashee.prefix import mask_name
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from hashee.data import PAIR_CANDIDATES, TEXT_CANDIDATES, detect_columns, looks_like_header
+from hashee.data import detect_columns, looks_like_header
 from hashee.errors import DataError
 
 FORMATS = {".txt": "txt", ".text": "txt", ".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
