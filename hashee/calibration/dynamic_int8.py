@@ -10,7 +10,8 @@ This module applies it to any bundle, dense or HashEE, so the two compose:
 * only weight ``MatMul``/``Gemm`` nodes (second input an initializer) of the encoder are quantised, named
   one by one (``nodes_to_quantize``); the classification head (pooler, classifier: a [CLS] row per
   sequence, nothing to gain) stays fp32 unless ``quantize_head``; the exit-mask and index path
-  (NonZero, GatherND/ScatterND indices, CumSum, counts, the additive attention mask) holds no weight MatMul, so it is never quantised; attention
+  (NonZero, GatherND/ScatterND indices, CumSum, counts, the additive attention mask) holds no weight
+  MatMul, so it is never quantised; attention
   score/context products, LayerNorm, Softmax and GELU stay fp32;
 * the graph is quantised from a copy with the ``hashee`` local functions inlined
   (``onnx.inliner.inline_local_functions``) and shapes inferred by ONNX Runtime's symbolic shape
