@@ -366,7 +366,7 @@ def add_quantize(sub: Any) -> None:
                                    "(activations quantised at run time; the exit-mask/index path untouched), from a "
                                    "copy with the hashee functions inlined and shapes inferred; check it against fp32 "
                                    "through the runtime Session on real sentences and edge inputs; refuse (exit 1, "
-                                   "nothing written) below 99.5 %% label agreement. Runs with --precision int8 on "
+                                   "nothing written) below 99.5 % label agreement. Runs with --precision int8 on "
                                    "ONNX Runtime. Dense, HashEE and embedded-table bundles.")
     p.add_argument("bundle", help="bundle folder written by `hashee export` (also --dense or --embed-exit-table)")
     p.add_argument("--data", help="real sentences for the check (.tsv/.csv/.jsonl; default: the bundled SST-2 dev sample)")
