@@ -357,4 +357,6 @@ def test_a_mean_pooled_run_is_never_exported_as_a_cls_dense_baseline(tiny_classi
           output_dir=tmp_path / "run")
     with pytest.raises(ExportError, match="reads \\[CLS\\]"):
         export(tmp_path / "run", tmp_path / "dense", dense=True, progress=False)
+    with pytest.raises(ExportError, match="packed layout"):
+        export(tmp_path / "run", tmp_path / "prefix", layout="prefix", progress=False)
     assert not (tmp_path / "dense").exists() or not any((tmp_path / "dense").iterdir())

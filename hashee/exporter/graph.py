@@ -170,15 +170,41 @@ def _pooled(b: GraphBuilder, model: Any, states: str, keep: str) -> str:
     return b.op("Div", [total, count], hint="mean_pooled")
 
 
+def assemble_model(b: GraphBuilder, model: Any, logits: str, spec_in: list[dict[str, Any]],
+                   spec_out: list[dict[str, Any]], opset: int, target: str, domain_version: int, functions: list[Any],
+                   what: str, props: dict[str, str]) -> Any:
+    """The ``ModelProto`` around a built graph: IO value infos, opsets, the ``hashee`` functions, properties."""
+    from onnx import TensorProto, helper
+
+    from hashee import __version__
+
+    dtypes = {"int64": TensorProto.INT64, "bool": TensorProto.BOOL, "float32": TensorProto.FLOAT}
+    b.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="outputs/logits"))
+
+    def value_info(spec: dict[str, Any]) -> Any:
+        return helper.make_tensor_value_info(spec["name"], dtypes[spec["dtype"]], spec["shape"])
+
+    graph = helper.make_graph(b.nodes, "hashee", [value_info(s) for s in spec_in], [value_info(s) for s in spec_out],
+                              initializer=b.initializers)
+    opsets = [helper.make_opsetid("", opset), helper.make_opsetid(custom_ops.DOMAIN, domain_version)]
+    if target == "onnxruntime":
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
+    num_layers = int(model.num_layers)
+    proto = helper.make_model(graph, opset_imports=opsets, functions=functions, producer_name="hashee",
+                              producer_version=__version__,
+                              doc_string=f"HashEE {model.family.model_type}, {num_layers} layers, {what}")
+    proto.ir_version = helper.find_min_ir_version_for(opsets[:2], ignore_unknown=True)
+    helper.set_model_props(proto, {"hashee.target": target, "hashee.num_layers": str(num_layers), **props})
+    return proto
+
+
 def build_graph(model: Any, target: str = "onnxruntime", opset: int = MIN_OPSET,
                 token_outputs: bool = False) -> tuple[Any, GraphSpec]:
     """The ONNX ``ModelProto`` of a :class:`~hashee.modeling.HashEEForSequenceClassification` and its spec.
 
     Deterministic: the same weights give byte-identical serialisations.
     """
-    from onnx import TensorProto, helper
-
-    from hashee import __version__
+    from onnx import TensorProto
 
     check_target(target, opset)
     custom_ops.register_schemas()
@@ -195,7 +221,6 @@ def build_graph(model: Any, target: str = "onnxruntime", opset: int = MIN_OPSET,
     spec_out = [{"name": "logits", "dtype": "float32", "shape": ["batch", num_labels]}]
     if token_outputs:
         spec_out.append({"name": "token_states", "dtype": "float32", "shape": ["batch", "sequence", hidden_size]})
-    dtypes = {"int64": TensorProto.INT64, "bool": TensorProto.BOOL, "float32": TensorProto.FLOAT}
 
     b = GraphBuilder(opset)
     b.scope = "inputs"
@@ -223,19 +248,6 @@ def build_graph(model: Any, target: str = "onnxruntime", opset: int = MIN_OPSET,
     states = b.op("Reshape", [hidden, b.op("Concat", [batch, seq, b.const([hidden_size])], axis=0)],
                   outputs=["token_states" if token_outputs else "outputs/states"])
     logits = head(b, model, _pooled(b, model, states, keep))
-    b.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="outputs/logits"))
-
-    def value_info(spec: dict[str, Any]) -> Any:
-        return helper.make_tensor_value_info(spec["name"], dtypes[spec["dtype"]], spec["shape"])
-
-    graph = helper.make_graph(b.nodes, "hashee", [value_info(s) for s in spec_in], [value_info(s) for s in spec_out],
-                              initializer=b.initializers)
-    opsets = [helper.make_opsetid("", opset), helper.make_opsetid(custom_ops.DOMAIN, custom_ops.DOMAIN_VERSION)]
-    if target == "onnxruntime":
-        opsets.append(helper.make_opsetid("com.microsoft", 1))
-    proto = helper.make_model(graph, opset_imports=opsets, functions=custom_ops.function_protos(opset),
-                              producer_name="hashee", producer_version=__version__,
-                              doc_string=f"HashEE {model.family.model_type}, {num_layers} layers, target {target}")
-    proto.ir_version = helper.find_min_ir_version_for(opsets[:2], ignore_unknown=True)
-    helper.set_model_props(proto, {"hashee.target": target, "hashee.num_layers": str(num_layers)})
+    proto = assemble_model(b, model, logits, spec_in, spec_out, opset, target, custom_ops.DOMAIN_VERSION,
+                           custom_ops.function_protos(opset), f"target {target}", {})
     return proto, GraphSpec(spec_in, spec_out)

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from hashee.errors import ExportError
 from hashee.exporter import custom_ops
 from hashee.exporter.builder import GraphBuilder
-from hashee.exporter.graph import MASK_VALUE, GraphSpec, _residual_norm, check_target
+from hashee.exporter.graph import MASK_VALUE, GraphSpec, _residual_norm, assemble_model, check_target
 from hashee.exporter.parts import FLOAT, activation, embed, head, uses_token_type_ids
 from hashee.exporter.targets import MIN_OPSET
 from hashee.prefix import mask_name
@@ -92,11 +93,12 @@ def _restore_order(b: GraphBuilder, states: str, hidden_size: int, token_outputs
 def build_prefix_graph(model: Any, target: str = "onnxruntime", opset: int = MIN_OPSET,
                        token_outputs: bool = False) -> tuple[Any, GraphSpec]:
     """The prefix-layout ``ModelProto`` of a HashEE model and its spec (deterministic, like the packed one)."""
-    from onnx import TensorProto, helper
-
-    from hashee import __version__
+    from onnx import TensorProto
 
     check_target(target, opset)
+    if getattr(model.config, "pooling", "cls") != "cls":
+        raise ExportError(f"the prefix layout reads [CLS] from its sorted slots; a {model.config.pooling}-pooled model "
+                          f"exports with the packed layout (drop --layout prefix)")
     custom_ops.register_schemas()
     config = model.dense.config
     num_layers, num_labels = int(model.num_layers), int(config.num_labels)
@@ -112,7 +114,6 @@ def build_prefix_graph(model: Any, target: str = "onnxruntime", opset: int = MIN
     spec_out = [{"name": "logits", "dtype": "float32", "shape": ["batch", num_labels]}]
     if token_outputs:
         spec_out.append({"name": "token_states", "dtype": "float32", "shape": ["batch", "sequence", hidden_size]})
-    dtypes = {"int64": TensorProto.INT64, "bool": TensorProto.BOOL, "float32": TensorProto.FLOAT}
 
     b = GraphBuilder(opset)
     b.scope = "inputs"
@@ -130,23 +131,9 @@ def build_prefix_graph(model: Any, target: str = "onnxruntime", opset: int = MIN
         hidden = _layer(b, model, index, hidden, env, target)
     cls, _ = _restore_order(b, hidden, hidden_size, token_outputs)
     logits = head(b, model, cls)
-    b.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="outputs/logits"))
-
-    def value_info(spec: dict[str, Any]) -> Any:
-        return helper.make_tensor_value_info(spec["name"], dtypes[spec["dtype"]], spec["shape"])
-
-    graph = helper.make_graph(b.nodes, "hashee", [value_info(s) for s in spec_in], [value_info(s) for s in spec_out],
-                              initializer=b.initializers)
-    opsets = [helper.make_opsetid("", opset), helper.make_opsetid(custom_ops.DOMAIN, custom_ops.PREFIX_DOMAIN_VERSION)]
-    if target == "onnxruntime":
-        opsets.append(helper.make_opsetid("com.microsoft", 1))
-    proto = helper.make_model(graph, opset_imports=opsets, functions=custom_ops.prefix_function_protos(opset),
-                              producer_name="hashee", producer_version=__version__,
-                              doc_string=f"HashEE {model.family.model_type}, {num_layers} layers, target {target}, "
-                                         f"prefix layout")
-    proto.ir_version = helper.find_min_ir_version_for(opsets[:2], ignore_unknown=True)
-    helper.set_model_props(proto, {"hashee.target": target, "hashee.num_layers": str(num_layers),
-                                   "hashee.layout": "prefix"})
+    proto = assemble_model(b, model, logits, spec_in, spec_out, opset, target, custom_ops.PREFIX_DOMAIN_VERSION,
+                           custom_ops.prefix_function_protos(opset), f"target {target}, prefix layout",
+                           {"hashee.layout": "prefix"})
     return proto, GraphSpec(spec_in, spec_out)
 
 
