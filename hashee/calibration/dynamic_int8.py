@@ -58,8 +58,8 @@ ORT_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "electra": "bert", "distil
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
-    """quantize_dynamic and the optimizer log advice at WARNING on the root logger; keep the CLI clean."""
+def quiet_quantizer() -> Iterator[None]:
+    """ONNX Runtime's quantizers and optimizer log advice at WARNING on the root logger; keep the CLI clean."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
@@ -83,7 +83,7 @@ def prepared_graph(model: Any) -> Any:
         if not node.name:
             node.name = f"node_{i}"
     try:
-        with _quiet():
+        with quiet_quantizer():
             inferred = SymbolicShapeInference.infer_shapes(flat, auto_merge=True)
     except Exception as exc:  # the tool raises bare Exceptions on graphs it cannot follow
         raise CalibrationError(f"ONNX Runtime's symbolic shape inference failed on the inlined graph "
@@ -101,7 +101,7 @@ def fused_dense_graph(model_file: Path, backbone: dict[str, Any]) -> tuple[Any, 
     model_type = ORT_MODEL_TYPES.get(str(backbone.get("family")))
     if model_type is None:
         return onnx.load(str(model_file)), {}
-    with _quiet():
+    with quiet_quantizer():
         logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
         optimized = optimize_model(str(model_file), model_type=model_type,
                                    num_heads=int(backbone["num_attention_heads"]),
@@ -150,7 +150,7 @@ def quantize_graph(model: Any, output: Path, per_channel: bool = True, quantize_
     if not nodes:
         raise CalibrationError("the graph has no MatMul/Gemm with a weight initializer: nothing to quantise")
     op_types = sorted({n.op_type for n in model.graph.node if n.name in set(nodes)})
-    with tempfile.TemporaryDirectory(prefix="hashee-int8-dynamic-") as scratch, _quiet():
+    with tempfile.TemporaryDirectory(prefix="hashee-int8-dynamic-") as scratch, quiet_quantizer():
         source = Path(scratch) / "prepared.onnx"
         onnx.save(model, str(source))
         quantize_dynamic(str(source), str(output), op_types_to_quantize=op_types, nodes_to_quantize=nodes,

@@ -21,18 +21,17 @@ or changing nothing but the evaluation) reuses them instead of recalibrating.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from hashee.bundle import INT8_FILE, MODEL_FILE, RANGES_FILE, read_bundle, replace_precision_file, sha256_file
+from hashee.calibration.dynamic_int8 import quiet_quantizer
 from hashee.calibration.feeds import BundleFeeder, read_texts
 from hashee.calibration.fp16 import inline_functions
 from hashee.errors import CalibrationError
@@ -69,18 +68,6 @@ class BundleCalibrationReader:
         self._next = iter(self.feeds[start_index:end_index])
 
 
-@contextmanager
-def _quiet_quantizer() -> Iterator[None]:
-    """quantize_static logs pre-processing advice at WARNING on the root logger; keep the CLI's output clean."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def quantize_int8(fp32_file: Path, output: Path, feeder: Any, data: Any | None, method: str,
                   ranges_file: Path) -> None:
     """Write the Q/DQ model to ``output``; calibrate on ``data`` unless ``ranges_file`` exists."""
@@ -101,7 +88,7 @@ def quantize_int8(fp32_file: Path, output: Path, feeder: Any, data: Any | None, 
              "OpTypesToExcludeOutputQuantization": ["MatMul", "Gemm"]}
     if method == "percentile":
         extra["CalibPercentile"] = PERCENTILE
-    with tempfile.TemporaryDirectory(prefix="hashee-int8-") as scratch, _quiet_quantizer():
+    with tempfile.TemporaryDirectory(prefix="hashee-int8-") as scratch, quiet_quantizer():
         source = Path(scratch) / "inlined.onnx"
         onnx.save(flat, str(source))
         del flat
