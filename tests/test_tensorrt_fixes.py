@@ -74,7 +74,7 @@ def test_a_refused_cache_and_none_back_still_write_the_plan(trt_bundle, tmp_path
     # the build went on with a fresh cache: an empty blob was offered after the refused one
     assert [blob for name, blob in fake.calls if name == "create_timing_cache"] == [OTHER_DEVICE, b""]
     plan = bundle / result.entry["file"]
-    assert plan.read_bytes() == b"fake plan"
+    assert plan.read_bytes() == triton_fake.FAKE_PLAN
     meta = read_bundle(bundle)  # verifies every sha256, the plan's included
     assert [e["file"] for e in meta["engines"]] == [result.entry["file"]]
     assert cache.read_bytes() == OTHER_DEVICE  # left as it was, not truncated
@@ -91,7 +91,7 @@ def test_an_accepted_cache_is_written_back_atomically(trt_bundle, tmp_path, monk
     with warnings.catch_warnings():
         warnings.simplefilter("error", TimingCacheWarning)
         result = build_engine(bundle, profiles=["1x2:2x16:4x32"], timing_cache=cache, progress=False)
-    assert (bundle / result.entry["file"]).read_bytes() == b"fake plan"
+    assert (bundle / result.entry["file"]).read_bytes() == triton_fake.FAKE_PLAN
     assert cache.read_bytes() == b"cache"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "timing.cache"]  # no temporary left
 
@@ -158,7 +158,7 @@ def test_build_plans_writes_the_plan_when_the_cache_is_refused(tmp_path, monkeyp
     cache.write_bytes(OTHER_DEVICE)
     said = []
     target = _template().build(spec, str(tmp_path), 64, str(cache), said.append)
-    assert open(target, "rb").read() == b"fake plan"
+    assert open(target, "rb").read() == triton_fake.FAKE_PLAN
     assert cache.read_bytes() == OTHER_DEVICE
     assert any("refused the timing cache" in m for m in said) and any("no timing cache" in m for m in said)
     assert not [p for p in (tmp_path / "1").iterdir() if p.name != "model.plan"]

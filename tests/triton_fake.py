@@ -12,6 +12,8 @@ from typing import ClassVar
 
 import numpy as np
 
+FAKE_PLAN = b"ftrt fake plan"  # what the fake builder serializes: TensorRT's magic tag first, as a real plan
+
 
 class Tensor:
     def __init__(self, name, array):
@@ -211,7 +213,7 @@ class FakeTensorRT:
 
             def build_serialized_network(self, network, config):
                 fake.calls.append(("build", config.profiles))
-                return b"ftrt fake plan"  # TensorRT's magic tag first, as a real plan
+                return FAKE_PLAN
 
         self.module = types.ModuleType("tensorrt")
         self.module.__version__ = self.__version__
