@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import warnings
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,23 @@ def _load_task(train_file: Path, dev_file: Path | None, columns: tuple, regressi
     if len(train.label_names) < 2:
         raise DataError(f"{train_file} has a single label {train.label_names}; classification needs at least "
                         f"two classes")
+    _report_single_classes(train_file, train.labels)
     return _Task(train, dev, False, *label_mapping(train.label_names))
+
+
+class SingleExampleClassWarning(UserWarning):
+    """A class that only one training example has: often a stray row (a header, a typo), never silent."""
+
+
+def _report_single_classes(train_file: Path, labels: list[str]) -> None:
+    from collections import Counter
+
+    single = sorted(name for name, count in Counter(labels).items() if count == 1)
+    if single:
+        rows = [labels.index(name) + 1 for name in single]
+        warnings.warn(f"{train_file}: class(es) {single} occur in one training example only (data row(s) {rows}); "
+                      f"if that row is not data, remove it or name the columns", SingleExampleClassWarning,
+                      stacklevel=3)
 
 
 def _check_recipe(recipe: dict[str, Any]) -> None:

@@ -105,3 +105,20 @@ def test_train_layers_k_trains_the_first_k_layers(tmp_path, minilm_tokenizer, el
     assert hashee.flops_reduction > static.flops_reduction
     with pytest.raises(HashConfigError, match="1..3"):
         train(backbone, train_file=data, dense=True, num_layers=4, output_dir=tmp_path / "x", **steps)
+
+
+def test_a_class_seen_once_is_reported(tmp_path, elue_dir):
+    import warnings
+
+    from hashee.training import SingleExampleClassWarning, _load_task
+
+    rows = (elue_dir / "SST-2" / "train.tsv").read_text().splitlines()[:21]
+    data = tmp_path / "train.tsv"
+    data.write_text("\n".join(rows + ["a stray row\tmaybe"]) + "\n")
+    with pytest.warns(SingleExampleClassWarning, match=r"\['maybe'\].*row\(s\) \[21\]"):
+        _load_task(data, None, (None, None, None), None)
+    clean = tmp_path / "clean.tsv"
+    clean.write_text("\n".join(rows) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SingleExampleClassWarning)
+        _load_task(clean, None, (None, None, None), None)
