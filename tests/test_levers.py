@@ -146,7 +146,7 @@ def test_train_min_exit_layer_reaches_the_table(tiny_classifier, sst2_sentences,
 def test_mean_pooling_reads_the_mean_of_exit_states(family):
     from hashee.exit_table import ExitTable
     from hashee.modeling import HashEEForSequenceClassification
-    from tests.tiny import tiny_dense
+    from tiny import tiny_dense
 
     dense = tiny_dense(family, num_layers=3, initializer_range=0.5)
     ids = torch.randint(5, 120, (3, 7), generator=torch.Generator().manual_seed(1))
@@ -291,7 +291,7 @@ def test_exit_curriculum_moves_from_the_last_layer_to_the_table(minilm_tokenizer
     from hashee.calibration import build_exit_table
     from hashee.curriculum import curriculum_exits
     from hashee.modeling import HashEEForSequenceClassification
-    from tests.tiny import tiny_dense
+    from tiny import tiny_dense
 
     dense = tiny_dense("bert", vocab_size=30522, num_layers=3)
     texts = [t for t, _ in sst2_sentences[:40]]

@@ -10,7 +10,7 @@ import pytest
 from hashee.errors import BackboneError, HashConfigError
 from hashee.exit_table import ExitTable
 from hashee.flops import EncoderDims, batch_flops
-from tests.tiny import FAMILIES, tiny_dense
+from tiny import FAMILIES, tiny_dense
 
 torch = pytest.importorskip("torch")
 
