@@ -151,13 +151,18 @@ def _layer(b: GraphBuilder, model: Any, index: int, hidden: str, env: dict[str, 
     else:
         context = _attention_plain(b, grid, keys, values, env["mask_add"], env["batch"], heads, head_dim)
     context = b.op("GatherND", [context, slot], hint="context_active")
+    out = attention_output_and_ffn(b, layer, name, context, rows, target)
+    return b.op(custom_ops.SCATTER_ACTIVE, [hidden, index_rows, out], domain=custom_ops.DOMAIN)
+
+
+def attention_output_and_ffn(b: GraphBuilder, layer: Any, name: str, context: str, rows: str, target: str) -> str:
+    """A layer's tail on the active rows: output projection + residual + LayerNorm, FFN + residual + LayerNorm."""
     attended = _residual_norm(b, context, layer.attn_output, rows, layer.attn_norm, f"{name}.attention.output",
                               f"{name}.attention.LayerNorm", target)
     inner = activation(b, b.linear(attended, layer.ffn_in, f"{name}.ffn.in"), layer.activation, "act",
                        contrib=target == "onnxruntime")
-    out = _residual_norm(b, inner, layer.ffn_out, attended, layer.ffn_norm, f"{name}.ffn.out",
-                         f"{name}.ffn.LayerNorm", target)
-    return b.op(custom_ops.SCATTER_ACTIVE, [hidden, index_rows, out], domain=custom_ops.DOMAIN)
+    return _residual_norm(b, inner, layer.ffn_out, attended, layer.ffn_norm, f"{name}.ffn.out",
+                          f"{name}.ffn.LayerNorm", target)
 
 
 def _pooled(b: GraphBuilder, model: Any, states: str, keep: str) -> str:

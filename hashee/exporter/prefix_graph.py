@@ -25,8 +25,8 @@ import numpy as np
 from hashee.errors import ExportError
 from hashee.exporter import custom_ops
 from hashee.exporter.builder import GraphBuilder
-from hashee.exporter.graph import MASK_VALUE, GraphSpec, _residual_norm, assemble_model, check_target
-from hashee.exporter.parts import FLOAT, activation, embed, head, uses_token_type_ids
+from hashee.exporter.graph import MASK_VALUE, GraphSpec, assemble_model, attention_output_and_ffn, check_target
+from hashee.exporter.parts import FLOAT, embed, head, uses_token_type_ids
 from hashee.exporter.targets import MIN_OPSET
 from hashee.prefix import mask_name
 
@@ -61,12 +61,7 @@ def _layer(b: GraphBuilder, model: Any, index: int, hidden: str, env: dict[str, 
     keys = b.linear(hidden, layer.key, f"{name}.key")
     values = b.linear(hidden, layer.value, f"{name}.value")
     context = _attention(b, queries, keys, values, env, target, layer.num_heads, size)
-    attended = _residual_norm(b, context, layer.attn_output, rows, layer.attn_norm, f"{name}.attention.output",
-                              f"{name}.attention.LayerNorm", target)
-    inner = activation(b, b.linear(attended, layer.ffn_in, f"{name}.ffn.in"), layer.activation, "act",
-                       contrib=target == "onnxruntime")
-    out = _residual_norm(b, inner, layer.ffn_out, attended, layer.ffn_norm, f"{name}.ffn.out",
-                         f"{name}.ffn.LayerNorm", target)
+    out = attention_output_and_ffn(b, layer, name, context, rows, target)
     return b.op(custom_ops.SCATTER_ACTIVE, [hidden, mask, out], domain=custom_ops.DOMAIN, hint="write_back")
 
 
