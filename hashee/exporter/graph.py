@@ -155,6 +155,17 @@ def _layer(b: GraphBuilder, model: Any, index: int, hidden: str, env: dict[str, 
     return b.op(custom_ops.SCATTER_ACTIVE, [hidden, index_rows, out], domain=custom_ops.DOMAIN)
 
 
+def key_mask(b: GraphBuilder, target: str) -> dict[str, str]:
+    """Padding as attention sees it: ORT's int32 key padding, or an additive [B, 1, 1, S] mask elsewhere."""
+    from onnx import TensorProto
+
+    if target == "onnxruntime":
+        return {"key_padding": b.op("Cast", ["attention_mask"], to=TensorProto.INT32, hint="key_padding")}
+    missing = b.op("Sub", [b.const(1.0, np.float32), b.op("Cast", ["attention_mask"], to=FLOAT)])
+    return {"mask_add": b.op("Unsqueeze", [b.op("Mul", [missing, b.const(MASK_VALUE, np.float32)]),
+                                           b.const([1, 2])], hint="mask_add")}
+
+
 def attention_output_and_ffn(b: GraphBuilder, layer: Any, name: str, context: str, rows: str, target: str) -> str:
     """A layer's tail on the active rows: output projection + residual + LayerNorm, FFN + residual + LayerNorm."""
     attended = _residual_norm(b, context, layer.attn_output, rows, layer.attn_norm, f"{name}.attention.output",
@@ -237,12 +248,7 @@ def build_graph(model: Any, target: str = "onnxruntime", opset: int = MIN_OPSET,
         "batch_column": b.op("Unsqueeze", [b.op("Range", [b.const(0), b.op("Squeeze", [batch, b.const([0])]),
                                                            b.const(1)]), b.const([1])], hint="batch_column"),
     }
-    if target == "onnxruntime":
-        env["key_padding"] = b.op("Cast", ["attention_mask"], to=TensorProto.INT32, hint="key_padding")
-    else:
-        missing = b.op("Sub", [b.const(1.0, np.float32), b.op("Cast", ["attention_mask"], to=FLOAT)])
-        env["mask_add"] = b.op("Unsqueeze", [b.op("Mul", [missing, b.const(MASK_VALUE, np.float32)]),
-                                             b.const([1, 2])], hint="mask_add")
+    env.update(key_mask(b, target))
     _exit_plan(b, env)
     embedded = embed(b, model, "input_ids", "token_type_ids" if with_types else None, seq)
     b.scope = "embeddings"

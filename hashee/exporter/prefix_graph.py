@@ -25,8 +25,8 @@ import numpy as np
 from hashee.errors import ExportError
 from hashee.exporter import custom_ops
 from hashee.exporter.builder import GraphBuilder
-from hashee.exporter.graph import MASK_VALUE, GraphSpec, assemble_model, attention_output_and_ffn, check_target
-from hashee.exporter.parts import FLOAT, embed, head, uses_token_type_ids
+from hashee.exporter.graph import MASK_VALUE, GraphSpec, assemble_model, attention_output_and_ffn, check_target, key_mask
+from hashee.exporter.parts import embed, head, uses_token_type_ids
 from hashee.exporter.targets import MIN_OPSET
 from hashee.prefix import mask_name
 
@@ -114,12 +114,7 @@ def build_prefix_graph(model: Any, target: str = "onnxruntime", opset: int = MIN
     b.scope = "inputs"
     keep = b.op("Cast", ["attention_mask"], to=TensorProto.BOOL, hint="keep")
     env: dict[str, str] = {}
-    if target == "onnxruntime":
-        env["key_padding"] = b.op("Cast", ["attention_mask"], to=TensorProto.INT32, hint="key_padding")
-    else:
-        missing = b.op("Sub", [b.const(1.0, np.float32), b.op("Cast", ["attention_mask"], to=FLOAT)])
-        env["mask_add"] = b.op("Unsqueeze", [b.op("Mul", [missing, b.const(MASK_VALUE, np.float32)]),
-                                             b.const([1, 2])], hint="mask_add")
+    env.update(key_mask(b, target))
     hidden = embed(b, model, "input_ids", "token_type_ids" if with_types else None, "",  # no sequence slice:
                    position_ids="position_ids", keep=keep)  # tokens are embedded at their own positions
     for index in range(1, num_layers + 1):
