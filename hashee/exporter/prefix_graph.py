@@ -57,11 +57,17 @@ def _layer(b: GraphBuilder, model: Any, index: int, hidden: str, env: dict[str, 
     b.scope = f"layer{index}"
     mask = mask_name(index)
     rows = b.op(custom_ops.GATHER_ACTIVE, [hidden, mask], domain=custom_ops.DOMAIN, hint="active_rows")
-    queries = b.linear(rows, layer.query, f"{name}.query")
-    keys = b.linear(hidden, layer.key, f"{name}.key")
-    values = b.linear(hidden, layer.value, f"{name}.value")
+    grid = b.op("Shape", [rows], hint="active_grid")  # [B, W_l, D]: from input shapes only
+    # The active slots as 2-D rows [B * W_l, D]: ONNX Runtime fuses a 2-D MatMul + bias into one Gemm
+    # (its 3-D MatMul keeps a separate bias Add and runs slower per row), as in the packed layout.
+    flat = b.op("Reshape", [rows, b.const([-1, size])], hint="active_flat")
+    queries = b.op("Reshape", [b.linear(flat, layer.query, f"{name}.query"), grid], hint="queries")
+    slots, every_flat = b.op("Shape", [hidden], hint="slot_grid"), b.op("Reshape", [hidden, b.const([-1, size])])
+    keys = b.op("Reshape", [b.linear(every_flat, layer.key, f"{name}.key"), slots], hint="keys")
+    values = b.op("Reshape", [b.linear(every_flat, layer.value, f"{name}.value"), slots], hint="values")
     context = _attention(b, queries, keys, values, env, target, layer.num_heads, size)
-    out = attention_output_and_ffn(b, layer, name, context, rows, target)
+    context = b.op("Reshape", [context, b.const([-1, size])], hint="context_flat")
+    out = b.op("Reshape", [attention_output_and_ffn(b, layer, name, context, flat, target), grid], hint="active_out")
     return b.op(custom_ops.SCATTER_ACTIVE, [hidden, mask, out], domain=custom_ops.DOMAIN, hint="write_back")
 
 
