@@ -20,13 +20,11 @@ DIR/gpu_check.md.  ``--device cpu`` runs the same code on a CPU (a smoke test of
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -82,21 +80,6 @@ def _batches(tokenizer, texts, batch_size, limit_single=200, max_length=MAX_LENG
     return batches
 
 
-def _time(fn, batches, repeats, sync, rows=lambda b: b["input_ids"].shape[0]):
-    """samples/s of ``fn`` over ``batches`` (median of ``repeats`` passes, ``sync`` after each pass)."""
-    for b in batches[:3]:
-        fn(b)
-    sync()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for b in batches:
-            fn(b)
-        sync()
-        runs.append(time.perf_counter() - start)
-    return sum(rows(b) for b in batches) / statistics.median(runs)
-
-
 def torch_section(model, tokenizer, texts, batch_sizes, repeats, device, labels=None):
     """samples/s of HashEE and dense, fp32 and fp16 autocast; parity of each (and of the masked oracle)
     against HashEE fp32.
@@ -106,6 +89,7 @@ def torch_section(model, tokenizer, texts, batch_sizes, repeats, device, labels=
     """
     import numpy as np
     import torch
+    from gpu_common import samples_per_second
 
     if device != "cpu":  # the CPU reference first, before the model moves
         cpu_batches = _batches(tokenizer, texts, max(batch_sizes))
@@ -154,7 +138,7 @@ def torch_section(model, tokenizer, texts, batch_sizes, repeats, device, labels=
                     with torch.autocast(device, dtype=torch.float16 if device == "cuda" else torch.bfloat16,
                                         enabled=half):
                         return fn(**b)
-                row[name] = _time(call, batches, repeats, sync)
+                row[name] = samples_per_second(call, batches, repeats, sync, warmup=3)
             row["speedup_fp32"] = row["hashee_fp32"] / row["dense_fp32"]
             row["speedup_fp16"] = row["hashee_fp16"] / row["dense_fp16"]
             rows.append(row)
@@ -180,6 +164,7 @@ def tensorrt_section(model, tokenizer, texts, batch_sizes, repeats, work: Path, 
     """Export the same weights (tensorrt target, max length 128) in each layout, build fp32/fp16 engines,
     time them and compare with PyTorch (the prefix bundle's feeds are the host's sorted plan)."""
     import numpy as np
+    from gpu_common import samples_per_second
 
     from hashee.calibration.feeds import BundleFeeder, TextSet
     from hashee.calibration.fp16 import add_fp16
@@ -220,8 +205,9 @@ def tensorrt_section(model, tokenizer, texts, batch_sizes, repeats, work: Path, 
                     feeds = feeds[:: max(1, len(feeds) // 200)]
                 # timed as torch is: inputs already on the GPU, outputs preallocated there, one sync per pass
                 resident = [engine.prepare(feed) for feed in feeds]
-                entry["samples_per_s"][str(batch_size)] = _time(engine.execute, resident, repeats, engine.synchronize,
-                                                                rows=lambda b: b.inputs["input_ids"].shape[0])
+                entry["samples_per_s"][str(batch_size)] = samples_per_second(
+                    engine.execute, resident, repeats, engine.synchronize, warmup=3,
+                    rows=lambda b: b.inputs["input_ids"].shape[0])
                 del resident
             engine.close()
             results["engines"][f"{layout} {precision}"] = entry
@@ -319,13 +305,12 @@ def layouts(model, tokenizer, texts, args):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--model", help="a trained HashEE run folder (default: untrained head on all-MiniLM-L6-v2)")
+    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_common import cuda_missing, script_parser, write_report
+
+    parser = script_parser(__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", default="1,8,32,128")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--limit", type=int, help="use only the first N dev sentences")
     parser.add_argument("--tests-status", default="not run", help="summary line of the GPU test tier")
     parser.add_argument("--sections",
                         help="comma-separated: torch (fp32/fp16 eager), layouts (dense/packed/prefix, eager and CUDA "
@@ -334,16 +319,13 @@ def main() -> int:
     parser.add_argument("--layout-batch-sizes", default="1,8,32,128,512", help="batch sizes of the layouts section")
     parser.add_argument("--long-count", type=int, default=256, help="long (256-512 token) inputs in the layouts section")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
-    sys.path.insert(0, str(REPO / "benchmarks"))
     default = "torch,layouts,tensorrt" if args.device.startswith("cuda") else "torch,tensorrt"
     sections = {s.strip() for s in (args.sections or default).split(",") if s.strip()}
     import torch
 
     from hashee.data import load_examples
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("gpu_check: error: no CUDA GPU is visible (torch.cuda.is_available() is False)", file=sys.stderr)
+    if cuda_missing(args.device, "gpu_check"):
         return 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -374,9 +356,7 @@ def main() -> int:
         report["tensorrt"] = tensorrt_report(args.device, report["versions"],
                                              lambda work: tensorrt_section(model, tokenizer, texts, batch_sizes,
                                                                            args.repeats, work))
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "gpu_check.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(out, "gpu_check", report, markdown)
     return 0
 
 

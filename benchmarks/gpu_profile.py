@@ -12,7 +12,6 @@ Writes DIR/gpu_profile.json and DIR/gpu_profile.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpu_check import _batches, _data, _model, _time  # noqa: E402
+from gpu_check import _batches, _data, _model  # noqa: E402
+from gpu_common import cuda_missing, samples_per_second, script_parser, write_report  # noqa: E402
 
 
 def _device_ops(fn, batches, device) -> tuple[int, float]:
@@ -55,7 +55,7 @@ def measure(model, batches_by_size, repeats, device) -> list[dict]:
             row = {"batch": batch_size, "batches": len(batches),
                    "mean_tokens": float(sum(int(b["attention_mask"].sum()) for b in batches) / samples)}
             for name, fn in (("dense", dense), ("hashee", model)):
-                seconds = samples / _time(lambda b, fn=fn: fn(**b), batches, repeats, sync)
+                seconds = samples / samples_per_second(lambda b, fn=fn: fn(**b), batches, repeats, sync, warmup=3)
                 count, device_us = _device_ops(fn, batches, device)
                 per = len(batches)
                 row[name] = {"samples_per_s": samples / seconds, "wall_ms_per_forward": 1e3 * seconds / per,
@@ -94,14 +94,9 @@ def markdown(report) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--model", help="a trained HashEE run folder (default: untrained head on all-MiniLM-L6-v2)")
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = script_parser(__doc__.splitlines()[0])
     parser.add_argument("--short-batch-sizes", default="1,32,128,512")
     parser.add_argument("--long-batch-sizes", default="1,8,32")
-    parser.add_argument("--limit", type=int, help="use only the first N dev sentences")
     args = parser.parse_args()
     import platform
 
@@ -110,8 +105,7 @@ def main() -> int:
     from hashee.bench.configs import build_long_inputs
     from hashee.data import load_examples
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("gpu_profile: error: no CUDA GPU is visible (torch.cuda.is_available() is False)", file=sys.stderr)
+    if cuda_missing(args.device, "gpu_profile"):
         return 1
     train_file, dev_file = _data()
     texts = load_examples(dev_file).inputs()[: args.limit]
@@ -138,11 +132,7 @@ def main() -> int:
         print(f"== {name}", flush=True)
         batches = on_device(text_list, [int(s) for s in sizes.split(",")], max_length)
         report["sets"][name] = measure(model, batches, args.repeats, args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_profile.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "gpu_profile.md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(Path(args.out), "gpu_profile", report, markdown)
     return 0
 
 

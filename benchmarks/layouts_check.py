@@ -11,11 +11,10 @@ on a GPU).  Parity of every HashEE variant against ``packed``.  Used by benchmar
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any, Callable
 
 import numpy as np
+from gpu_common import samples_per_second
 
 MAX_GRAPHS = 64
 
@@ -43,22 +42,6 @@ def _bucket_dense(batch: dict[str, np.ndarray], max_length: int) -> tuple[dict[s
     take = np.minimum(np.arange(target_rows), rows - 1)
     padded = {k: np.pad(v[take], ((0, 0), (0, target_seq - seq))) for k, v in batch.items()}
     return padded, rows
-
-
-def _timer(fn: Callable[[dict[str, np.ndarray]], np.ndarray], batches: list[dict[str, np.ndarray]], repeats: int,
-           sync: Callable[[], None]) -> float:
-    """samples/s: median of ``repeats`` timed passes after one full warm-up pass (captures every graph)."""
-    for batch in batches:
-        fn(batch)
-    sync()
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for batch in batches:
-            fn(batch)
-        sync()
-        runs.append(time.perf_counter() - start)
-    return sum(b["input_ids"].shape[0] for b in batches) / statistics.median(runs)
 
 
 def variants(model: Any, device: str, max_length: int) -> dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]]:
@@ -154,7 +137,7 @@ def layouts_section(model: Any, tokenizer: Any, datasets: dict[str, tuple[list[s
                                        "label_agreement": float((got.argmax(-1) == reference.argmax(-1)).mean())}
             row: dict[str, Any] = {"batch": batch_size}
             for variant, fn in fns.items():
-                row[variant] = _timer(fn, batches, repeats, sync)
+                row[variant] = samples_per_second(fn, batches, repeats, sync)  # warms up on every batch: captures every graph
             for variant in list(fns):
                 base = "dense_graphs" if variant.endswith("graphs") or variant.endswith("cost") else "dense"
                 if variant != base and base in row:

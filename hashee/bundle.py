@@ -178,6 +178,18 @@ def replace_precision_file(folder: str | Path, precision: str, files: dict[str, 
     return update_bundle(folder, files, {"precisions": precisions, "engines": engines or None}, remove=stale)
 
 
+@dataclass
+class BundleAddition:
+    """What a command that adds a file to a bundle did: the bundle, the manifest entry it recorded, its seconds.
+
+    ``hashee calibrate``, ``quantize`` and ``build-engine`` return subclasses whose ``format()`` reports it.
+    """
+
+    bundle: Path
+    entry: dict[str, Any]
+    seconds: float
+
+
 def read_bundle(folder: str | Path, verify: bool = True) -> dict[str, Any]:
     """Read ``hashee.json`` of a bundle; with ``verify``, check every listed file's sha256.
 

@@ -29,6 +29,23 @@ def _add_columns(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--label-column", help="column of the label (class name/id, or a float for regression)")
 
 
+def _subcommand(sub: Any, name: str, handler: Callable[[argparse.Namespace], int], help: str,
+                description: str | None = None) -> argparse.ArgumentParser:
+    """Add subcommand ``name`` (``help``: its line in ``hashee --help``), which ``main`` runs with ``handler``."""
+    p = sub.add_parser(name, help=help, description=description)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def _add_bundle(p: argparse.ArgumentParser, help: str = "bundle folder written by `hashee export`") -> None:
+    p.add_argument("bundle", help=help)
+
+
+def _add_quiet(p: argparse.ArgumentParser, display: str) -> None:
+    """``--quiet``: no progress ``display`` (bars, lines, ...: what the subcommand shows while it works)."""
+    p.add_argument("--quiet", action="store_true", help=f"no progress {display}")
+
+
 def _column(value: str | None) -> str | int | None:
     return int(value) if value is not None and value.isdigit() else value
 
@@ -235,8 +252,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_hash(sub: Any) -> None:
     """The ``hashee hash`` subcommand."""
-    p = sub.add_parser("hash", help="build an exit table (token id -> exit layer) from a tokenizer and data",
-                       description="Build an exit table for every id of a tokenizer's vocabulary.")
+    p = _subcommand(sub, "hash", cmd_hash, help="build an exit table (token id -> exit layer) from a tokenizer and data",
+                    description="Build an exit table for every id of a tokenizer's vocabulary.")
     p.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer or model folder")
     p.add_argument("--data", help="data file (.tsv/.csv/.jsonl) for the frequency and mi kinds and for "
                                   "--target-speedup; also used to report the FLOPs reduction")
@@ -250,13 +267,12 @@ def add_hash(sub: Any) -> None:
     p.add_argument("--max-length", type=int, default=128, help="truncation when measuring FLOPs")
     p.add_argument("-o", "--output", required=True, help="folder to write exit_table.npy and exit_table.json")
     _add_columns(p)
-    p.set_defaults(handler=cmd_hash)
 
 
 def add_train(sub: Any) -> None:
     """The ``hashee train`` subcommand."""
-    p = sub.add_parser("train", help="fine-tune a HashEE (or dense) classifier with the Hugging Face Trainer",
-                       description="Fine-tune with the seed's recipe (Table 8) and write a run directory.")
+    p = _subcommand(sub, "train", cmd_train, help="fine-tune a HashEE (or dense) classifier with the Hugging Face Trainer",
+                    description="Fine-tune with the seed's recipe (Table 8) and write a run directory.")
     p.add_argument("--backbone", help="Hugging Face model folder (default: the offline all-MiniLM-L6-v2)")
     p.add_argument("--train", help="training data (.tsv/.csv/.jsonl); default: the bundled SST-2 sample "
                                    "(2,000 sentences, with its 400-sentence dev sample as --dev)")
@@ -278,33 +294,32 @@ def add_train(sub: Any) -> None:
     p.add_argument("--teacher", help="a run directory (e.g. a --dense run on the same task) to distil from")
     _add_recipe(p)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(p, "bars")
     p.add_argument("-o", "--output", required=True, help="run directory to write")
     _add_columns(p)
-    p.set_defaults(handler=cmd_train)
 
 
 def add_eval(sub: Any) -> None:
     """The ``hashee eval`` subcommand."""
-    p = sub.add_parser("eval", help="score a run directory on a data file, with its FLOPs reduction",
-                       description="Evaluate a HashEE or dense run: task metric and measured FLOPs reduction.")
+    p = _subcommand(sub, "eval", cmd_eval, help="score a run directory on a data file, with its FLOPs reduction",
+                    description="Evaluate a HashEE or dense run: task metric and measured FLOPs reduction.")
     p.add_argument("run_dir", help="run directory written by `hashee train` (or any save_pretrained folder)")
     p.add_argument("--data", required=True, help="labelled data file (.tsv/.csv/.jsonl)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, help="default: the training run's")
     p.add_argument("--exit-table", help="evaluate a HashEE run with another exit table (a folder written by "
                                         "`hashee hash`), e.g. random-incons for the consistency ablation")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(p, "bar")
     _add_columns(p)
-    p.set_defaults(handler=cmd_eval)
 
 
 def add_export(sub: Any) -> None:
     """The ``hashee export`` subcommand."""
-    p = sub.add_parser("export", help="export a run to a validated ONNX bundle (model.onnx, exit table, tokenizer)",
-                       description="Export a HashEE run (or, with --dense, its weights without early exit) to a "
-                                   "bundle folder; the saved graph is checked against PyTorch and nothing is "
-                                   "written when it disagrees.")
+    p = _subcommand(sub, "export", cmd_export,
+                    help="export a run to a validated ONNX bundle (model.onnx, exit table, tokenizer)",
+                    description="Export a HashEE run (or, with --dense, its weights without early exit) to a "
+                                "bundle folder; the saved graph is checked against PyTorch and nothing is "
+                                "written when it disagrees.")
     p.add_argument("run_dir", help="folder written by `hashee train` or save_pretrained (model + tokenizer)")
     p.add_argument("-o", "--output", required=True, help="bundle folder to write")
     p.add_argument("--target", default="onnxruntime", help="onnxruntime (default) or tensorrt")
@@ -324,29 +339,28 @@ def add_export(sub: Any) -> None:
     p.add_argument("--embed-exit-table", action="store_true",
                    help="put the exit table in the graph (masks computed from input_ids): only batch-first inputs, "
                         "as Triton's dynamic batching needs")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(handler=cmd_export)
+    _add_quiet(p, "lines")
 
 
 def add_convert(sub: Any) -> None:
     """The ``hashee convert`` subcommand."""
-    p = sub.add_parser("convert", help="add a mixed-precision fp16 copy (model.fp16.onnx) to a bundle",
-                       description="Convert a bundle's fp32 model.onnx to fp16 (LayerNorm, Softmax, reductions, "
-                                   "exit-mask/index logic and IO stay fp32), check it against fp32 on ONNX "
-                                   "Runtime CPU (exit 1 when they disagree) and record it in hashee.json.")
-    p.add_argument("bundle", help="bundle folder written by `hashee export`")
+    p = _subcommand(sub, "convert", cmd_convert, help="add a mixed-precision fp16 copy (model.fp16.onnx) to a bundle",
+                    description="Convert a bundle's fp32 model.onnx to fp16 (LayerNorm, Softmax, reductions, "
+                                "exit-mask/index logic and IO stay fp32), check it against fp32 on ONNX "
+                                "Runtime CPU (exit 1 when they disagree) and record it in hashee.json.")
+    _add_bundle(p)
     p.add_argument("--precision", choices=("fp16",), default="fp16")
-    p.set_defaults(handler=cmd_convert)
 
 
 def add_calibrate(sub: Any) -> None:
     """The ``hashee calibrate`` subcommand."""
-    p = sub.add_parser("calibrate", help="calibrate INT8 (Q/DQ) on real sentences: model.int8.onnx in the bundle",
-                       description="Quantise the bundle's MatMul weights per channel and their inputs per tensor "
-                                   "(symmetric int8, explicit QuantizeLinear/DequantizeLinear as TensorRT "
-                                   "expects) with ranges calibrated on real sentences and their exit masks; "
-                                   "the ranges are saved in the bundle so a rebuild does not recalibrate.")
-    p.add_argument("bundle", help="bundle folder written by `hashee export`")
+    p = _subcommand(sub, "calibrate", cmd_calibrate,
+                    help="calibrate INT8 (Q/DQ) on real sentences: model.int8.onnx in the bundle",
+                    description="Quantise the bundle's MatMul weights per channel and their inputs per tensor "
+                                "(symmetric int8, explicit QuantizeLinear/DequantizeLinear as TensorRT "
+                                "expects) with ranges calibrated on real sentences and their exit masks; "
+                                "the ranges are saved in the bundle so a rebuild does not recalibrate.")
+    _add_bundle(p)
     p.add_argument("--data", required=True, help="calibration sentences (.tsv/.csv/.jsonl)")
     p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
     p.add_argument("--samples", type=int, default=256, help="calibration sentences to use (default 256)")
@@ -355,20 +369,20 @@ def add_calibrate(sub: Any) -> None:
                         "many labelled sentences of --eval-data (0: skip)")
     p.add_argument("--eval-data", help="labelled data for --eval-samples (default: --data)")
     p.add_argument("--recalibrate", action="store_true", help="ignore the ranges saved in the bundle")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(handler=cmd_calibrate)
+    _add_quiet(p, "lines")
 
 
 def add_quantize(sub: Any) -> None:
     """The ``hashee quantize`` subcommand."""
-    p = sub.add_parser("quantize", help="add dynamic INT8 for ONNX Runtime CPU (model.int8-dynamic.onnx) to a bundle",
-                       description="Quantise a bundle's weight MatMuls to int8 with ONNX Runtime's dynamic quantisation "
-                                   "(activations quantised at run time; the exit-mask/index path untouched), from a "
-                                   "copy with the hashee functions inlined and shapes inferred; check it against fp32 "
-                                   "through the runtime Session on real sentences and edge inputs; refuse (exit 1, "
-                                   "nothing written) below 99.5 % label agreement. Runs with --precision int8 on "
-                                   "ONNX Runtime. Dense, HashEE and embedded-table bundles.")
-    p.add_argument("bundle", help="bundle folder written by `hashee export` (also --dense or --embed-exit-table)")
+    p = _subcommand(sub, "quantize", cmd_quantize,
+                    help="add dynamic INT8 for ONNX Runtime CPU (model.int8-dynamic.onnx) to a bundle",
+                    description="Quantise a bundle's weight MatMuls to int8 with ONNX Runtime's dynamic quantisation "
+                                "(activations quantised at run time; the exit-mask/index path untouched), from a "
+                                "copy with the hashee functions inlined and shapes inferred; check it against fp32 "
+                                "through the runtime Session on real sentences and edge inputs; refuse (exit 1, "
+                                "nothing written) below 99.5 % label agreement. Runs with --precision int8 on "
+                                "ONNX Runtime. Dense, HashEE and embedded-table bundles.")
+    _add_bundle(p, "bundle folder written by `hashee export` (also --dense or --embed-exit-table)")
     p.add_argument("--data", help="real sentences for the check (.tsv/.csv/.jsonl; default: the bundled SST-2 dev sample)")
     p.add_argument("--samples", type=int, default=400, help="check sentences to use (default 400)")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per matrix instead of per output channel")
@@ -380,47 +394,45 @@ def add_quantize(sub: Any) -> None:
     fuse.add_argument("--fuse", dest="fuse", action="store_true", default=None,
                       help="run ONNX Runtime's transformer optimizer first (default for dense bundles)")
     fuse.add_argument("--no-fuse", dest="fuse", action="store_false", help="quantise the graph as exported")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(handler=cmd_quantize)
+    _add_quiet(p, "lines")
 
 
 def add_build_engine(sub: Any) -> None:
     """The ``hashee build-engine`` subcommand."""
-    p = sub.add_parser("build-engine", help="build a TensorRT engine from a tensorrt-target bundle (needs a GPU)",
-                       description="Parse the bundle's tensorrt-target ONNX (fp32, fp16 or int8 Q/DQ) with the "
-                                   "TensorRT 11 Python API and write a serialized plan to BUNDLE/engines/.")
-    p.add_argument("bundle", help="bundle folder written by `hashee export --target tensorrt`")
+    p = _subcommand(sub, "build-engine", cmd_build_engine,
+                    help="build a TensorRT engine from a tensorrt-target bundle (needs a GPU)",
+                    description="Parse the bundle's tensorrt-target ONNX (fp32, fp16 or int8 Q/DQ) with the "
+                                "TensorRT 11 Python API and write a serialized plan to BUNDLE/engines/.")
+    _add_bundle(p, "bundle folder written by `hashee export --target tensorrt`")
     p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp32")
     p.add_argument("--profile", action="append",
                    help="optimisation profile BATCHxSEQ:BATCHxSEQ:BATCHxSEQ (min:opt:max), e.g. 1x8:32x64:128x128; "
                         "repeat for several (default: 1x2:32xL/2:128xL, L the bundle's max length)")
     p.add_argument("--timing-cache", help="timing cache file to read and update (reused across builds)")
     p.add_argument("--workspace", type=int, default=4096, help="builder workspace limit in MiB (default 4096)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.set_defaults(handler=cmd_build_engine)
+    _add_quiet(p, "lines")
 
 
 def add_validate(sub: Any) -> None:
     """The ``hashee validate`` subcommand."""
-    p = sub.add_parser("validate", help="compare a bundle with its PyTorch reference over a data file",
-                       description="Run a bundle on ONNX Runtime CPU and the PyTorch model over a data file; "
-                                   "report max |difference| and label agreement (exit 1 above the tolerance).")
-    p.add_argument("bundle", help="bundle folder written by `hashee export`")
+    p = _subcommand(sub, "validate", cmd_validate, help="compare a bundle with its PyTorch reference over a data file",
+                    description="Run a bundle on ONNX Runtime CPU and the PyTorch model over a data file; "
+                                "report max |difference| and label agreement (exit 1 above the tolerance).")
+    _add_bundle(p)
     p.add_argument("--data", required=True, help="data file (.tsv/.csv/.jsonl)")
     p.add_argument("--reference", help="run folder of the PyTorch reference (default: the one the bundle names)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, help="default: the bundle's")
     p.add_argument("--tolerance", type=float, default=1e-4)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=cmd_validate)
+    _add_quiet(p, "bar")
 
 
 def add_predict(sub: Any) -> None:
     """The ``hashee predict`` subcommand."""
-    p = sub.add_parser("predict", help="classify texts with a bundle (labels and scores)",
-                       description="Load a bundle with the runtime Session and classify texts given on the command "
-                                   "line, or stream a file (--input) to JSON lines (--output) in bounded memory.")
-    p.add_argument("bundle", help="bundle folder written by `hashee export`")
+    p = _subcommand(sub, "predict", cmd_predict, help="classify texts with a bundle (labels and scores)",
+                    description="Load a bundle with the runtime Session and classify texts given on the command "
+                                "line, or stream a file (--input) to JSON lines (--output) in bounded memory.")
+    _add_bundle(p)
     p.add_argument("texts", nargs="*", help="texts to classify; each prints label<TAB>score<TAB>text")
     p.add_argument("--input", help="file of texts: .txt (one per line), .tsv/.csv (header names the columns) or "
                                    ".jsonl; - reads lines from standard input")
@@ -435,17 +447,17 @@ def add_predict(sub: Any) -> None:
     p.add_argument("--chunk-size", type=int, default=4096, help="records read, predicted and written at a time")
     p.add_argument("--text-column", help="column or JSON field of the (first) text")
     p.add_argument("--pair-column", help="column or JSON field of the second text, for sentence pairs")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(handler=cmd_predict)
+    _add_quiet(p, "bar")
 
 
 def add_export_triton(sub: Any) -> None:
     """The ``hashee export-triton`` subcommand."""
-    p = sub.add_parser("export-triton", help="write a Triton Inference Server model repository for a bundle",
-                       description="Write a Triton model repository (Python-backend tokenizer padding to buckets, "
-                                   "the HashEE model with the exit table embedded and dynamic batching, an ensemble "
-                                   "chaining them) and check it against Triton's ModelConfig schema.")
-    p.add_argument("bundle", help="bundle folder written by `hashee export`")
+    p = _subcommand(sub, "export-triton", cmd_export_triton,
+                    help="write a Triton Inference Server model repository for a bundle",
+                    description="Write a Triton model repository (Python-backend tokenizer padding to buckets, "
+                                "the HashEE model with the exit table embedded and dynamic batching, an ensemble "
+                                "chaining them) and check it against Triton's ModelConfig schema.")
+    _add_bundle(p)
     p.add_argument("repo_dir", help="model repository folder to write")
     p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt", "tensorrt-plan"),
                    help="onnxruntime (default), tensorrt (ONNX Runtime's TensorRT accelerator, int32 inputs) or "
@@ -459,28 +471,27 @@ def add_export_triton(sub: Any) -> None:
     p.add_argument("--python-env", help="EXECUTION_ENV_PATH of the tokenizer: absolute path (on the server) of a "
                                         "venv/conda environment with numpy and tokenizers for the Python backend")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty repository folder")
-    p.set_defaults(handler=cmd_export_triton)
 
 
 def add_validate_triton(sub: Any) -> None:
     """The ``hashee validate-triton`` subcommand."""
-    p = sub.add_parser("validate-triton", help="check a Triton model repository (exit 1 listing every problem)",
-                       description="Parse every config.pbtxt as Triton's ModelConfig and run the semantic checks: "
-                                   "names, version folders, ensemble chaining, batch-first inputs, ONNX names, "
-                                   "dtypes and shapes.")
+    p = _subcommand(sub, "validate-triton", cmd_validate_triton,
+                    help="check a Triton model repository (exit 1 listing every problem)",
+                    description="Parse every config.pbtxt as Triton's ModelConfig and run the semantic checks: "
+                                "names, version folders, ensemble chaining, batch-first inputs, ONNX names, "
+                                "dtypes and shapes.")
     p.add_argument("repo_dir", help="Triton model repository folder")
     p.add_argument("--allow-unbuilt-plans", action="store_true",
                    help="a tensorrt_plan model whose build_plans.py has not run yet is a warning, not a problem")
-    p.set_defaults(handler=cmd_validate_triton)
 
 
 def add_infer(sub: Any) -> None:
     """The ``hashee infer`` subcommand."""
-    p = sub.add_parser("infer", help="classify a JSONL/CSV/TSV/Parquet file, in-process or on a Ray cluster",
-                       description="Batch inference over a file: --engine local streams it through the in-process "
-                                   "runtime; --engine ray reads, predicts (an actor pool, one Session per actor) and "
-                                   "writes with Ray Data. Results carry the id column to match them to inputs.")
-    p.add_argument("bundle", help="bundle folder written by `hashee export`")
+    p = _subcommand(sub, "infer", cmd_infer, help="classify a JSONL/CSV/TSV/Parquet file, in-process or on a Ray cluster",
+                    description="Batch inference over a file: --engine local streams it through the in-process "
+                                "runtime; --engine ray reads, predicts (an actor pool, one Session per actor) and "
+                                "writes with Ray Data. Results carry the id column to match them to inputs.")
+    _add_bundle(p)
     p.add_argument("input", help="input file (or, for ray, a folder of files) in jsonl, csv, tsv or parquet")
     p.add_argument("output", help="output: a file for local, a folder of part files for ray")
     p.add_argument("--engine", default="local", choices=("local", "ray"))
@@ -493,18 +504,17 @@ def add_infer(sub: Any) -> None:
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
     p.add_argument("--address", help="Ray cluster address (default: start a local one)")
     p.add_argument("--backend", default="auto", help="runtime backend: auto, onnxruntime, tensorrt or torch")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(handler=cmd_infer)
+    _add_quiet(p, "output")
 
 
 def add_bench(sub: Any) -> None:
     """The ``hashee bench`` subcommand."""
-    p = sub.add_parser("bench", help="benchmark a HashEE bundle against dense: PyTorch, ONNX Runtime, TensorRT",
-                       description="Throughput (median samples/s), p50/p99 latency per batch, peak RSS, FLOPs "
-                                   "speed-up (ideal vs realised), task metric and parity with PyTorch, for dense and "
-                                   "HashEE on every backend, side by side. Writes results.json, results.md and "
-                                   "throughput.png to -o.")
-    p.add_argument("bundle", help="HashEE bundle folder written by `hashee export`")
+    p = _subcommand(sub, "bench", cmd_bench, help="benchmark a HashEE bundle against dense: PyTorch, ONNX Runtime, TensorRT",
+                    description="Throughput (median samples/s), p50/p99 latency per batch, peak RSS, FLOPs "
+                                "speed-up (ideal vs realised), task metric and parity with PyTorch, for dense and "
+                                "HashEE on every backend, side by side. Writes results.json, results.md and "
+                                "throughput.png to -o.")
+    _add_bundle(p, "HashEE bundle folder written by `hashee export`")
     p.add_argument("--data", required=True, help="data file (.tsv/.csv/.jsonl) or a named configuration: sst2-dev, "
                                                  "snli-dev (pairs), long (256-512 tokens)")
     p.add_argument("--backends", default="torch,onnxruntime,tensorrt",
@@ -527,23 +537,22 @@ def add_bench(sub: Any) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: the best available)")
     p.add_argument("--no-dense-optimization", action="store_true",
                    help="measure the plain Optimum export instead of the ONNX Runtime-optimised (fused) dense graph")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_quiet(p, "display")
     p.add_argument("-o", "--output", required=True, help="folder for results.json, results.md and throughput.png")
-    p.set_defaults(handler=cmd_bench)
 
 
 def add_demo(sub: Any) -> None:
     """The ``hashee demo`` subcommand."""
-    p = sub.add_parser("demo", help="the whole pipeline on the bundled SST-2 sample: train, export, validate, bench",
-                       description="Fine-tune MiniLM (frequency hash) on the bundled SST-2 sample, export HashEE and "
-                                   "dense bundles, validate, benchmark against dense and print the table.")
+    p = _subcommand(sub, "demo", cmd_demo,
+                    help="the whole pipeline on the bundled SST-2 sample: train, export, validate, bench",
+                    description="Fine-tune MiniLM (frequency hash) on the bundled SST-2 sample, export HashEE and "
+                                "dense bundles, validate, benchmark against dense and print the table.")
     p.add_argument("-o", "--output", default="runs/demo", help="folder for the run, bundles and results "
                                                                "(default runs/demo)")
     p.add_argument("--quick", action="store_true", help="reduced mode: a few training steps, small batches")
     p.add_argument("--epochs", type=float, help="training epochs (default 1; --quick: a few steps)")
     p.add_argument("--max-steps", type=int, help="stop training after this many optimiser steps")
-    p.add_argument("--quiet", action="store_true", help="no progress display")
-    p.set_defaults(handler=cmd_demo)
+    _add_quiet(p, "display")
 
 
 def _add_recipe(p: argparse.ArgumentParser) -> None:
@@ -599,11 +608,12 @@ def _numbers(kind: type, what: str) -> Callable[[str], list]:
 
 def add_frontier_parser(sub: argparse._SubParsersAction) -> None:
     """``hashee frontier``: dense, static-depth and HashEE runs over seeds, resumable, with reports."""
-    p = sub.add_parser("frontier", help="accuracy against FLOPs: dense, static-depth and HashEE runs over seeds",
-                       description="Train the full-depth dense model, its first-K-layer (static-depth) models and "
-                                   "HashEE at calibrated FLOPs reductions, each over several seeds, with one recipe; "
-                                   "finished runs are skipped, so an interrupted frontier resumes. Writes "
-                                   "frontier.json, frontier.md and frontier.png into the output folder.")
+    p = _subcommand(sub, "frontier", cmd_frontier,
+                    help="accuracy against FLOPs: dense, static-depth and HashEE runs over seeds",
+                    description="Train the full-depth dense model, its first-K-layer (static-depth) models and "
+                                "HashEE at calibrated FLOPs reductions, each over several seeds, with one recipe; "
+                                "finished runs are skipped, so an interrupted frontier resumes. Writes "
+                                "frontier.json, frontier.md and frontier.png into the output folder.")
     p.add_argument("--train", required=True, help="training data (.tsv/.csv/.jsonl)")
     p.add_argument("--dev", required=True, help="development data the points are scored on")
     p.add_argument("--backbone", help="Hugging Face model folder (default: the offline all-MiniLM-L6-v2)")
@@ -625,10 +635,9 @@ def add_frontier_parser(sub: argparse._SubParsersAction) -> None:
     _add_adaptation(recipe)
     recipe.add_argument("--init", help="'dense' (start static and HashEE runs from each seed's fine-tuned dense run) "
                                        "or a model folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_quiet(p, "bars")
     p.add_argument("-o", "--output", required=True, help="frontier folder (runs/ and the reports)")
     _add_columns(p)
-    p.set_defaults(handler=cmd_frontier)
 
 
 def cmd_frontier(args: argparse.Namespace) -> int:

@@ -84,14 +84,9 @@ def tiny_run(folder: Path, family: str, num_labels: int = 2, seed: int = 0, exit
     extra = dict(config)
     if num_labels == 1:
         extra.setdefault("problem_type", "regression")
-    dense = tiny_dense(family, seed=seed, num_labels=num_labels, **extra)
     # Hugging Face's init (std 0.02) leaves a tiny random model's logits almost constant, which would make
     # a 1e-4 comparison meaningless; std 0.2 gives pre-activations of order 1 and logits that move.
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in dense.parameters():
-            if param.dim() == 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    dense = tiny_dense(family, seed=seed, init_std=0.2, num_labels=num_labels, **extra)
     vocab = dense.config.vocab_size
     rng = np.random.default_rng(seed)
     if exit_layers is None:  # as real tables do, special tokens ([PAD] [UNK] [CLS] [SEP] [MASK]) exit at L
@@ -106,3 +101,16 @@ def tiny_run(folder: Path, family: str, num_labels: int = 2, seed: int = 0, exit
     model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
+
+
+def random_batch(model, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ids, mask, exits)``: random ids of ``model``'s vocabulary in a 4 x 11 batch ([CLS] id 2 first), rows 1
+    and 2 padded after 7 and 2 tokens, and random exit layers 1..L, drawn from a generator seeded with ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, model.exit_table_layers.shape[0], (4, 11), generator=gen)
+    ids[:, 0] = 2
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    mask[2, 2:] = 0
+    exits = torch.randint(1, model.num_layers + 1, ids.shape, generator=gen)
+    return ids, mask, exits

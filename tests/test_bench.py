@@ -15,21 +15,12 @@ import sys
 import pytest
 
 from hashee.cli import main
-from hashee.samples import SST2_DEV
+from hashee.samples import SST2_DEV, sample_texts
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("matplotlib")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _dev_sentences(count: int) -> list[str]:
-    import csv
-
-    with open(SST2_DEV, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader)
-        return [row[0] for _, row in zip(range(count), reader)]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +62,7 @@ def test_bench_measures_every_backend_side_by_side(tiny_bench):
     from hashee.runtime import Session
 
     with Session.load(by_key["onnxruntime-hashee"]["bundle"], backend="onnxruntime") as session:
-        labels = [r["label"] for r in session.predict(_dev_sentences(12))]
+        labels = [r["label"] for r in session.predict(sample_texts(12))]
     assert len(set(labels)) == 2, labels
     # the dense ONNX Runtime baseline is the Optimum export, with ONNX Runtime's fusions applied: the graph
     # it measured holds fused contrib nodes and fewer nodes than the plain export

@@ -18,15 +18,12 @@ from hashee.runtime.batching import exit_masks  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
+def bundles(tiny_bundles, tmp_path_factory):
+    """family -> (the session's bundle, with exit_masks input; the same run exported with --embed-exit-table)."""
     root = tmp_path_factory.mktemp("embed")
-    out = {}
     for family in ("bert", "roberta"):
-        run = tiny_run(root / f"run-{family}", family, seed=3)
-        export(run, root / f"masks-{family}", progress=False, max_length=48)
-        export(run, root / f"embedded-{family}", progress=False, max_length=48, embed_exit_table=True)
-        out[family] = (root / f"masks-{family}", root / f"embedded-{family}")
-    return out
+        export(tiny_bundles["runs"][family], root / family, progress=False, max_length=48, embed_exit_table=True)
+    return {family: (tiny_bundles[family], root / family) for family in ("bert", "roberta")}
 
 
 def _batch(rng, vocab, with_types):

@@ -12,7 +12,7 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from export_helpers import tiny_run  # noqa: E402
+from export_helpers import random_batch, tiny_run  # noqa: E402
 from tiny import FAMILIES  # noqa: E402
 
 from hashee.exporter import export, read_bundle, tensorrt_violations  # noqa: E402
@@ -28,16 +28,10 @@ def runs(tmp_path_factory):
 
 
 def _feed_and_oracle(model, spec_inputs, seed):
-    """Random ids, a padded batch, monotone random exits; the masked oracle's outputs for them."""
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, model.exit_table_layers.shape[0], (4, 11), generator=gen)
-    ids[:, 0] = 2
-    mask = torch.ones_like(ids)
-    mask[1, 7:] = 0
-    mask[2, 2:] = 0
+    """Random ids, a padded batch, random exits (:func:`random_batch`); the masked oracle's outputs for them."""
+    ids, mask, exits = random_batch(model, seed)
     types = torch.zeros_like(ids)
     types[:, 6:] = 1
-    exits = torch.randint(1, model.num_layers + 1, ids.shape, generator=gen)
     kwargs = {"input_ids": ids, "attention_mask": mask}
     if "token_type_ids" in spec_inputs:
         kwargs["token_type_ids"] = types

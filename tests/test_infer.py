@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from hashee.cli import main
-from hashee.samples import SST2_DEV
+from hashee.samples import sample_texts
 
 pa = pytest.importorskip("pyarrow", reason="pyarrow is not installed (pip install 'hashee[serve]')")
 import pyarrow.parquet as pq  # noqa: E402
@@ -21,17 +21,10 @@ from hashee.serve.infer import actor_resources, read_results, resolve_columns  #
 TIMEOUT = 240  # a hung pipeline fails the test instead of the whole run
 
 
-def _sentences(count: int) -> list[str]:
-    with open(SST2_DEV, encoding="utf-8-sig", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(reader)
-        return [row[0] for _, row in zip(range(count), reader)]
-
-
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("infer")
-    texts = _sentences(300)
+    texts = sample_texts(300)
     ids = [f"s{i:04d}" for i in range(len(texts))]
     (root / "in.jsonl").write_text("".join(json.dumps({"id": i, "sentence": t}) + "\n" for i, t in zip(ids, texts)))
     with open(root / "in.csv", "w", newline="", encoding="utf-8") as handle:
@@ -57,7 +50,7 @@ def test_local_engine_streams_every_format(tiny_bundles, inputs, fmt, tmp_path):
     from hashee.runtime import Session
 
     with Session.load(tiny_bundles["bert"], backend="onnxruntime") as session:
-        want = session.predict(_sentences(300))
+        want = session.predict(sample_texts(300))
     labels = [w["label"] for w in want]
     assert 60 <= labels.count(labels[0]) <= 240  # the tiny bundle's labels split: agreement means something
     assert [r["label"] for r in rows] == labels
@@ -66,7 +59,7 @@ def test_local_engine_streams_every_format(tiny_bundles, inputs, fmt, tmp_path):
 
 def test_local_engine_numbers_rows_without_an_id(tiny_bundles, tmp_path):
     source = tmp_path / "plain.jsonl"
-    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in _sentences(5)))
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in sample_texts(5)))
     assert main(["infer", str(tiny_bundles["bert"]), str(source), str(tmp_path / "o.csv"), "--quiet"]) == 0
     assert [r["id"] for r in read_results(tmp_path / "o.csv")] == ["0", "1", "2", "3", "4"]
 
@@ -129,7 +122,7 @@ def test_tsv_is_read_as_train_eval_and_predict_read_it(tiny_bundles, tmp_path):
     """`hashee infer BUNDLE data.tsv OUT`: a GLUE-style TSV (quotes kept as text, a pair header) works."""
     from hashee.runtime import Session
 
-    texts = _sentences(6)
+    texts = sample_texts(6)
     texts[0] = 'a "quoted start and no end'
     source = tmp_path / "pairs.tsv"
     source.write_text("index\tsentence1\tsentence2\tlabel\n"

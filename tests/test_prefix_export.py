@@ -9,7 +9,8 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from export_helpers import tiny_run  # noqa: E402
+from export_helpers import random_batch, tiny_run  # noqa: E402
+from tiny import FAMILIES  # noqa: E402
 
 from hashee.errors import ExportError  # noqa: E402
 from hashee.exporter import export, read_bundle, tensorrt_violations, value_dependent_shapes  # noqa: E402
@@ -18,9 +19,6 @@ from hashee.modeling import HashEEForSequenceClassification  # noqa: E402
 from hashee.modeling.oracle import masked_oracle  # noqa: E402
 from hashee.prefix import mask_names, plan_prefix  # noqa: E402
 
-FAMILIES = ("bert", "roberta", "distilbert", "albert", "electra")
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("prefix-runs")
@@ -28,13 +26,7 @@ def runs(tmp_path_factory):
 
 
 def _random_batch(model, seed):
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, model.exit_table_layers.shape[0], (4, 11), generator=gen)
-    ids[:, 0] = 2
-    mask = torch.ones_like(ids)
-    mask[1, 7:] = 0
-    mask[2, 2:] = 0
-    exits = torch.randint(1, model.num_layers + 1, ids.shape, generator=gen)
+    ids, mask, exits = random_batch(model, seed)
     exits[:, 0] = 1  # [CLS] exits first: after sorting it is not in slot 0
     return ids, mask, exits
 

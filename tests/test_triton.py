@@ -218,28 +218,6 @@ def _plant_unparsable(repo, bundle):
     _edit(repo / "hashee_model" / "config.pbtxt", "max_batch_size: 8", "max_batch_size: eight")
 
 
-FAULTS = {
-    "wrong name": (_plant_wrong_name, "differs from its folder"),
-    "missing version folder": (_plant_missing_version, "no version folder"),
-    "broken ensemble mapping": (_plant_broken_mapping, "neither an ensemble input nor an output of an earlier step"),
-    "non-batch-first input": (_plant_non_batch_first, "not batch-first"),
-    "dtype mismatch": (_plant_dtype_mismatch, "TYPE_INT32 in config.pbtxt but INT64"),
-    "not a ModelConfig": (_plant_unparsable, "does not parse as Triton's ModelConfig"),
-    "relative EXECUTION_ENV_PATH": (_plant_relative_python_env, "must be an absolute path on the server"),
-    "missing packed environment": (_plant_missing_packed_env, "py311.tar.gz, which does not exist"),
-}
-
-
-@pytest.mark.parametrize("fault", list(FAULTS))
-def test_each_check_catches_a_planted_fault(repos, fault, tmp_path):
-    repo = tmp_path / "repo"
-    shutil.copytree(repos["onnxruntime"], repo)
-    plant, message = FAULTS[fault]
-    plant(repo, repos["bundle-bert"])
-    problems = check_repository(repo)
-    assert any(message in p for p in problems), problems
-
-
 def test_validate_triton_command_lists_every_problem(repos, tmp_path, capsys):
     repo = tmp_path / "repo"
     shutil.copytree(repos["onnxruntime"], repo)
@@ -390,75 +368,85 @@ def _rewrite_spec(repo, change):
     write_plan_script(script, spec)
 
 
-def _plant_profile_batch(repo):
+def _plant_profile_batch(repo, bundle):
     _rewrite_spec(repo, lambda spec: spec["profiles"][1]["shapes"]["input_ids"].__setitem__(2, [16, 32]))
 
 
-def _plant_missing_profile(repo):
+def _plant_missing_profile(repo, bundle):
     _rewrite_spec(repo, lambda spec: spec["profiles"].pop())
 
 
-def _plant_plan_onnx_gone(repo):
+def _plant_plan_onnx_gone(repo, bundle):
     (repo / "hashee_model" / "onnx" / "model.onnx").unlink()
 
 
-def _plant_plan_dtype(repo):
+def _plant_plan_dtype(repo, bundle):
     _edit(repo / "hashee_model" / "config.pbtxt", '{ name: "attention_mask" data_type: TYPE_INT32',
           '{ name: "attention_mask" data_type: TYPE_INT64')
 
 
-def _plant_not_executable(repo):
+def _plant_not_executable(repo, bundle):
     (repo / "hashee_model" / "build_plans.py").chmod(0o644)
 
 
-def _plant_tokenizer_buckets(repo):
+def _plant_tokenizer_buckets(repo, bundle):
     _edit(repo / "hashee_tokenizer" / "config.pbtxt", 'string_value: "16,32,48"', 'string_value: "16,32,64"')
 
 
-def _plant_unlisted_profiles(repo):
+def _plant_unlisted_profiles(repo, bundle):
     _edit(repo / "hashee_model" / "config.pbtxt", 'profile: [ "0", "1", "2" ]', 'profile: [ "0" ]')
 
 
-def _plant_unfilled_script(repo):
+def _plant_unfilled_script(repo, bundle):
     from hashee.serve.triton import PLAN_SCRIPT_SOURCE
 
     shutil.copyfile(PLAN_SCRIPT_SOURCE, repo / "hashee_model" / "build_plans.py")  # the template: SPEC = {}
 
 
-def _plant_empty_plan(repo):
+def _plant_empty_plan(repo, bundle):
     (repo / "hashee_model" / "1" / "model.plan").write_bytes(b"")
 
 
-def _plant_onnx_as_plan(repo):  # the classic mistake: the ONNX file copied to where the plan goes
+def _plant_onnx_as_plan(repo, bundle):  # the classic mistake: the ONNX file copied to where the plan goes
     shutil.copyfile(repo / "hashee_model" / "onnx" / "model.onnx", repo / "hashee_model" / "1" / "model.plan")
 
 
-def _plant_text_as_plan(repo):
+def _plant_text_as_plan(repo, bundle):
     (repo / "hashee_model" / "1" / "model.plan").write_bytes(b"placeholder, not a TensorRT plan\n" * 4)
 
 
-PLAN_FAULTS = {
-    "profile batch over max_batch_size": (_plant_profile_batch, "batch 16 > max_batch_size 8"),
-    "a bucket without a profile": (_plant_missing_profile, "serves bucket 48"),
-    "ONNX file missing": (_plant_plan_onnx_gone, "builds from 'onnx/model.onnx', which is not in"),
-    "config dtype vs ONNX": (_plant_plan_dtype, "TYPE_INT64 in config.pbtxt but INT32"),
-    "script not executable": (_plant_not_executable, "is not executable"),
-    "tokenizer buckets differ": (_plant_tokenizer_buckets, "pads to buckets [16, 32, 64]"),
-    "profiles not listed": (_plant_unlisted_profiles, "instance_group lists profiles ['0']"),
-    "empty plan": (_plant_empty_plan, "model.plan is empty"),
-    "ONNX file as the plan": (_plant_onnx_as_plan, "model.plan is not a TensorRT plan: it starts with b'\\x08"),
-    "text as the plan": (_plant_text_as_plan, "model.plan is not a TensorRT plan: it starts with b'plac'"),
-    "SPEC not filled in": (_plant_unfilled_script, "has no readable SPEC (SPEC is empty)"),
+ORT, PLAN = "onnxruntime", "tensorrt-plan"  # the repositories (keys of the repos fixture) faults are planted in
+#: fault -> (the repository it is planted in, how, what check_repository must say)
+FAULTS = {
+    "wrong name": (ORT, _plant_wrong_name, "differs from its folder"),
+    "missing version folder": (ORT, _plant_missing_version, "no version folder"),
+    "broken ensemble mapping": (ORT, _plant_broken_mapping, "neither an ensemble input nor an output of an earlier step"),
+    "non-batch-first input": (ORT, _plant_non_batch_first, "not batch-first"),
+    "dtype mismatch": (ORT, _plant_dtype_mismatch, "TYPE_INT32 in config.pbtxt but INT64"),
+    "not a ModelConfig": (ORT, _plant_unparsable, "does not parse as Triton's ModelConfig"),
+    "relative EXECUTION_ENV_PATH": (ORT, _plant_relative_python_env, "must be an absolute path on the server"),
+    "missing packed environment": (ORT, _plant_missing_packed_env, "py311.tar.gz, which does not exist"),
+    "profile batch over max_batch_size": (PLAN, _plant_profile_batch, "batch 16 > max_batch_size 8"),
+    "a bucket without a profile": (PLAN, _plant_missing_profile, "serves bucket 48"),
+    "ONNX file missing": (PLAN, _plant_plan_onnx_gone, "builds from 'onnx/model.onnx', which is not in"),
+    "config dtype vs ONNX": (PLAN, _plant_plan_dtype, "TYPE_INT64 in config.pbtxt but INT32"),
+    "script not executable": (PLAN, _plant_not_executable, "is not executable"),
+    "tokenizer buckets differ": (PLAN, _plant_tokenizer_buckets, "pads to buckets [16, 32, 64]"),
+    "profiles not listed": (PLAN, _plant_unlisted_profiles, "instance_group lists profiles ['0']"),
+    "empty plan": (PLAN, _plant_empty_plan, "model.plan is empty"),
+    "ONNX file as the plan": (PLAN, _plant_onnx_as_plan, "model.plan is not a TensorRT plan: it starts with b'\\x08"),
+    "text as the plan": (PLAN, _plant_text_as_plan, "model.plan is not a TensorRT plan: it starts with b'plac'"),
+    "SPEC not filled in": (PLAN, _plant_unfilled_script, "has no readable SPEC (SPEC is empty)"),
 }
 
 
-@pytest.mark.parametrize("fault", list(PLAN_FAULTS))
-def test_each_plan_check_catches_a_planted_fault(repos, fault, tmp_path):
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_each_check_catches_a_planted_fault(repos, fault, tmp_path):
+    source, plant, message = FAULTS[fault]
     repo = tmp_path / "repo"
-    shutil.copytree(repos["tensorrt-plan"], repo)
-    plant, message = PLAN_FAULTS[fault]
-    plant(repo)
-    problems = check_repository(repo, allow_unbuilt_plans=True)
+    shutil.copytree(repos[source], repo)
+    plant(repo, repos["bundle-bert"])
+    problems = check_repository(repo, allow_unbuilt_plans=True)  # a plan model's unbuilt plan is not the fault
     assert any(message in p for p in problems), problems
 
 

@@ -46,7 +46,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from hashee.bundle import DYNAMIC_INT8_FILE, MODEL_FILE, read_bundle, replace_precision_file
+from hashee.bundle import DYNAMIC_INT8_FILE, MODEL_FILE, BundleAddition, read_bundle, replace_precision_file
 from hashee.bundle import DYNAMIC_INT8_KEY as MANIFEST_KEY  # hashee.json: precisions["int8-dynamic"]
 from hashee.errors import CalibrationError, ValidationError
 #: the least share of check sentences on which int8 must predict the fp32 label
@@ -273,13 +273,8 @@ def _compare(fp32: Any, int8: Any, texts: list[Any], gold: np.ndarray | None, mi
 
 
 # ---------------------------------------------------------------------------------------------- the command
-@dataclass
-class QuantizeResult:
+class QuantizeResult(BundleAddition):
     """What ``hashee quantize`` did: the manifest entry it wrote and how long it took."""
-
-    bundle: Path
-    entry: dict[str, Any]
-    seconds: float
 
     def format(self) -> str:
         e, check = self.entry, self.entry["validation"]

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from hashee.bundle import INT8_FILE, MODEL_FILE, RANGES_FILE, read_bundle, replace_precision_file, sha256_file
+from hashee.bundle import (INT8_FILE, MODEL_FILE, RANGES_FILE, BundleAddition, read_bundle, replace_precision_file,
+                           sha256_file)
 from hashee.calibration.dynamic_int8 import quiet_quantizer
 from hashee.calibration.feeds import BundleFeeder, read_texts
 from hashee.calibration.fp16 import inline_functions
@@ -169,13 +170,10 @@ def compare_files(fp32_file: Path, other_file: Path, feeder: Any, data: Any, bat
 
 
 @dataclass
-class CalibrationResult:
+class CalibrationResult(BundleAddition):
     """What ``hashee calibrate`` did: the manifest entry and whether the saved ranges were reused."""
 
-    bundle: Path
-    entry: dict[str, Any]
-    reused_ranges: bool
-    seconds: float
+    reused_ranges: bool = False
 
     def format(self) -> str:
         cal = self.entry["calibration"]
@@ -272,4 +270,4 @@ def calibrate_bundle(bundle: str | Path, data_file: str | Path, method: str = "m
         replace_precision_file(bundle, "int8", {INT8_FILE: scratch / INT8_FILE, RANGES_FILE: ranges}, entry)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return CalibrationResult(bundle, entry, reuse, time.perf_counter() - started)
+    return CalibrationResult(bundle, entry, time.perf_counter() - started, reused_ranges=reuse)

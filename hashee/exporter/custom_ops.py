@@ -32,43 +32,45 @@ SCATTER_ACTIVE = "ScatterActive"
 FUNCTION_NAMES = (GATHER_ACTIVE, SCATTER_ACTIVE)
 
 
-def _gather_active(opset: int) -> Any:
-    from onnx import TensorProto, helper
-
-    nodes = [
-        helper.make_node("Constant", [], ["flat_shape"], value=helper.make_tensor("flat_shape", TensorProto.INT64, [1], [-1])),
-        helper.make_node("Reshape", ["active", "flat_shape"], ["flat"]),
-        helper.make_node("NonZero", ["flat"], ["nonzero"]),
-        helper.make_node("Transpose", ["nonzero"], ["index"], perm=[1, 0]),
-        helper.make_node("GatherND", ["hidden", "index"], ["rows"]),
-    ]
-    return helper.make_function(
-        DOMAIN, GATHER_ACTIVE, inputs=["hidden", "active"], outputs=["rows", "index"], nodes=nodes,
-        opset_imports=[helper.make_opsetid("", opset)],
-        doc_string="Rows of hidden [B*S, D] where the [B, S] mask is non-zero, with their flat indices [n, 1].",
-    )
-
-
-def _scatter_active(opset: int) -> Any:
+def _function(name: str, inputs: list[str], outputs: list[str], nodes: list[Any], opset: int, doc: str) -> Any:
+    """A FunctionProto of the ``hashee`` domain whose body uses default-domain ops of ``opset``."""
     from onnx import helper
 
-    nodes = [helper.make_node("ScatterND", ["hidden", "index", "rows"], ["updated"])]
-    return helper.make_function(
-        DOMAIN, SCATTER_ACTIVE, inputs=["hidden", "index", "rows"], outputs=["updated"], nodes=nodes,
-        opset_imports=[helper.make_opsetid("", opset)],
-        doc_string="hidden [B*S, D] with rows [n, D] written at the flat indices [n, 1]; other rows unchanged.",
-    )
-
-
-def function_protos(opset: int) -> list[Any]:
-    """The two FunctionProtos, for a model whose default-domain opset is ``opset``."""
-    return [_gather_active(opset), _scatter_active(opset)]
+    return helper.make_function(DOMAIN, name, inputs=inputs, outputs=outputs, nodes=nodes,
+                                opset_imports=[helper.make_opsetid("", opset)], doc_string=doc)
 
 
 def _const(name: str, values: list[int]) -> Any:
     from onnx import TensorProto, helper
 
     return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(values)], values))
+
+
+def _gather_active(opset: int) -> Any:
+    from onnx import helper
+
+    nodes = [
+        _const("flat_shape", [-1]),
+        helper.make_node("Reshape", ["active", "flat_shape"], ["flat"]),
+        helper.make_node("NonZero", ["flat"], ["nonzero"]),
+        helper.make_node("Transpose", ["nonzero"], ["index"], perm=[1, 0]),
+        helper.make_node("GatherND", ["hidden", "index"], ["rows"]),
+    ]
+    return _function(GATHER_ACTIVE, ["hidden", "active"], ["rows", "index"], nodes, opset,
+                     "Rows of hidden [B*S, D] where the [B, S] mask is non-zero, with their flat indices [n, 1].")
+
+
+def _scatter_active(opset: int) -> Any:
+    from onnx import helper
+
+    nodes = [helper.make_node("ScatterND", ["hidden", "index", "rows"], ["updated"])]
+    return _function(SCATTER_ACTIVE, ["hidden", "index", "rows"], ["updated"], nodes, opset,
+                     "hidden [B*S, D] with rows [n, D] written at the flat indices [n, 1]; other rows unchanged.")
+
+
+def function_protos(opset: int) -> list[Any]:
+    """The two FunctionProtos, for a model whose default-domain opset is ``opset``."""
+    return [_gather_active(opset), _scatter_active(opset)]
 
 
 def _gather_prefix(opset: int) -> Any:
@@ -79,11 +81,8 @@ def _gather_prefix(opset: int) -> Any:
         helper.make_node("Shape", ["mask"], ["width"], start=1, end=2),
         helper.make_node("Slice", ["hidden", "zero", "width", "axis"], ["rows"]),
     ]
-    return helper.make_function(
-        DOMAIN, GATHER_ACTIVE, inputs=["hidden", "mask"], outputs=["rows"], nodes=nodes,
-        opset_imports=[helper.make_opsetid("", opset)],
-        doc_string="hidden[:, :W] of sorted states [B, S, D], W the width of the layer's [B, W] mask.",
-    )
+    return _function(GATHER_ACTIVE, ["hidden", "mask"], ["rows"], nodes, opset,
+                     "hidden[:, :W] of sorted states [B, S, D], W the width of the layer's [B, W] mask.")
 
 
 def _scatter_prefix(opset: int) -> Any:
@@ -98,11 +97,8 @@ def _scatter_prefix(opset: int) -> Any:
         helper.make_node("Slice", ["hidden", "width", "end", "axis"], ["tail"]),
         helper.make_node("Concat", ["kept", "tail"], ["updated"], axis=1),
     ]
-    return helper.make_function(
-        DOMAIN, SCATTER_ACTIVE, inputs=["hidden", "mask", "rows"], outputs=["updated"], nodes=nodes,
-        opset_imports=[helper.make_opsetid("", opset)],
-        doc_string="concat(where(mask, rows, hidden[:, :W]), hidden[:, W:]): active slots updated, others kept.",
-    )
+    return _function(SCATTER_ACTIVE, ["hidden", "mask", "rows"], ["updated"], nodes, opset,
+                     "concat(where(mask, rows, hidden[:, :W]), hidden[:, W:]): active slots updated, others kept.")
 
 
 def prefix_function_protos(opset: int) -> list[Any]:

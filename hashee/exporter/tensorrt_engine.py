@@ -28,11 +28,10 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hashee.bundle import PRECISION_FILES, read_bundle, update_bundle
+from hashee.bundle import PRECISION_FILES, BundleAddition, read_bundle, update_bundle
 from hashee.engines import (Profile, bundle_layout, default_profiles, engine_file_name, mask_layer, parse_profile,
                             validate_profiles)
 from hashee.errors import EngineError
@@ -44,13 +43,8 @@ __all__ = ["INSTALL_HINT", "EngineBuild", "Profile", "TensorRTEngine", "TimingCa
            "write_plan"]
 
 
-@dataclass
-class EngineBuild:
-    """What :func:`build_engine` wrote."""
-
-    bundle: Path
-    entry: dict[str, Any]
-    seconds: float
+class EngineBuild(BundleAddition):
+    """What :func:`build_engine` wrote: ``entry`` is the engine's record under ``engines`` in ``hashee.json``."""
 
     def format(self) -> str:
         e = self.entry
