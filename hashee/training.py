@@ -267,122 +267,204 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     Raises:
         BackboneError, DataError, HashConfigError, TrainConfigError: with what to change.
     """
-    import torch
-    import transformers
-    from transformers import AutoModelForSequenceClassification
-
     # ---- validate everything cheap before loading anything heavy
     backbone_path = _resolve_backbone(backbone)
     recipe = {"learning_rate": learning_rate, "batch_size": batch_size, "epochs": epochs,
               "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_length": max_length, "seed": seed,
               "max_steps": max_steps, "optimizer": "adamw_torch", "scheduler": "linear"}
     _check_recipe(recipe)
-    teacher_path = None
-    if teacher is not None:
-        from hashee.distill import check_distillation
-
-        teacher_path = check_distillation(teacher, distill_alpha, distill_temperature, distill_hidden)
-        recipe["distillation"] = {"teacher": str(teacher_path), "alpha": float(distill_alpha),
-                                  "temperature": float(distill_temperature), "hidden": float(distill_hidden)}
-    elif distill_hidden:
-        raise TrainConfigError("distill_hidden weighs a term against a teacher: pass --teacher too")
+    teacher_path = _check_teacher(recipe, teacher, distill_alpha, distill_temperature, distill_hidden)
     table_options = _TableOptions(hash_kind, exit_table, target_speedup, min_exit_layer, bucket_scheme,
                                   importance_model, importance_order)
+    _check_model_options(recipe, backbone_path, dense, num_layers, pooling, adapt_steps, adapt_learning_rate,
+                         curriculum)
+    num_layers, num_buckets = _check_table_options(table_options, dense, num_layers, num_buckets)
+    output_dir = _check_paths(train_file, dev_file, output_dir)
+    config = _load_config(backbone_path)
+    depth = EncoderDims.from_config(config).num_layers
+    layers, buckets = _table_size(depth, num_layers, num_buckets, backbone_path,
+                                  1 if dense or exit_table is not None else min_exit_layer)
+    columns = (text_column, pair_column, label_column)
+    task, tokenizer, train_set, dev_set = _load_data(backbone_path, config, train_file, dev_file, columns,
+                                                     regression, max_length)
+
+    # ---- model: the dense classifier, wrapped with an exit table built on the training data
+    model = _load_classifier(backbone_path, task, seed, progress)
+    reference = depth if layers < depth else None
+    full_depth = copy.deepcopy(model) if adapt_steps else None  # adaptation's frozen target
+    if reference is not None:
+        _truncate(model, layers)
+    dims = EncoderDims.from_config(model.config).against(reference)
+    table = _run_table(model, tokenizer, task, table_options, dense, pooling, layers, buckets, dims, max_length,
+                       seed, progress)
+    if table is not None:
+        model = _import_modeling().HashEEForSequenceClassification.from_dense(model, table, pooling=pooling)
+    if full_depth is not None:
+        _adapt(model, full_depth, train_set, tokenizer, recipe, adapt_steps, adapt_learning_rate, output_dir,
+               progress)
+        del full_depth
+    trainer = _make_trainer(model, tokenizer, train_set, dev_set, task, output_dir, recipe, progress,
+                            _load_teacher(teacher_path, task, len(tokenizer)))
+    output = trainer.train()
+    model = trainer.model.eval()
+
+    # ---- final scores and FLOPs, then the run folder
+    kind = "dense" if dense else "hashee"
+    metrics, flops = _final_scores(model, table, kind, task, train_set, dev_set, tokenizer, dims, batch_size,
+                                   progress, reference)
+    record = _run_record(kind, backbone_path, task, train_file, dev_file, columns, recipe, layers, depth, table,
+                         buckets, table_options, output, metrics, flops, trainer.state.log_history)
+    _save_run(output_dir, model, tokenizer, record)
+    return TrainResult(output_dir=output_dir, kind=kind, metrics=metrics, flops=flops,
+                       train_loss=output.training_loss, global_step=output.global_step,
+                       log_history=list(trainer.state.log_history), exit_table=table, model=model)
+
+
+# ---------------------------------------------------------------------------------- train: checking the options
+
+def _check_teacher(recipe: dict[str, Any], teacher: str | Path | None, alpha: float, temperature: float,
+                   hidden: float) -> Path | None:
+    """The teacher run of a distilled run (its weights joined to ``recipe``), or None; errors on a bad one."""
+    if teacher is None:
+        if hidden:
+            raise TrainConfigError("distill_hidden weighs a term against a teacher: pass --teacher too")
+        return None
+    from hashee.distill import check_distillation
+
+    teacher_path = check_distillation(teacher, alpha, temperature, hidden)
+    recipe["distillation"] = {"teacher": str(teacher_path), "alpha": float(alpha),
+                              "temperature": float(temperature), "hidden": float(hidden)}
+    return teacher_path
+
+
+def _check_model_options(recipe: dict[str, Any], backbone: Path, dense: bool, num_layers: int | None, pooling: str,
+                         adapt_steps: Any, adapt_learning_rate: Any, curriculum: Any) -> None:
+    """Check the pooling, exit-aware adaptation and curriculum options and add them to ``recipe``."""
     if pooling not in ("cls", "mean"):
         raise HashConfigError(f"unknown pooling {pooling!r}; use cls or mean")
     recipe["pooling"] = pooling
-    _check_adaptation(adapt_steps, adapt_learning_rate, dense and num_layers in (None, _depth_hint(backbone_path)))
+    _check_adaptation(adapt_steps, adapt_learning_rate, dense and num_layers in (None, _depth_hint(backbone)))
     _check_number("curriculum", curriculum, 0, 1, False, True)
     if curriculum and dense:
         raise HashConfigError("the exit curriculum moves HashEE tokens to their exits; a dense run has none")
     recipe["curriculum"] = float(curriculum)
     if adapt_steps:
         recipe["adaptation"] = {"steps": int(adapt_steps), "learning_rate": float(adapt_learning_rate)}
-    if dense and table_options.any_given():
+
+
+def _check_table_options(options: _TableOptions, dense: bool, num_layers: int | None, num_buckets: int | None
+                         ) -> tuple[int | None, int | None]:
+    """Check the exit-table options; a given table sets the depth and bucket count (L, B) of the run."""
+    if dense and options.any_given():
         raise HashConfigError("a dense run has no exit table; drop --dense or the exit-table options")
     if not dense:
-        table_options.check()
-        if table_options.exit_table is not None:
-            num_layers = table_options.exit_table.num_layers
-            num_buckets = table_options.given_buckets()
+        options.check()
+        if options.exit_table is not None:
+            return options.exit_table.num_layers, options.given_buckets()
+    return num_layers, num_buckets
+
+
+def _check_paths(train_file: str | Path, dev_file: str | Path | None, output_dir: str | Path) -> Path:
+    """The data files exist and the output folder can be one; returns the output folder."""
     for name, path in (("train_file", train_file), ("dev_file", dev_file)):
         if path is not None and not Path(path).is_file():
             raise DataError(f"{name} {path} {'is not a file' if Path(path).exists() else 'does not exist'}")
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise TrainConfigError(f"output_dir {output_dir} exists and is not a folder")
-    config = _load_config(backbone_path)
-    depth = EncoderDims.from_config(config).num_layers
-    layers, buckets = _table_size(depth, num_layers, num_buckets, backbone_path,
-                                  1 if dense or exit_table is not None else min_exit_layer)
-    columns = (text_column, pair_column, label_column)
+    return output_dir
+
+
+def _load_data(backbone: Path, config: Any, train_file: str | Path, dev_file: str | Path | None, columns: tuple,
+               regression: bool | None, max_length: int) -> tuple[_Task, Any, TokenizedDataset, TokenizedDataset | None]:
+    """The task's examples, the backbone's tokenizer and the tokenised training (and dev) sets."""
     task = _load_task(Path(train_file), Path(dev_file) if dev_file is not None else None, columns, regression)
-    tokenizer = _load_tokenizer(backbone_path)
+    tokenizer = _load_tokenizer(backbone)
     limit = _max_length_limit(tokenizer, config)
     if limit is not None and max_length > limit:
-        raise TrainConfigError(f"max_length {max_length} exceeds what {backbone_path} supports ({limit})")
+        raise TrainConfigError(f"max_length {max_length} exceeds what {backbone} supports ({limit})")
     train_set = tokenize_examples(task.train, tokenizer, max_length, task.label_map)
     dev_set = tokenize_examples(task.dev, tokenizer, max_length, task.label_map) if task.dev is not None else None
+    return task, tokenizer, train_set, dev_set
 
-    # ---- model: the dense classifier, wrapped with an exit table built on the training data
+
+# ---------------------------------------------------------------------------------- train: the model
+
+def _load_classifier(backbone: Path, task: _Task, seed: int, progress: bool) -> Any:
+    """The backbone with a freshly initialised classification head for ``task`` (seeded)."""
+    import transformers
+    from transformers import AutoModelForSequenceClassification
+
     transformers.set_seed(seed)
     verbosity = transformers.logging.get_verbosity()
     if not progress:  # quiet: the "newly initialized classifier" notice is expected when fine-tuning
         transformers.logging.set_verbosity_error()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(backbone_path), num_labels=task.num_labels, id2label=task.id2label, label2id=task.label2id,
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(backbone), num_labels=task.num_labels, id2label=task.id2label, label2id=task.label2id,
             problem_type="regression" if task.regression else "single_label_classification")
     except (OSError, ValueError) as exc:
-        raise BackboneError(f"cannot load {backbone_path} as a sequence classifier: {exc}") from exc
+        raise BackboneError(f"cannot load {backbone} as a sequence classifier: {exc}") from exc
     finally:
         transformers.logging.set_verbosity(verbosity)
-    reference = depth if layers < depth else None
-    full_depth = copy.deepcopy(model) if adapt_steps else None  # adaptation's frozen target
-    if reference is not None:
-        _truncate(model, layers)
-    dims = EncoderDims.from_config(model.config).against(reference)
-    table = None
+
+
+def _run_table(model: Any, tokenizer: Any, task: _Task, options: _TableOptions, dense: bool, pooling: str,
+               layers: int, buckets: int, dims: EncoderDims, max_length: int, seed: int, progress: bool
+               ) -> ExitTable | None:
+    """The exit table the model runs with: HashEE's, all-last-layer for a dense run with another pooling, or None."""
     if not dense:
-        table = table_options.build(model, tokenizer, task, layers, buckets, dims, max_length, seed, progress)
-    elif pooling != "cls":  # dense with another pooling: every token at the last layer
-        table = ExitTable(layers=np.full(len(tokenizer), layers, dtype=np.int64), num_layers=layers, kind="dense")
-    if table is not None:
-        model = _import_modeling().HashEEForSequenceClassification.from_dense(model, table, pooling=pooling)
-    if full_depth is not None:
-        from hashee.adapt import adapt
+        return options.build(model, tokenizer, task, layers, buckets, dims, max_length, seed, progress)
+    if pooling != "cls":  # dense with another pooling: every token at the last layer
+        return ExitTable(layers=np.full(len(tokenizer), layers, dtype=np.int64), num_layers=layers, kind="dense")
+    return None
 
-        losses = adapt(model, full_depth, train_set, tokenizer, adapt_steps, adapt_learning_rate, batch_size, seed,
-                       output_dir, progress)
-        recipe["adaptation"].update(first_loss=losses[0], last_loss=losses[-1])
-        del full_depth
-    teacher_model = None
-    if teacher_path is not None:
-        from hashee.distill import load_teacher
 
-        teacher_model = load_teacher(teacher_path, task.label_map, len(tokenizer))
-    trainer = _make_trainer(model, tokenizer, train_set, dev_set, task, output_dir, recipe, progress, teacher_model)
-    output = trainer.train()
-    model = trainer.model.eval()
+def _adapt(model: Any, full_depth: Any, train_set: TokenizedDataset, tokenizer: Any, recipe: dict[str, Any],
+           steps: int, learning_rate: float, output_dir: Path, progress: bool) -> None:
+    """Exit-aware adaptation towards the full-depth model (:mod:`hashee.adapt`); its losses join ``recipe``."""
+    from hashee.adapt import adapt
 
-    # ---- final scores and FLOPs (on the dev file, else by table lookup on the training file)
-    kind = "dense" if dense else "hashee"
-    metrics = None
-    if dev_set is not None:
-        model_kind = "hashee" if table is not None else "dense"
-        logits, flops = predict_dataset(model, dev_set, tokenizer, model_kind, max(batch_size, 64), progress, "dev",
-                                        reference_layers=reference)
-        metrics = compute_metrics(logits, task.dev.label_ids(task.label_map), task.regression,
-                                  None if task.regression else task.num_labels)
-    else:
-        flops = table_flops(table if not dense else None, train_set, dims)
+    losses = adapt(model, full_depth, train_set, tokenizer, steps, learning_rate, recipe["batch_size"],
+                   recipe["seed"], output_dir, progress)
+    recipe["adaptation"].update(first_loss=losses[0], last_loss=losses[-1])
 
-    # ---- save the run
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(output_dir))
-    tokenizer.save_pretrained(str(output_dir))
-    record = {
-        "format_version": META_VERSION, "kind": kind, "backbone": str(backbone_path),
+
+def _load_teacher(teacher: Path | None, task: _Task, vocab_size: int) -> Any:
+    """The distillation teacher's model, or None."""
+    if teacher is None:
+        return None
+    from hashee.distill import load_teacher
+
+    return load_teacher(teacher, task.label_map, vocab_size)
+
+
+# ---------------------------------------------------------------------------------- train: scoring and saving
+
+def _final_scores(model: Any, table: ExitTable | None, kind: str, task: _Task, train_set: TokenizedDataset,
+                  dev_set: TokenizedDataset | None, tokenizer: Any, dims: EncoderDims, batch_size: int,
+                  progress: bool, reference: int | None) -> tuple[dict[str, float] | None, FlopsReport]:
+    """Final dev metrics and FLOPs (on the dev file, else by table lookup on the training file)."""
+    if dev_set is None:
+        return None, table_flops(table if kind == "hashee" else None, train_set, dims)
+    model_kind = "hashee" if table is not None else "dense"
+    logits, flops = predict_dataset(model, dev_set, tokenizer, model_kind, max(batch_size, 64), progress, "dev",
+                                    reference_layers=reference)
+    metrics = compute_metrics(logits, task.dev.label_ids(task.label_map), task.regression,
+                              None if task.regression else task.num_labels)
+    return metrics, flops
+
+
+def _run_record(kind: str, backbone: Path, task: _Task, train_file: str | Path, dev_file: str | Path | None,
+                columns: tuple, recipe: dict[str, Any], layers: int, depth: int, table: ExitTable | None,
+                buckets: int, options: _TableOptions, output: Any, metrics: dict[str, float] | None,
+                flops: FlopsReport, log_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``hashee_train.json`` content: recipe, data, depth, exit table, training, scores, versions."""
+    import torch
+    import transformers
+
+    return {
+        "format_version": META_VERSION, "kind": kind, "backbone": str(backbone),
         "task": "regression" if task.regression else "classification",
         "labels": None if task.regression else list(task.label2id),
         "data": {"train_file": str(train_file), "dev_file": str(dev_file) if dev_file else None,
@@ -391,23 +473,27 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
         "recipe": recipe,
         "depth": {"layers": layers, "backbone_layers": depth},
         "exit_table": ({"hash_kind": table.kind, "num_layers": layers, "num_buckets": buckets,
-                        "min_exit_layer": min_exit_layer, "bucket_scheme": bucket_scheme,
-                        "importance": ({"model": str(importance_model), "order": importance_order}
-                                       if importance_model is not None else None),
-                        "histogram": table.histogram(), **table.to_meta()} if table is not None and not dense
+                        "min_exit_layer": options.min_exit_layer, "bucket_scheme": options.bucket_scheme,
+                        "importance": ({"model": str(options.importance_model), "order": options.importance_order}
+                                       if options.importance_model is not None else None),
+                        "histogram": table.histogram(), **table.to_meta()} if table is not None and kind == "hashee"
                        else None),
         "train": {"global_step": output.global_step, "train_loss": output.training_loss,
                   "runtime_s": output.metrics.get("train_runtime")},
         "dev_metrics": metrics,
         "flops": _flops_dict(flops, str(dev_file if dev_file is not None else train_file)),
-        "log_history": trainer.state.log_history,
+        "log_history": log_history,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
     }
+
+
+def _save_run(output_dir: Path, model: Any, tokenizer: Any, record: dict[str, Any]) -> None:
+    """Write the run folder: the model (exit table included), the tokenizer and ``hashee_train.json``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
     (output_dir / TRAIN_META).write_text(json.dumps(_json_safe(record), indent=2) + "\n")
-    return TrainResult(output_dir=output_dir, kind=kind, metrics=metrics, flops=flops,
-                       train_loss=output.training_loss, global_step=output.global_step,
-                       log_history=list(trainer.state.log_history), exit_table=table, model=model)
 
 
 @dataclass

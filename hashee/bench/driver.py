@@ -75,8 +75,6 @@ def compare_specs(compare: Sequence[str | Path], backends: Sequence[str], main_b
     Each is named by its layout (``hashee export --layout``), or by its folder when the layout is the
     main bundle's; the torch backend runs the reference weights whatever the layout, so it is not repeated.
     """
-    from hashee.runtime.bundle import open_bundle
-
     main_layout = (main_bundle.meta.get("onnx") or {}).get("layout") or "packed"
     specs, names = [], set()
     for path in compare:
@@ -223,8 +221,6 @@ def precision_refusal(spec: BackendSpec) -> str | None:
     if spec.precision == "fp32" or spec.bundle is None:
         return None
     if spec.runtime == "onnxruntime":
-        from hashee.errors import HasheeError
-        from hashee.runtime.bundle import open_bundle
         from hashee.runtime.runners.onnxruntime import ort_model_file
 
         try:
@@ -240,7 +236,6 @@ def quantize_own_dense(dense_bundle: Path, output: Path, say: Callable[[str], No
     Returns why it could not (the quantiser's refusal), else None.
     """
     from hashee.calibration.dynamic_int8 import MANIFEST_KEY, quantize_bundle
-    from hashee.runtime.bundle import open_bundle
 
     if Path(dense_bundle).absolute() != (output / "work" / "dense-bundle").absolute():
         return None
@@ -325,7 +320,7 @@ def timing_summary(count: int, passes: list[float], batches: list[float]) -> dic
                            "mean": 1e3 * statistics.fmean(batches)}}
 
 
-def data_statistics(encoded: Any, table: Any, layers: int, dims: Any, plans: dict[int, list[Any]]) -> dict[str, Any]:
+def data_statistics(encoded: Any, table: Any, dims: Any, plans: dict[int, list[Any]]) -> dict[str, Any]:
     """Token counts, analytic FLOPs on the data, and the padding of each batch size's plan."""
     import numpy as np
 
@@ -369,6 +364,330 @@ def parity_reference(runtime: str, model: str) -> str:
     return f"{'onnxruntime' if runtime == 'torch' else 'torch'}-{model}"
 
 
+# ---------------------------------------------------------------------------------------------- planning
+def check_options(backends: Sequence[str], precisions: Sequence[str], batch_sizes: Sequence[int],
+                  max_batches: int | None, repeats: int, say: Callable[[str], None]
+                  ) -> tuple[list[str], list[str], list[int]]:
+    """The backends, precisions (in :data:`PRECISIONS` order) and sorted batch sizes; InputError on a bad one."""
+    backends = list(backends)
+    unknown = [b for b in backends if b not in RUNTIMES]
+    if unknown:
+        raise InputError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}")
+    wrong = [p for p in precisions if p not in PRECISIONS]
+    if wrong or not precisions:
+        raise InputError(f"unknown precision(s) {', '.join(map(str, wrong)) or '(none given)'}; choose from "
+                         f"{', '.join(PRECISIONS)}")
+    precisions = [p for p in PRECISIONS if p in set(precisions)]
+    batch_sizes = sorted({int(b) for b in batch_sizes})
+    if not batch_sizes or batch_sizes[0] < 1:
+        raise InputError("batch sizes must be positive integers")
+    if max_batches is not None and int(max_batches) < 1:
+        raise InputError(f"--max-batches must be at least 1, got {max_batches}")
+    if isinstance(repeats, bool) or int(repeats) < 1:
+        raise InputError(f"--repeats must be at least 1, got {repeats}")
+    if repeats < 5:
+        say(f"note: {repeats} timed runs per point; the suite's standard is at least 5")
+    return backends, precisions, batch_sizes
+
+
+@dataclass
+class BenchData:
+    """The examples every backend runs, their gold labels, and the batches cut from them."""
+
+    dataset: dict[str, Any]
+    inputs: list[Any]
+    gold: Any  # label ids / targets, or None (then ``metric_note`` says why)
+    metric_note: str | None
+    full_plans: dict[int, list[Any]]  # every example, per batch size (accuracy and parity)
+    plans: dict[int, list[Any]]  # the timed batches (``max_batches`` spread)
+    stats: dict[str, Any]  # :func:`data_statistics`
+
+
+def bench_gold(examples: Any, hashee_bundle: Any, count: int) -> tuple[Any, str | None]:
+    """The first ``count`` gold labels in the bundle's label ids, or None and why there is no task metric."""
+    if not examples.has_labels:
+        return None, "no task metric: the data has no labels"
+    label2id = None if hashee_bundle.is_regression else {name: i for i, name in enumerate(hashee_bundle.labels)}
+    if label2id is not None and set(examples.labels) - set(label2id):
+        label2id = {str(i): i for i in range(len(label2id))}  # a model with names, data with ids (as eval)
+    try:
+        return examples.label_ids(label2id)[:count], None
+    except DataError as exc:
+        return None, f"no task metric: {exc}"
+
+
+def load_bench_data(hashee_bundle: Any, data: str, output: Path, limit: int | None, batch_sizes: list[int],
+                    max_batches: int | None, say: Callable[[str], None]) -> BenchData:
+    """Read ``data``, tokenise it once and cut it into each batch size's plan (every worker pads the same batches)."""
+    dataset = resolve_data(data, output / "work", hashee_bundle.tokenizer_dir / "tokenizer.json", limit)
+    examples = load_examples(dataset["file"], regression=hashee_bundle.is_regression)
+    inputs = examples.inputs()[: dataset["limit"]] if dataset["limit"] else examples.inputs()
+    if not inputs:
+        raise DataError(f"{dataset['file']} holds no examples")
+    gold, metric_note = bench_gold(examples, hashee_bundle, len(inputs))
+    say(f"data: {dataset['description']}, {len(inputs)} examples")
+
+    pad_token = _special(tokenizer_config(hashee_bundle).get("pad_token"))
+    encoder = TextEncoder(hashee_bundle.tokenizer_dir, hashee_bundle.max_length, pad_token)
+    encoded = encoder.encode(*normalize_texts(inputs))
+    table, layers = hashee_bundle.exit_table, hashee_bundle.num_layers
+    profile = active_profile(encoded.ids, table, layers)
+    full_plans = {size: plan_batches(profile, size, cost_aware=True) for size in batch_sizes}
+    plans = {size: spread(plan, max_batches) for size, plan in full_plans.items()}
+    backbone = hashee_bundle.meta["backbone"]
+    dims = EncoderDims(layers, int(backbone["hidden_size"]), int(backbone["intermediate_size"]),
+                       len(hashee_bundle.labels))
+    stats = data_statistics(encoded, table, dims, plans)
+    return BenchData(dataset, inputs, gold, metric_note, full_plans, plans, stats)
+
+
+@dataclass
+class DenseBaseline:
+    """The dense bundle measured beside the HashEE one, where it came from, and its ONNX Runtime graph."""
+
+    bundle: Path | None
+    origin: str
+    ort_bundle: Path | None  # the (optimised) copy ONNX Runtime runs
+    ort_note: str
+    int8_refusal: str | None  # why the dense int8 row cannot run, when it cannot
+    reference: Path | None  # the run folder the torch row loads, when the bundle has no reference/
+
+
+def prepare_dense(dense: str | Path | None, hashee_bundle: Any, output: Path, backends: list[str],
+                  precisions: list[str], optimize_dense_graph: bool, say: Callable[[str], None]) -> DenseBaseline:
+    """Resolve (export) the dense baseline, quantise it for int8 rows and optimise its ONNX Runtime graph."""
+    bundle, origin = None, "dense baselines not requested (no torch/onnxruntime backend)"
+    if any(b in ("torch", "onnxruntime", "tensorrt") for b in backends):
+        bundle, origin = resolve_dense(dense, hashee_bundle, output, say)
+    int8_refusal = None
+    if bundle is not None and "int8" in precisions and "onnxruntime" in backends:
+        int8_refusal = quantize_own_dense(bundle, output, say)
+    ort_bundle, ort_note = bundle, "plain Optimum export"
+    if bundle is not None and "onnxruntime" in backends and optimize_dense_graph:
+        ort_bundle, ort_note = optimize_dense(bundle, output, say)
+    reference = None
+    if bundle is not None:
+        dense_meta = open_bundle(bundle, verify=False)
+        if dense_meta.reference_dir is None:
+            reference = _source_run(dense_meta)
+    return DenseBaseline(bundle, origin, ort_bundle, ort_note, int8_refusal, reference)
+
+
+def backend_specs(bundle: str | Path, hashee_bundle: Any, dense: DenseBaseline, backends: list[str],
+                  precisions: list[str], compare: Sequence[str | Path]) -> list[BackendSpec]:
+    """Every measured configuration, in table order: per runtime and precision, dense then HashEE; then --compare."""
+    hashee_reference = _source_run(hashee_bundle) if hashee_bundle.reference_dir is None else None
+    specs: list[BackendSpec] = []
+    for runtime in RUNTIMES:
+        if runtime not in backends:
+            continue
+        for precision in precisions:
+            if runtime == "torch" and precision != "fp32":
+                continue  # PyTorch rows are the fp32 references
+            for model in ("dense", "hashee"):
+                if model == "dense":
+                    path = dense.ort_bundle if runtime == "onnxruntime" else dense.bundle
+                    spec = BackendSpec(runtime, model, path, dense.reference if runtime == "torch" else None,
+                                       skip=None if path is not None else dense.origin, precision=precision)
+                    if runtime == "onnxruntime" and precision == "int8":
+                        spec.skip = spec.skip or dense.int8_refusal
+                else:
+                    spec = BackendSpec(runtime, model, Path(bundle),
+                                       hashee_reference if runtime == "torch" else None, precision=precision)
+                spec.skip = spec.skip or precision_refusal(spec)
+                specs.append(spec)
+    return specs + compare_specs(compare, backends, hashee_bundle)
+
+
+# ---------------------------------------------------------------------------------------------- starting workers
+def start_workers(specs: list[BackendSpec], bench: BenchData, batch_sizes: list[int], device: str | None,
+                  threads: int | None, say: Callable[[str], None]
+                  ) -> tuple[list[Worker], dict[str, dict[str, Any]]]:
+    """A worker per runnable spec, each loaded and ready; the records of all specs (skipped ones with why)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    say(f"starting {len(specs)} backend workers: {', '.join(s.key for s in specs)}")
+    plan_payload = {size: [index.tolist() for index in plan] for size, plan in bench.plans.items()}
+    accuracy_plan = [index.tolist() for index in bench.full_plans[batch_sizes[-1]]]
+    workers: list[Worker] = []
+    records: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        record = {"key": spec.key, "label": spec.label, "runtime": spec.runtime, "model": spec.model,
+                  "precision": spec.precision,
+                  "bundle": str(spec.bundle) if spec.bundle else None, "status": "ok", "reason": None,
+                  "variant": spec.variant or None}
+        records[spec.key] = record
+        if spec.skip is None and spec.runtime == "tensorrt":
+            spec.skip = tensorrt_refusal(spec.bundle, device, threads, None if spec.precision == "fp32" else spec.precision)
+        if spec.skip:
+            record.update(status="skipped", reason=spec.skip)
+            say(f"{spec.label}: skipped ({spec.skip})")
+            continue
+        payload = {"bundle": str(spec.bundle), "backend": spec.runtime, "device": device, "threads": threads,
+                   "precision": None if spec.precision == "fp32" else spec.precision,
+                   "reference": str(spec.reference) if spec.reference else None, "inputs": bench.inputs,
+                   "plans": plan_payload, "accuracy_plan": accuracy_plan}
+        workers.append(Worker(context, spec, payload))
+    for worker in workers:
+        worker.wait_ready()
+        record = records[worker.spec.key]
+        if worker.skip:
+            record.update(status="skipped", reason=worker.skip)
+            say(f"{worker.spec.label}: skipped ({worker.skip})")
+        else:
+            record.update(device=worker.info["device"], memory={"start_mib": worker.info["start_mib"],
+                                                                "loaded_mib": worker.info["loaded_mib"]})
+            record["results"] = {}
+    return workers, records
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def time_batch_size(live: list[Worker], size: int, plan: list[Any], warmup: int, repeats: int, bar: Any
+                    ) -> dict[str, dict[str, Any]]:
+    """Warm every worker up at ``size``, then time ``repeats`` passes, one per worker in turn (side by side)."""
+    timings: dict[str, dict[str, list[float]]] = {w.spec.key: {"passes": [], "batches": []} for w in live}
+    for worker in live:
+        bar.set_postfix_str(f"batch {size}: warm-up {worker.spec.label}")
+        for _ in range(warmup):
+            worker.ask("time", size, 1)
+            bar.update(1)
+    for repeat in range(repeats):
+        for worker in live:  # one pass each, in turn: side by side
+            bar.set_postfix_str(f"batch {size}: run {repeat + 1}/{repeats} {worker.spec.label}")
+            got = worker.ask("time", size, 1)
+            timings[worker.spec.key]["passes"] += got["passes"]
+            timings[worker.spec.key]["batches"] += got["batches"]
+            bar.update(1)
+    timed = int(sum(len(index) for index in plan))
+    summaries = {}
+    for key, t in timings.items():
+        summaries[key] = timing_summary(timed, t["passes"], t["batches"])
+        summaries[key].update(batches=len(plan), examples=timed)
+    return summaries
+
+
+def measure(workers: list[Worker], records: dict[str, dict[str, Any]], plans: dict[int, list[Any]],
+            batch_sizes: list[int], warmup: int, repeats: int, progress: bool) -> dict[str, Any]:
+    """Run the accuracy pass, the timed passes and the memory read on every live worker; close all workers.
+
+    Fills each live record's ``results`` and ``memory``; returns the logits of every live backend.
+    """
+    from tqdm.auto import tqdm
+
+    live = [w for w in workers if not w.skip]
+    steps = len(live) * (1 + len(batch_sizes) * (warmup + repeats))
+    bar = tqdm(total=steps, desc="bench", unit="pass", disable=not progress, file=sys.stderr)
+    logits: dict[str, Any] = {}
+    try:
+        for worker in live:  # every example at the largest batch size: accuracy, parity, and a first warm-up
+            bar.set_postfix_str(f"accuracy pass {worker.spec.label}")
+            logits[worker.spec.key] = worker.ask("logits")
+            bar.update(1)
+        for size in batch_sizes:
+            for key, summary in time_batch_size(live, size, plans[size], warmup, repeats, bar).items():
+                records[key]["results"][str(size)] = summary
+        for worker in live:
+            records[worker.spec.key]["memory"].update(worker.ask("memory"))
+    finally:
+        bar.close()
+        for worker in workers:
+            worker.close()
+    return logits
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+def score_records(records: dict[str, dict[str, Any]], logits: dict[str, Any], gold: Any, regression: bool,
+                  metric_note: str | None) -> None:
+    """Add each measured record's task metric and its parity with the reference (and with fp32 for int8)."""
+    for key, record in records.items():
+        if record["status"] != "ok":
+            continue
+        out = logits[key]
+        record["metric"] = score(out, gold, regression) if gold is not None else None
+        if record["metric"] is None:
+            record["metric_note"] = metric_note
+        reference_key = parity_reference(record["runtime"], record["model"])
+        if reference_key in logits:
+            record["parity"] = {"reference": reference_key, **parity(out, logits[reference_key], regression)}
+        else:
+            runtime = reference_key.split("-")[0]
+            reason = records.get(reference_key, {}).get("reason") or f"the {runtime} backend was not run"
+            record["parity"] = {"reference": None, "reason": f"no {RUNTIME_LABELS[runtime]} reference: {reason}"}
+        fp32_key = f"{record['runtime']}-{record['model']}"
+        if record["precision"] != "fp32" and fp32_key in logits:  # int8 against fp32 on the same runtime
+            record["parity_fp32"] = {"reference": fp32_key, **parity(out, logits[fp32_key], regression)}
+
+
+def _ratio(records: dict[str, dict[str, Any]], top: str, bottom: str, size: int) -> float | None:
+    """samples/s of record ``top`` over record ``bottom`` at ``size``, when both were measured."""
+    h, d = records.get(top), records.get(bottom)
+    if h and d and h["status"] == d["status"] == "ok":
+        return h["results"][str(size)]["samples_per_s"] / d["results"][str(size)]["samples_per_s"]
+    return None
+
+
+def speedup_row(records: dict[str, dict[str, Any]], size: int, ideal: float) -> dict[str, Any]:
+    """The realised speed-ups at one batch size (same runtime, HashEE over dense) beside the FLOPs ideal."""
+    row: dict[str, Any] = {"flops_ideal": ideal}
+    for runtime in RUNTIMES:
+        realised = _ratio(records, f"{runtime}-hashee", f"{runtime}-dense", size)
+        if realised is not None:
+            row[runtime] = {"realised": realised, "realised_over_ideal": realised / ideal}
+    for name, top, bottom in (("onnxruntime_hashee_over_torch_hashee", "onnxruntime-hashee", "torch-hashee"),
+                              ("onnxruntime_hashee_over_torch_dense", "onnxruntime-hashee", "torch-dense")):
+        value = _ratio(records, top, bottom, size)
+        if value is not None:
+            row[name] = value
+    over = {}  # every row over the same runtime's dense fp32 (dense int8, HashEE fp32, HashEE int8)
+    for key, record in records.items():
+        base = f"{record['runtime']}-dense"
+        if key != base and record["status"] == "ok":
+            value = _ratio(records, key, base, size)
+            if value is not None:
+                over[key] = value
+    if over:
+        row["over_dense_fp32"] = over
+    value = _ratio(records, "onnxruntime-hashee-int8", "onnxruntime-dense-int8", size)
+    if value is not None:
+        row["onnxruntime_hashee_int8_over_dense_int8"] = value
+    return row
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def library_versions() -> dict[str, str]:
+    """The versions of the libraries that set the figures (those importable here)."""
+    versions = {}
+    for name in ("numpy", "onnxruntime", "torch", "transformers"):
+        module = sys.modules.get(name)
+        if module is None:
+            try:
+                module = __import__(name)
+            except ImportError:
+                continue
+        versions[name] = getattr(module, "__version__", "?")
+    return versions
+
+
+def machine_info() -> dict[str, Any]:
+    """Platform, Python, CPU count, load average and library versions of this machine."""
+    import os
+
+    return {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg")
+            else None, "versions": library_versions()}
+
+
+def write_results(result: dict[str, Any], output: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """Write ``results.json``, ``results.md`` and ``throughput.png`` (whose path joins the result)."""
+    (output / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_markdown(result, output / "results.md")
+    result["plot"] = str(write_plot(result, output / "throughput.png"))
+    (output / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    say(f"wrote {output / 'results.json'}, {output / 'results.md'}, {result['plot']}")
+    return result
+
+
 # ---------------------------------------------------------------------------------------------- the run
 def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Sequence[str] = RUNTIMES,
               batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, dense: str | Path | None = None, repeats: int = 5,
@@ -388,252 +707,35 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
     quantize`` (dense and HashEE; the dense baseline this bench exports itself is quantised here), on TensorRT
     the int8 engines (PyTorch rows stay fp32); ratios are over the same runtime's dense fp32.
     """
-    import multiprocessing
-
     say = _say(progress)
     started = time.time()
-    backends = [b for b in backends]
-    unknown = [b for b in backends if b not in RUNTIMES]
-    if unknown:
-        raise InputError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}")
-    wrong = [p for p in precisions if p not in PRECISIONS]
-    if wrong or not precisions:
-        raise InputError(f"unknown precision(s) {', '.join(map(str, wrong)) or '(none given)'}; choose from "
-                         f"{', '.join(PRECISIONS)}")
-    precisions = [p for p in PRECISIONS if p in set(precisions)]
-    batch_sizes = sorted({int(b) for b in batch_sizes})
-    if not batch_sizes or batch_sizes[0] < 1:
-        raise InputError("batch sizes must be positive integers")
-    if max_batches is not None and int(max_batches) < 1:
-        raise InputError(f"--max-batches must be at least 1, got {max_batches}")
-    if isinstance(repeats, bool) or int(repeats) < 1:
-        raise InputError(f"--repeats must be at least 1, got {repeats}")
-    if repeats < 5:
-        say(f"note: {repeats} timed runs per point; the suite's standard is at least 5")
+    backends, precisions, batch_sizes = check_options(backends, precisions, batch_sizes, max_batches, repeats, say)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     hashee_bundle = open_bundle(bundle)
     if hashee_bundle.kind != "hashee":
         raise BundleError(f"{bundle} is a dense bundle; hashee bench measures a HashEE bundle (pass the dense one "
                           f"with --dense)")
-    dataset = resolve_data(data, output / "work", hashee_bundle.tokenizer_dir / "tokenizer.json", limit)
-    regression = hashee_bundle.is_regression
-    examples = load_examples(dataset["file"], regression=regression)
-    inputs = examples.inputs()[: dataset["limit"]] if dataset["limit"] else examples.inputs()
-    if not inputs:
-        raise DataError(f"{dataset['file']} holds no examples")
-    gold, metric_note = None, None
-    if examples.has_labels:
-        label2id = None if regression else {name: i for i, name in enumerate(hashee_bundle.labels)}
-        if label2id is not None and set(examples.labels) - set(label2id):
-            label2id = {str(i): i for i in range(len(label2id))}  # a model with names, data with ids (as eval)
-        try:
-            gold = examples.label_ids(label2id)[: len(inputs)]
-        except DataError as exc:
-            metric_note = f"no task metric: {exc}"
-    else:
-        metric_note = "no task metric: the data has no labels"
-    say(f"data: {dataset['description']}, {len(inputs)} examples")
-
-    # tokenise once for the plans and the FLOPs; every worker pads the same index batches
-    pad_token = _special(tokenizer_config(hashee_bundle).get("pad_token"))
-    encoder = TextEncoder(hashee_bundle.tokenizer_dir, hashee_bundle.max_length, pad_token)
-    encoded = encoder.encode(*normalize_texts(inputs))
-    table, layers = hashee_bundle.exit_table, hashee_bundle.num_layers
-    profile = active_profile(encoded.ids, table, layers)
-    full_plans = {size: plan_batches(profile, size, cost_aware=True) for size in batch_sizes}
-    plans = {size: spread(plan, max_batches) for size, plan in full_plans.items()}
-    backbone = hashee_bundle.meta["backbone"]
-    dims = EncoderDims(layers, int(backbone["hidden_size"]), int(backbone["intermediate_size"]),
-                       len(hashee_bundle.labels))
-    stats = data_statistics(encoded, table, layers, dims, plans)
-
-    # the four (six) configurations
-    dense_bundle, dense_origin = None, "dense baselines not requested (no torch/onnxruntime backend)"
-    if any(b in ("torch", "onnxruntime", "tensorrt") for b in backends):
-        dense_bundle, dense_origin = resolve_dense(dense, hashee_bundle, output, say)
-    dense_int8_refusal = None
-    if dense_bundle is not None and "int8" in precisions and "onnxruntime" in backends:
-        dense_int8_refusal = quantize_own_dense(dense_bundle, output, say)
-    dense_ort, dense_ort_note = dense_bundle, "plain Optimum export"
-    if dense_bundle is not None and "onnxruntime" in backends and optimize_dense_graph:
-        dense_ort, dense_ort_note = optimize_dense(dense_bundle, output, say)
-    specs: list[BackendSpec] = []
-    hashee_reference = None
-    if hashee_bundle.reference_dir is None:
-        hashee_reference = _source_run(hashee_bundle)
-    dense_reference = None
-    if dense_bundle is not None:
-        dense_meta = open_bundle(dense_bundle, verify=False)
-        if dense_meta.reference_dir is None:
-            dense_reference = _source_run(dense_meta)
-    for runtime in RUNTIMES:
-        if runtime not in backends:
-            continue
-        for precision in precisions:
-            if runtime == "torch" and precision != "fp32":
-                continue  # PyTorch rows are the fp32 references
-            for model in ("dense", "hashee"):
-                if model == "dense":
-                    path = dense_ort if runtime == "onnxruntime" else dense_bundle
-                    spec = BackendSpec(runtime, model, path, dense_reference if runtime == "torch" else None,
-                                       skip=None if path is not None else dense_origin, precision=precision)
-                    if runtime == "onnxruntime" and precision == "int8":
-                        spec.skip = spec.skip or dense_int8_refusal
-                else:
-                    spec = BackendSpec(runtime, model, Path(bundle),
-                                       hashee_reference if runtime == "torch" else None, precision=precision)
-                spec.skip = spec.skip or precision_refusal(spec)
-                specs.append(spec)
-    specs += compare_specs(compare, backends, hashee_bundle)
-
-    context = multiprocessing.get_context("spawn")
-    say(f"starting {len(specs)} backend workers: {', '.join(s.key for s in specs)}")
-    plan_payload = {size: [index.tolist() for index in plan] for size, plan in plans.items()}
-    accuracy_plan = [index.tolist() for index in full_plans[batch_sizes[-1]]]
-    workers: list[Worker] = []
-    records: dict[str, dict[str, Any]] = {}
-    for spec in specs:
-        record = {"key": spec.key, "label": spec.label, "runtime": spec.runtime, "model": spec.model,
-                  "precision": spec.precision,
-                  "bundle": str(spec.bundle) if spec.bundle else None, "status": "ok", "reason": None,
-                  "variant": spec.variant or None}
-        records[spec.key] = record
-        if spec.skip is None and spec.runtime == "tensorrt":
-            spec.skip = tensorrt_refusal(spec.bundle, device, threads, None if spec.precision == "fp32" else spec.precision)
-        if spec.skip:
-            record.update(status="skipped", reason=spec.skip)
-            say(f"{spec.label}: skipped ({spec.skip})")
-            continue
-        payload = {"bundle": str(spec.bundle), "backend": spec.runtime, "device": device, "threads": threads,
-                   "precision": None if spec.precision == "fp32" else spec.precision,
-                   "reference": str(spec.reference) if spec.reference else None, "inputs": inputs,
-                   "plans": plan_payload, "accuracy_plan": accuracy_plan}
-        workers.append(Worker(context, spec, payload))
-    for worker in workers:
-        worker.wait_ready()
-        record = records[worker.spec.key]
-        if worker.skip:
-            record.update(status="skipped", reason=worker.skip)
-            say(f"{worker.spec.label}: skipped ({worker.skip})")
-        else:
-            record.update(device=worker.info["device"], memory={"start_mib": worker.info["start_mib"],
-                                                                "loaded_mib": worker.info["loaded_mib"]})
-            record["results"] = {}
-    live = [w for w in workers if not w.skip]
-
-    from tqdm.auto import tqdm
-
-    steps = len(live) * (1 + len(batch_sizes) * (warmup + repeats))
-    bar = tqdm(total=steps, desc="bench", unit="pass", disable=not progress, file=sys.stderr)
-    logits: dict[str, Any] = {}
-    try:
-        for worker in live:  # every example at the largest batch size: accuracy, parity, and a first warm-up
-            bar.set_postfix_str(f"accuracy pass {worker.spec.label}")
-            logits[worker.spec.key] = worker.ask("logits")
-            bar.update(1)
-        for size in batch_sizes:
-            timings: dict[str, dict[str, list[float]]] = {w.spec.key: {"passes": [], "batches": []} for w in live}
-            for worker in live:
-                bar.set_postfix_str(f"batch {size}: warm-up {worker.spec.label}")
-                for _ in range(warmup):
-                    worker.ask("time", size, 1)
-                    bar.update(1)
-            for repeat in range(repeats):
-                for worker in live:  # one pass each, in turn: side by side
-                    bar.set_postfix_str(f"batch {size}: run {repeat + 1}/{repeats} {worker.spec.label}")
-                    got = worker.ask("time", size, 1)
-                    timings[worker.spec.key]["passes"] += got["passes"]
-                    timings[worker.spec.key]["batches"] += got["batches"]
-                    bar.update(1)
-            for worker in live:
-                t = timings[worker.spec.key]
-                timed = int(sum(len(index) for index in plans[size]))
-                summary = timing_summary(timed, t["passes"], t["batches"])
-                summary.update(batches=len(plans[size]), examples=timed)
-                records[worker.spec.key]["results"][str(size)] = summary
-        for worker in live:
-            records[worker.spec.key]["memory"].update(worker.ask("memory"))
-    finally:
-        bar.close()
-        for worker in workers:
-            worker.close()
-
-    # accuracy and parity
-    for key, record in records.items():
-        if record["status"] != "ok":
-            continue
-        out = logits[key]
-        record["metric"] = score(out, gold, regression) if gold is not None else None
-        if record["metric"] is None:
-            record["metric_note"] = metric_note
-        reference_key = parity_reference(record["runtime"], record["model"])
-        if reference_key in logits:
-            record["parity"] = {"reference": reference_key, **parity(out, logits[reference_key], regression)}
-        else:
-            runtime = reference_key.split("-")[0]
-            reason = records.get(reference_key, {}).get("reason") or f"the {runtime} backend was not run"
-            record["parity"] = {"reference": None, "reason": f"no {RUNTIME_LABELS[runtime]} reference: {reason}"}
-        fp32_key = f"{record['runtime']}-{record['model']}"
-        if record["precision"] != "fp32" and fp32_key in logits:  # int8 against fp32 on the same runtime
-            record["parity_fp32"] = {"reference": fp32_key, **parity(out, logits[fp32_key], regression)}
-
-    # speed-ups: realised (same runtime, HashEE over dense) against the FLOPs ideal
-    ideal = stats["flops"]["speedup"]
-    speedups: dict[str, Any] = {}
-    for size in batch_sizes:
-        row: dict[str, Any] = {"flops_ideal": ideal}
-        for runtime in RUNTIMES:
-            h, d = records.get(f"{runtime}-hashee"), records.get(f"{runtime}-dense")
-            if h and d and h["status"] == d["status"] == "ok":
-                realised = h["results"][str(size)]["samples_per_s"] / d["results"][str(size)]["samples_per_s"]
-                row[runtime] = {"realised": realised, "realised_over_ideal": realised / ideal}
-        h, t = records.get("onnxruntime-hashee"), records.get("torch-hashee")
-        if h and t and h["status"] == t["status"] == "ok":
-            row["onnxruntime_hashee_over_torch_hashee"] = (h["results"][str(size)]["samples_per_s"]
-                                                           / t["results"][str(size)]["samples_per_s"])
-        h, t = records.get("onnxruntime-hashee"), records.get("torch-dense")
-        if h and t and h["status"] == t["status"] == "ok":
-            row["onnxruntime_hashee_over_torch_dense"] = (h["results"][str(size)]["samples_per_s"]
-                                                          / t["results"][str(size)]["samples_per_s"])
-        over = {}  # every row over the same runtime's dense fp32 (dense int8, HashEE fp32, HashEE int8)
-        for key, record in records.items():
-            base = records.get(f"{record['runtime']}-dense")
-            if key != f"{record['runtime']}-dense" and record["status"] == "ok" and base and base["status"] == "ok":
-                over[key] = record["results"][str(size)]["samples_per_s"] / base["results"][str(size)]["samples_per_s"]
-        if over:
-            row["over_dense_fp32"] = over
-        h, d = records.get("onnxruntime-hashee-int8"), records.get("onnxruntime-dense-int8")
-        if h and d and h["status"] == d["status"] == "ok":
-            row["onnxruntime_hashee_int8_over_dense_int8"] = (h["results"][str(size)]["samples_per_s"]
-                                                              / d["results"][str(size)]["samples_per_s"])
-        speedups[str(size)] = row
-
-    versions = {}
-    for name in ("numpy", "onnxruntime", "torch", "transformers"):
-        module = sys.modules.get(name)
-        if module is None:
-            try:
-                module = __import__(name)
-            except ImportError:
-                continue
-        versions[name] = getattr(module, "__version__", "?")
-    import os
-
+    bench = load_bench_data(hashee_bundle, data, output, limit, batch_sizes, max_batches, say)
+    dense_baseline = prepare_dense(dense, hashee_bundle, output, backends, precisions, optimize_dense_graph, say)
+    specs = backend_specs(bundle, hashee_bundle, dense_baseline, backends, precisions, compare)
+    workers, records = start_workers(specs, bench, batch_sizes, device, threads, say)
+    logits = measure(workers, records, bench.plans, batch_sizes, warmup, repeats, progress)
+    score_records(records, logits, bench.gold, hashee_bundle.is_regression, bench.metric_note)
+    ideal = bench.stats["flops"]["speedup"]
+    stats, dataset = bench.stats, bench.dataset
     result = {
         "hashee_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
         "command": command,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg")
-                    else None, "versions": versions},
+        "machine": machine_info(),
         "bundle": str(bundle),
         "exit_table": hashee_bundle.meta.get("exit_table", {}),
-        "dense": {"bundle": str(dense_bundle) if dense_bundle else None, "origin": dense_origin,
-                  "onnxruntime_graph": dense_ort_note},
+        "dense": {"bundle": str(dense_baseline.bundle) if dense_baseline.bundle else None,
+                  "origin": dense_baseline.origin, "onnxruntime_graph": dense_baseline.ort_note},
         "data": {"name": dataset["name"], "file": str(dataset["file"]), "description": dataset["description"],
-                 "pairs": isinstance(inputs[0], tuple), **{k: stats[k] for k in ("examples", "tokens")}},
+                 "pairs": isinstance(bench.inputs[0], tuple), **{k: stats[k] for k in ("examples", "tokens")}},
         "batch_sizes": batch_sizes, "precisions": precisions, "repeats": repeats, "warmup": warmup, "threads": threads,
         "device": device,
         "timing": "per batch: exit masks + the backend's inference call (host arrays out, GPU work synchronised); "
@@ -641,11 +743,6 @@ def run_bench(bundle: str | Path, data: str, output: str | Path, backends: Seque
         "max_batches": max_batches,
         "flops": stats["flops"], "padding": stats["padding"],
         "backends": list(records.values()),
-        "speedups": speedups,
+        "speedups": {str(size): speedup_row(records, size, ideal) for size in batch_sizes},
     }
-    (output / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_markdown(result, output / "results.md")
-    result["plot"] = str(write_plot(result, output / "throughput.png"))
-    (output / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    say(f"wrote {output / 'results.json'}, {output / 'results.md'}, {result['plot']}")
-    return result
+    return write_results(result, output, say)

@@ -14,6 +14,7 @@ each candidate table is evaluated by a numpy lookup and :func:`hashee.flops.batc
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -112,6 +113,46 @@ def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: 
     """
     layers = bucket_layers(num_layers, num_buckets, lowest_layer)
     num_layers, num_buckets = int(num_layers), int(num_buckets)
+    unseen_layer, max_length, target, tolerance, dims = _check_budget_args(num_layers, scheme, unseen, max_length,
+                                                                          target_speedup, tolerance, dims)
+    items = _normalise_texts(texts)
+    if not items:
+        raise DataError("texts is empty; budget calibration needs a corpus")
+    family = _Family.on_corpus(tokenizer, items, ranking, max_length, layers, num_buckets, num_layers, unseen_layer,
+                               dims, scheme)
+    lo, hi = ALPHA_RANGE  # speedup(lo) is the largest, speedup(hi) the smallest
+    fastest, slowest = family.speedup(lo), family.speedup(hi)
+    _check_reach(target, tolerance, fastest, slowest, num_layers, num_buckets, layers, len(items), max_length)
+    error, alpha, achieved = _bisect(family.speedup, target, tolerance, fastest, slowest)
+    if error > tolerance:
+        raise HashConfigError(
+            f"no table of the frequency family is within {tolerance:.1%} of {target:g}x: the FLOPs jump past "
+            f"it (closest {achieved:.3f}x); allow a larger tolerance, use a larger corpus or more buckets"
+        )
+
+    boundaries = boundaries_for_alpha(alpha, num_buckets)
+    meta = base_metadata(layers, 0, family.vocab_size, family.specials)
+    table = ranked_table(family.ranked, boundaries, layers, family.vocab_size, family.specials, unseen, num_layers,
+                         meta, len(items))
+    if scheme == "mass":  # the same boundaries, as fractions of occurrences
+        table = family.table(alpha)
+    meta["calibration"] = {
+        "family": f"bucket k starts at fraction (k/B)**alpha of the {ranking_kind}-sorted seen "
+                  f"{'token occurrences' if scheme == 'mass' else 'types'}",
+        "scheme": scheme, "lowest_layer": int(lowest_layer), "ranking": ranking_kind,
+        "alpha": float(alpha), "target_speedup": target, "achieved_speedup": float(achieved),
+        "tolerance": tolerance, "reachable_speedup": [float(slowest), float(fastest)],
+        "max_length": max_length,
+        "dims": {"num_layers": dims.num_layers, "hidden_size": dims.hidden_size,
+                 "intermediate_size": dims.intermediate_size, "num_labels": dims.num_labels,
+                 "embedding_size": dims.embedding_size},
+    }
+    return ExitTable(layers=table, num_layers=num_layers, kind=ranking_kind, metadata=meta)
+
+
+def _check_budget_args(num_layers: int, scheme: str, unseen: str | int, max_length: Any, target_speedup: Any,
+                       tolerance: Any, dims: EncoderDims | None) -> tuple[int, int, float, float, EncoderDims]:
+    """The unseen ids' layer, max length, target, tolerance and encoder sizes; HashConfigError on a bad one."""
     if scheme not in BUCKET_SCHEMES:
         raise HashConfigError(f"unknown bucket scheme {scheme!r}; use one of {', '.join(BUCKET_SCHEMES)}")
     unseen_layer = _resolve_unseen(unseen, num_layers)
@@ -122,45 +163,71 @@ def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: 
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.integer, np.floating)) \
             or not 0 < float(tolerance) < 1:
         raise HashConfigError(f"tolerance must be a relative error in (0, 1), got {tolerance!r}")
-    target, tolerance = float(target_speedup), float(tolerance)
     if dims is None:
         dims = EncoderDims(num_layers, MINILM_HIDDEN, MINILM_FFN)
     elif not isinstance(dims, EncoderDims):
         raise HashConfigError(f"dims must be a hashee.flops.EncoderDims, got {type(dims).__name__}")
     if dims.num_layers != num_layers:
         raise HashConfigError(f"dims.num_layers ({dims.num_layers}) differs from num_layers ({num_layers})")
+    return unseen_layer, max_length, float(target_speedup), float(tolerance), dims
 
-    items = _normalise_texts(texts)
-    if not items:
-        raise DataError("texts is empty; budget calibration needs a corpus")
-    vocab_size = _vocab_size(tokenizer)
-    specials = _special_ids(tokenizer, vocab_size)
 
-    count_ids, _ = encode_for_counting(tokenizer, items, vocab_size)
-    ranked = frequency_ranking(count_ids, vocab_size, specials) if ranking is None else \
-        _check_ranking(ranking, vocab_size, specials)
-    if ranked.shape[0] == 0:
-        raise DataError("the corpus has no non-special tokens to rank")
-    counts = np.bincount(count_ids, minlength=vocab_size)[ranked]
-    corpus_ids, mask = pad_ragged(*encode_with_specials(tokenizer, items, vocab_size, max_length))
+@dataclass
+class _Family:
+    """The one-parameter family of tables on a corpus: the ranking, its counts and the tokenised corpus."""
 
-    def cuts(alpha: float) -> np.ndarray:
-        boundaries = boundaries_for_alpha(alpha, num_buckets)
-        if scheme == "mass":
-            return cuts_from_mass(boundaries, counts)
-        return cuts_from_boundaries(boundaries, ranked.shape[0], num_buckets)
+    ranked: np.ndarray  # seen ids in exit order
+    counts: np.ndarray  # corpus occurrences of ``ranked``
+    corpus_ids: np.ndarray  # [N, T] as the encoder sees them
+    mask: np.ndarray  # [N, T] real tokens
+    vocab_size: int
+    specials: np.ndarray
+    layers: list[int]  # each bucket's exit layer
+    num_buckets: int
+    num_layers: int
+    unseen_layer: int
+    dims: EncoderDims
+    scheme: str
 
-    def speedup(alpha: float) -> float:
-        table = table_from_ranking(ranked, cuts(alpha), layers, vocab_size, specials, unseen_layer, num_layers)
-        return corpus_flops(np.where(mask, table[corpus_ids], 0), dims).speedup
+    @classmethod
+    def on_corpus(cls, tokenizer: Any, items: list, ranking: np.ndarray | None, max_length: int, layers: list[int],
+                  num_buckets: int, num_layers: int, unseen_layer: int, dims: EncoderDims, scheme: str) -> "_Family":
+        """Rank the corpus's token types (or check a given ranking) and tokenise the corpus once."""
+        vocab_size = _vocab_size(tokenizer)
+        specials = _special_ids(tokenizer, vocab_size)
+        count_ids, _ = encode_for_counting(tokenizer, items, vocab_size)
+        ranked = frequency_ranking(count_ids, vocab_size, specials) if ranking is None else \
+            _check_ranking(ranking, vocab_size, specials)
+        if ranked.shape[0] == 0:
+            raise DataError("the corpus has no non-special tokens to rank")
+        counts = np.bincount(count_ids, minlength=vocab_size)[ranked]
+        corpus_ids, mask = pad_ragged(*encode_with_specials(tokenizer, items, vocab_size, max_length))
+        return cls(ranked, counts, corpus_ids, mask, vocab_size, specials, layers, num_buckets, num_layers,
+                   unseen_layer, dims, scheme)
 
-    lo, hi = ALPHA_RANGE  # speedup(lo) is the largest, speedup(hi) the smallest
-    fastest, slowest = speedup(lo), speedup(hi)
+    def cuts(self, alpha: float) -> np.ndarray:
+        boundaries = boundaries_for_alpha(alpha, self.num_buckets)
+        if self.scheme == "mass":
+            return cuts_from_mass(boundaries, self.counts)
+        return cuts_from_boundaries(boundaries, self.ranked.shape[0], self.num_buckets)
+
+    def table(self, alpha: float) -> np.ndarray:
+        return table_from_ranking(self.ranked, self.cuts(alpha), self.layers, self.vocab_size, self.specials,
+                                  self.unseen_layer, self.num_layers)
+
+    def speedup(self, alpha: float) -> float:
+        """The corpus FLOPs reduction of the family's table at ``alpha``."""
+        return corpus_flops(np.where(self.mask, self.table(alpha)[self.corpus_ids], 0), self.dims).speedup
+
+
+def _check_reach(target: float, tolerance: float, fastest: float, slowest: float, num_layers: int, num_buckets: int,
+                 layers: list[int], num_texts: int, max_length: int) -> None:
+    """HashConfigError (with what to change) when ``target`` lies outside the family's reachable range."""
     reach = f"{slowest:.3f}x..{fastest:.3f}x"
     if target > fastest * (1 + tolerance):
         raise HashConfigError(
             f"target speed-up {target:g}x is out of reach: with L={num_layers}, B={num_buckets} the frequency "
-            f"family gives {reach} on this corpus ({len(items)} texts, max_length {max_length}); lower the "
+            f"family gives {reach} on this corpus ({num_texts} texts, max_length {max_length}); lower the "
             f"target, or use more buckets so that the first bucket exits earlier (B = L exits it at layer 1)"
         )
     if target < slowest * (1 - tolerance):
@@ -170,6 +237,11 @@ def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: 
             f"the target or use B = L buckets so that the last bucket exits at layer {num_layers}"
         )
 
+
+def _bisect(speedup: Any, target: float, tolerance: float, fastest: float, slowest: float
+            ) -> tuple[float, float, float]:
+    """Bisect ``log(alpha)`` towards ``target``; the closest ``(relative error, alpha, speed-up)`` seen."""
+    lo, hi = ALPHA_RANGE
     candidates = [(abs(fastest / target - 1), lo, fastest), (abs(slowest / target - 1), hi, slowest)]
     log_lo, log_hi = math.log(lo), math.log(hi)
     for _ in range(MAX_BISECTION_STEPS):
@@ -183,31 +255,7 @@ def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: 
             log_lo = mid  # too fast: larger alpha moves types to later buckets
         else:
             log_hi = mid
-    error, alpha, achieved = min(candidates)
-    if error > tolerance:
-        raise HashConfigError(
-            f"no table of the frequency family is within {tolerance:.1%} of {target:g}x: the FLOPs jump past "
-            f"it (closest {achieved:.3f}x); allow a larger tolerance, use a larger corpus or more buckets"
-        )
-
-    boundaries = boundaries_for_alpha(alpha, num_buckets)
-    meta = base_metadata(layers, 0, vocab_size, specials)
-    table = ranked_table(ranked, boundaries, layers, vocab_size, specials, unseen, num_layers, meta, len(items))
-    if scheme == "mass":  # the same boundaries, as fractions of occurrences
-        table = table_from_ranking(ranked, cuts(alpha), layers, vocab_size, specials, _resolve_unseen(unseen, num_layers),
-                                   num_layers)
-    meta["calibration"] = {
-        "family": f"bucket k starts at fraction (k/B)**alpha of the {ranking_kind}-sorted seen "
-                  f"{'token occurrences' if scheme == 'mass' else 'types'}",
-        "scheme": scheme, "lowest_layer": int(lowest_layer), "ranking": ranking_kind,
-        "alpha": float(alpha), "target_speedup": target, "achieved_speedup": float(achieved),
-        "tolerance": tolerance, "reachable_speedup": [float(slowest), float(fastest)],
-        "max_length": max_length,
-        "dims": {"num_layers": dims.num_layers, "hidden_size": dims.hidden_size,
-                 "intermediate_size": dims.intermediate_size, "num_labels": dims.num_labels,
-                 "embedding_size": dims.embedding_size},
-    }
-    return ExitTable(layers=table, num_layers=num_layers, kind=ranking_kind, metadata=meta)
+    return min(candidates)
 
 
 def _check_ranking(ranking: Any, vocab_size: int, specials: np.ndarray) -> np.ndarray:

@@ -124,11 +124,42 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
         ExportError, ExitTableError, BackboneError: the run folder or the arguments cannot be exported.
         ValidationError: the saved graph disagrees with PyTorch beyond 1e-4; nothing is written.
     """
-    from hashee.evaluation import load_run  # torch and transformers
-
     started = time.perf_counter()
     say = Progress(progress)
     run_dir, output = Path(run_dir), Path(output)
+    _check_options(target, precision, layout, dense, embed_exit_table)
+    check_output_folder(output.absolute(), overwrite)
+    config = _read_config(run_dir)
+    if dense:
+        if embed_exit_table:
+            raise ExportError("--embed-exit-table applies to HashEE models; a dense export has no exit table")
+        return export_dense(run_dir, output, config, opset=opset, max_length=max_length, overwrite=overwrite,
+                            say=say, started=started, reference=reference)
+    model, tokenizer = _load_hashee_run(run_dir, config, target, opset, say)
+    max_length = resolve_max_length(max_length, model.dense.config, tokenizer)
+    with staged_folder(output, overwrite) as stage:
+        spec, masks_proto = _write_graph(stage / MODEL_FILE, model, target, opset, token_outputs, embed_exit_table, say,
+                                         layout)
+        _write_files(stage, model, tokenizer, reference)
+        meta = _hashee_meta(run_dir, model, max_length, spec, target, opset, embed_exit_table, layout, reference)
+        say("validating through the runtime (ONNX Runtime CPU) against PyTorch (real text and edge inputs)")
+        report = check_export(bundle_view(stage, meta), model, tokenizer)
+        if masks_proto is not None:
+            say("checking the embedded-table graph against the exit-masks graph (1e-5)")
+            check_embedded(stage / MODEL_FILE, masks_proto, model.exit_table.layers, int(model.num_layers), tokenizer,
+                           max_length)
+            del masks_proto
+        meta["validation"] = validation_entry(report)
+        if precision == "fp16":
+            say("converting to fp16 (inlined copy) and checking it against the fp32 graph on ONNX Runtime CPU")
+            meta["precisions"] = {"fp16": build_fp16(stage, meta, stage / FP16_FILE)}
+        meta = write_meta(stage, meta)
+        say(f"writing {output}")
+    return ExportResult(output, meta, time.perf_counter() - started, report)
+
+
+def _check_options(target: str, precision: str, layout: str, dense: bool, embed_exit_table: bool) -> None:
+    """:class:`ExportError` on a target, precision or layout :func:`export` does not take, or a bad mix."""
     if target not in TARGETS:
         raise ExportError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if precision not in EXPORT_PRECISIONS:
@@ -141,13 +172,12 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
                           "combined with --dense or --embed-exit-table")
     if dense and precision != "fp32":
         raise ExportError("--precision fp16 is for HashEE bundles; the dense baseline is exported in fp32")
-    check_output_folder(output.absolute(), overwrite)
-    config = _read_config(run_dir)
-    if dense:
-        if embed_exit_table:
-            raise ExportError("--embed-exit-table applies to HashEE models; a dense export has no exit table")
-        return export_dense(run_dir, output, config, opset=opset, max_length=max_length, overwrite=overwrite,
-                            say=say, started=started, reference=reference)
+
+
+def _load_hashee_run(run_dir: Path, config: dict[str, Any], target: str, opset: int, say: Any) -> tuple[Any, Any]:
+    """The HashEE model (on the CPU) and tokenizer of a run folder, after checking the target and exit table."""
+    from hashee.evaluation import load_run  # torch and transformers
+
     check_target(target, opset)
     if config.get("model_type") != "hashee":
         raise ExitTableError(f"{run_dir} holds a {config.get('model_type')!r} model without an exit table; "
@@ -155,33 +185,25 @@ def export(run_dir: str | Path, output: str | Path, target: str = "onnxruntime",
     _check_exit_table(run_dir, config)
     say(f"loading {run_dir}")
     model, tokenizer, _ = load_run(run_dir, device="cpu")
-    backbone_config = model.dense.config
-    max_length = resolve_max_length(max_length, backbone_config, tokenizer)
-    with staged_folder(output, overwrite) as stage:
-        spec, masks_proto = _write_graph(stage / MODEL_FILE, model, target, opset, token_outputs, embed_exit_table, say,
-                                         layout)
-        table = model.exit_table
-        np.save(stage / TABLE_FILE, table.layers, allow_pickle=False)
-        tokenizer.save_pretrained(str(stage / TOKENIZER_DIR))
-        if reference:
-            save_reference(model, stage)
-        meta = bundle_meta(
-            "hashee", run_dir, backbone_config, int(model.num_layers), max_length,
-            {"file": MODEL_FILE, "target": target, "precision": "fp32", "opset": opset,
-             "inputs": spec.inputs, "outputs": spec.outputs,
-             "custom_ops": ["hashee.GatherActive", "hashee.ScatterActive"],
-             "exit_table": "embedded" if embed_exit_table else "input", "layout": layout},
-            reference, exit_table={**table.to_meta(), "file": TABLE_FILE, "dtype": str(table.layers.dtype)})
-        say("validating through the runtime (ONNX Runtime CPU) against PyTorch (real text and edge inputs)")
-        report = check_export(bundle_view(stage, meta), model, tokenizer)
-        if masks_proto is not None:
-            say("checking the embedded-table graph against the exit-masks graph (1e-5)")
-            check_embedded(stage / MODEL_FILE, masks_proto, table.layers, int(model.num_layers), tokenizer, max_length)
-            del masks_proto
-        meta["validation"] = validation_entry(report)
-        if precision == "fp16":
-            say("converting to fp16 (inlined copy) and checking it against the fp32 graph on ONNX Runtime CPU")
-            meta["precisions"] = {"fp16": build_fp16(stage, meta, stage / FP16_FILE)}
-        meta = write_meta(stage, meta)
-        say(f"writing {output}")
-    return ExportResult(output, meta, time.perf_counter() - started, report)
+    return model, tokenizer
+
+
+def _write_files(stage: Path, model: Any, tokenizer: Any, reference: bool) -> None:
+    """The bundle's files beside the graph: the exit table, the tokenizer and (on request) the PyTorch weights."""
+    np.save(stage / TABLE_FILE, model.exit_table.layers, allow_pickle=False)
+    tokenizer.save_pretrained(str(stage / TOKENIZER_DIR))
+    if reference:
+        save_reference(model, stage)
+
+
+def _hashee_meta(run_dir: Path, model: Any, max_length: int, spec: Any, target: str, opset: int,
+                 embed_exit_table: bool, layout: str, reference: bool) -> dict[str, Any]:
+    """The HashEE bundle's ``hashee.json`` content before validation."""
+    table = model.exit_table
+    return bundle_meta(
+        "hashee", run_dir, model.dense.config, int(model.num_layers), max_length,
+        {"file": MODEL_FILE, "target": target, "precision": "fp32", "opset": opset,
+         "inputs": spec.inputs, "outputs": spec.outputs,
+         "custom_ops": ["hashee.GatherActive", "hashee.ScatterActive"],
+         "exit_table": "embedded" if embed_exit_table else "input", "layout": layout},
+        reference, exit_table={**table.to_meta(), "file": TABLE_FILE, "dtype": str(table.layers.dtype)})

@@ -108,29 +108,8 @@ def build_engine(bundle: str | Path, precision: str = "fp32", profiles: list[str
     num_layers = int(meta["backbone"]["num_layers"])
     capability = torch.cuda.get_device_capability()
     gpu = torch.cuda.get_device_name()
-    logger = _logger(trt)
-    builder = trt.Builder(logger)
-    flags = 0
-    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if strongly_typed is not None:  # TensorRT 10 needs it; 11 keeps it for compatibility (always strongly typed)
-        flags |= 1 << int(strongly_typed)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    say(f"parsing {onnx_name}")
-    if not parser.parse_from_file(str(bundle / onnx_name)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineError(f"TensorRT's ONNX parser refused {bundle / onnx_name}: " + " | ".join(errors[:5]))
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
-        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 engines are compared with the reference at 1e-3
-    inputs = [network.get_input(i).name for i in range(network.num_inputs)]
-    for profile in chosen:
-        trt_profile = builder.create_optimization_profile()
-        for name in inputs:
-            low, opt, high = profile.shapes(name, num_layers)
-            trt_profile.set_shape(name, low, opt, high)
-        config.add_optimization_profile(trt_profile)
+    builder, network, parser = _parse_network(trt, bundle / onnx_name, say)  # the parser owns the weights: keep it
+    config = _builder_config(trt, builder, network, precision, workspace_mb, chosen, num_layers)
     cache_path = Path(timing_cache) if timing_cache else None
     reused = attach_timing_cache(config, cache_path) if cache_path is not None else False
     say(f"building ({precision}, {len(chosen)} profile(s), workspace {workspace_mb} MiB"
@@ -152,6 +131,40 @@ def build_engine(bundle: str | Path, precision: str = "fp32", profiles: list[str
     write_plan(bundle, meta, entry, plan, config, cache_path)
     say(f"wrote {bundle / name}")
     return EngineBuild(bundle, entry, time.perf_counter() - started)
+
+
+def _parse_network(trt: Any, onnx_file: Path, say: Any) -> tuple[Any, Any, Any]:
+    """A strongly typed TensorRT network parsed from ``onnx_file``: ``(builder, network, parser)``."""
+    logger = _logger(trt)
+    builder = trt.Builder(logger)
+    flags = 0
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed is not None:  # TensorRT 10 needs it; 11 keeps it for compatibility (always strongly typed)
+        flags |= 1 << int(strongly_typed)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    say(f"parsing {onnx_file.name}")
+    if not parser.parse_from_file(str(onnx_file)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineError(f"TensorRT's ONNX parser refused {onnx_file}: " + " | ".join(errors[:5]))
+    return builder, network, parser
+
+
+def _builder_config(trt: Any, builder: Any, network: Any, precision: str, workspace_mb: int, profiles: list[Profile],
+                    num_layers: int) -> Any:
+    """The builder config: workspace limit, no TF32 for fp32 engines, one optimisation profile per ``profiles``."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # fp32 engines are compared with the reference at 1e-3
+    inputs = [network.get_input(i).name for i in range(network.num_inputs)]
+    for profile in profiles:
+        trt_profile = builder.create_optimization_profile()
+        for name in inputs:
+            low, opt, high = profile.shapes(name, num_layers)
+            trt_profile.set_shape(name, low, opt, high)
+        config.add_optimization_profile(trt_profile)
+    return config
 
 
 class TimingCacheWarning(UserWarning):

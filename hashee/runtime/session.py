@@ -166,19 +166,29 @@ class Session:
     def feed(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None,
              masks: Any = None) -> dict[str, np.ndarray]:
         """The checked graph feed :meth:`run` gives the runner (exit masks from the table unless given)."""
-        def integer(name: str, value: Any, allow_bool: bool = False) -> np.ndarray:
-            array = np.asarray(value)
-            ok = np.issubdtype(array.dtype, np.integer) or (allow_bool and array.dtype == np.bool_)
-            if not ok:
-                raise InputError(f"{name} must hold integers, got dtype {array.dtype}; convert with "
-                                 f"np.asarray({name}, dtype=np.int64)")
-            if array.ndim != 2:
-                raise InputError(f"{name} must be 2-D [batch, sequence], got rank {array.ndim} (shape "
-                                 f"{array.shape}); for one text use array[None, :]")
-            return array.astype(np.int64, copy=False)
+        ids = _integer_array("input_ids", input_ids)
+        mask = _integer_array("attention_mask", attention_mask, allow_bool=True)
+        self._check_ids_and_mask(ids, mask)
+        feed = {"input_ids": np.ascontiguousarray(ids), "attention_mask": np.ascontiguousarray(mask)}
+        self._add_token_types(feed, ids, token_type_ids)
+        if self.bundle.kind == "dense":
+            if masks is not None:
+                raise InputError(f"{self.bundle.path} is a dense bundle without early exit; pass exit_masks=None")
+            return feed
+        layers = self.bundle.num_layers
+        if self.embedded_table:
+            if masks is not None:
+                raise InputError(f"{self.bundle.path} computes its exit masks in the graph from its embedded exit "
+                                 f"table; pass exit_masks=None (or export without --embed-exit-table)")
+            return feed
+        if masks is None:
+            feed["exit_masks"] = exit_masks(ids, mask, self.bundle.exit_table, layers)
+        else:
+            feed["exit_masks"] = _checked_masks(masks, ids, mask, layers)
+        return feed
 
-        ids = integer("input_ids", input_ids)
-        mask = integer("attention_mask", attention_mask, allow_bool=True)
+    def _check_ids_and_mask(self, ids: np.ndarray, mask: np.ndarray) -> None:
+        """Shapes, the max length, the vocabulary, and right-padded 0/1 masks that keep [CLS]."""
         if mask.shape != ids.shape:
             raise InputError(f"attention_mask has shape {mask.shape} but input_ids has {ids.shape}; they must match")
         batch, seq = ids.shape
@@ -196,9 +206,11 @@ class Session:
             row = int(np.flatnonzero(mask[:, 0] == 0)[0])
             raise InputError(f"row {row} of attention_mask starts with padding (or is all padding); pad on the "
                              f"right and keep at least the [CLS] token")
-        feed = {"input_ids": np.ascontiguousarray(ids), "attention_mask": np.ascontiguousarray(mask)}
+
+    def _add_token_types(self, feed: dict[str, np.ndarray], ids: np.ndarray, token_type_ids: Any) -> None:
+        """Checked ``token_type_ids`` into ``feed`` where the graph takes them (zeros when not given)."""
         if token_type_ids is not None:
-            types = integer("token_type_ids", token_type_ids)
+            types = _integer_array("token_type_ids", token_type_ids)
             if types.shape != ids.shape:
                 raise InputError(f"token_type_ids has shape {types.shape} but input_ids has {ids.shape}")
             if types.size and types.min() < 0:
@@ -210,43 +222,6 @@ class Session:
                                  f"pass None")
         elif self.uses_token_type_ids:
             feed["token_type_ids"] = np.zeros_like(ids)
-        if self.bundle.kind == "dense":
-            if masks is not None:
-                raise InputError(f"{self.bundle.path} is a dense bundle without early exit; pass exit_masks=None")
-            return feed
-        layers = self.bundle.num_layers
-        if self.embedded_table:
-            if masks is not None:
-                raise InputError(f"{self.bundle.path} computes its exit masks in the graph from its embedded exit "
-                                 f"table; pass exit_masks=None (or export without --embed-exit-table)")
-            return feed
-        if masks is None:
-            feed["exit_masks"] = exit_masks(ids, mask, self.bundle.exit_table, layers)
-            return feed
-        masks = np.asarray(masks)
-        if masks.dtype != np.bool_ and not (np.issubdtype(masks.dtype, np.integer) and np.isin(masks, (0, 1)).all()):
-            raise InputError(f"exit_masks must be bool (or 0/1 integers), got dtype {masks.dtype}; build them as "
-                             f"exit_layers[None] >= np.arange(1, L + 1)[:, None, None]")
-        masks = masks.astype(np.bool_, copy=False)
-        if masks.ndim != 3:
-            raise InputError(f"exit_masks must be 3-D [layers, batch, sequence], got rank {masks.ndim} "
-                             f"(shape {masks.shape})")
-        if masks.shape[0] != layers:
-            raise InputError(f"exit_masks has {masks.shape[0]} layers but the model has {layers}; pass one mask "
-                             f"per layer, shape [{layers}, batch, sequence]")
-        if masks.shape[1:] != ids.shape:
-            raise InputError(f"exit_masks has shape {masks.shape} but input_ids is {ids.shape}; expected "
-                             f"[{layers}, {batch}, {seq}]")
-        real = mask.astype(bool)
-        masks = masks & real[None]
-        if (masks[1:] & ~masks[:-1]).any():
-            layer = int(np.flatnonzero((masks[1:] & ~masks[:-1]).reshape(layers - 1, -1).any(axis=1))[0]) + 2
-            raise InputError(f"exit_masks are not monotone: a token is active in layer {layer} but not in layer "
-                             f"{layer - 1}; a token that exits stays exited (mask[l] must imply mask[l-1])")
-        if (real & ~masks[0]).any():
-            raise InputError("exit_masks[0] must be True at every non-padding token: every token runs layer 1")
-        feed["exit_masks"] = np.ascontiguousarray(masks)
-        return feed
 
     # ------------------------------------------------------------------ texts
     def tokenize(self, texts: Sequence[Any]) -> dict[str, np.ndarray]:
@@ -321,3 +296,45 @@ def format_predictions(logits: np.ndarray, bundle: Bundle) -> list[dict[str, Any
     best = probs.argmax(axis=1)
     labels = bundle.labels
     return [{"label": labels[int(b)], "score": float(p[b])} for b, p in zip(best, probs)]
+
+
+def _integer_array(name: str, value: Any, allow_bool: bool = False) -> np.ndarray:
+    """``value`` as a 2-D int64 array; InputError (with the fix) for another dtype or rank."""
+    array = np.asarray(value)
+    ok = np.issubdtype(array.dtype, np.integer) or (allow_bool and array.dtype == np.bool_)
+    if not ok:
+        raise InputError(f"{name} must hold integers, got dtype {array.dtype}; convert with "
+                         f"np.asarray({name}, dtype=np.int64)")
+    if array.ndim != 2:
+        raise InputError(f"{name} must be 2-D [batch, sequence], got rank {array.ndim} (shape "
+                         f"{array.shape}); for one text use array[None, :]")
+    return array.astype(np.int64, copy=False)
+
+
+def _checked_masks(masks: Any, ids: np.ndarray, mask: np.ndarray, layers: int) -> np.ndarray:
+    """Caller-given exit masks as contiguous bool [L, batch, seq], padding cleared; InputError when they do not
+    fit the inputs or break the rule (monotone over layers, every real token active in layer 1)."""
+    batch, seq = ids.shape
+    masks = np.asarray(masks)
+    if masks.dtype != np.bool_ and not (np.issubdtype(masks.dtype, np.integer) and np.isin(masks, (0, 1)).all()):
+        raise InputError(f"exit_masks must be bool (or 0/1 integers), got dtype {masks.dtype}; build them as "
+                         f"exit_layers[None] >= np.arange(1, L + 1)[:, None, None]")
+    masks = masks.astype(np.bool_, copy=False)
+    if masks.ndim != 3:
+        raise InputError(f"exit_masks must be 3-D [layers, batch, sequence], got rank {masks.ndim} "
+                         f"(shape {masks.shape})")
+    if masks.shape[0] != layers:
+        raise InputError(f"exit_masks has {masks.shape[0]} layers but the model has {layers}; pass one mask "
+                         f"per layer, shape [{layers}, batch, sequence]")
+    if masks.shape[1:] != ids.shape:
+        raise InputError(f"exit_masks has shape {masks.shape} but input_ids is {ids.shape}; expected "
+                         f"[{layers}, {batch}, {seq}]")
+    real = mask.astype(bool)
+    masks = masks & real[None]
+    if (masks[1:] & ~masks[:-1]).any():
+        layer = int(np.flatnonzero((masks[1:] & ~masks[:-1]).reshape(layers - 1, -1).any(axis=1))[0]) + 2
+        raise InputError(f"exit_masks are not monotone: a token is active in layer {layer} but not in layer "
+                         f"{layer - 1}; a token that exits stays exited (mask[l] must imply mask[l-1])")
+    if (real & ~masks[0]).any():
+        raise InputError("exit_masks[0] must be True at every non-padding token: every token runs layer 1")
+    return np.ascontiguousarray(masks)

@@ -251,7 +251,7 @@ def write_plan_script(path: Path, spec: dict[str, Any]) -> None:
 
 
 def ensemble_config(name: str, max_batch_size: int, tokenizer: str, model: str, tensors: list[str],
-                    index_type: str, num_labels: int) -> str:
+                    num_labels: int) -> str:
     feed = "\n".join(f'      input_map {{ key: "{k}" value: "{k}" }}' for k in ("TEXT", "TEXT_PAIR"))
     made = "\n".join(f'      output_map {{ key: "{t}" value: "{t}" }}' for t in tensors)
     used = "\n".join(f'      input_map {{ key: "{t}" value: "{t}" }}' for t in tensors)
@@ -299,29 +299,83 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
         with the bundle's.  TritonRepositoryError: the written repository fails its checks (every
         problem listed).  MissingDependencyError: tritonclient is not installed.
     """
-    import onnx
-    from transformers import AutoTokenizer
-
     started = time.perf_counter()
+    _check_options(backend, max_batch_size, tokenizer_instances, fp16, name, python_env)
+    widths = parse_buckets(buckets)
+    repo = Path(repo)
+    check_output_folder(repo.absolute(), overwrite)
+    model_config_pb2()  # the check at the end needs tritonclient: fail before any work
+    plan, notes = _plan(bundle, backend, fp16, widths, max_batch_size, name)
+    with staged_folder(repo, overwrite) as stage:
+        model_dir = stage / plan.names["model"]
+        _write_graph(model_dir, plan)
+        warmups = _write_warmups(model_dir, plan)
+        notes += _write_model_config(model_dir, plan, warmups, engine_cache, repo)
+        _write_tokenizer(stage / plan.names["tokenizer"], plan, tokenizer_instances, python_env)
+        _write_ensemble(stage / plan.names["ensemble"], plan)
+        problems = check_repository(stage, allow_unbuilt_plans=True)
+        if problems:
+            raise TritonRepositoryError(format_problems(repo, problems), problems)
+    return TritonExport(repo, plan.names, backend, widths, max_batch_size, time.perf_counter() - started, notes)
+
+
+def _check_options(backend: str, max_batch_size: Any, tokenizer_instances: Any, fp16: bool, name: str,
+                   python_env: str | None) -> None:
+    """:class:`ExportError` on an option :func:`export_triton` cannot use (checked before any work)."""
     if backend not in BACKENDS:
         raise ExportError(f"unknown Triton backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise ExportError(f"--max-batch-size must be a positive integer, got {max_batch_size!r}")
     if isinstance(tokenizer_instances, bool) or not isinstance(tokenizer_instances, int) or tokenizer_instances < 1:
         raise ExportError(f"--tokenizer-instances must be a positive integer, got {tokenizer_instances!r}")
-    uses_tensorrt = backend in ("tensorrt", "tensorrt-plan")
-    if fp16 and not uses_tensorrt:
+    if fp16 and backend not in ("tensorrt", "tensorrt-plan"):
         raise ExportError("--fp16 sets TensorRT's precision: use it with --backend tensorrt or tensorrt-plan")
     if not name or not all(c.isalnum() or c in "_-" for c in name):
         raise ExportError(f"--name must be letters, digits, '_' or '-', got {name!r}")
     if python_env is not None and not python_env.startswith("/"):
         raise ExportError(f"--python-env must be an absolute path on the server, got {python_env!r} (an environment "
                           f"inside the model folder is named with $$TRITON_MODEL_DIRECTORY/...: edit config.pbtxt)")
-    widths = parse_buckets(buckets)
-    repo = Path(repo)
-    check_output_folder(repo.absolute(), overwrite)
-    model_config_pb2()  # the check at the end needs tritonclient: fail before any work
-    source = open_bundle(bundle)
+
+
+@dataclass
+class _Plan:
+    """What a repository serves: the bundle, its graph before and after the rewrites, names and shapes."""
+
+    source: Any  # the HashEE bundle
+    backend: str
+    fp16: bool
+    names: dict[str, str]  # role (ensemble, tokenizer, model) -> model name
+    widths: list[int]  # the buckets
+    max_batch_size: int
+    original: Any  # the bundle's ONNX graph
+    serving: Any  # the graph the model runs: exit table embedded, int32 inputs for TensorRT
+    pad_token: str | None
+    pad_id: int
+
+    @property
+    def uses_tensorrt(self) -> bool:
+        return self.backend in ("tensorrt", "tensorrt-plan")
+
+    @property
+    def index_dtype(self) -> np.dtype:
+        return np.dtype("int32") if self.uses_tensorrt else np.dtype("int64")
+
+    @property
+    def index_type(self) -> str:
+        return TYPE[self.index_dtype]
+
+    @property
+    def model_inputs(self) -> list[str]:
+        return [i.name for i in self.serving.graph.input]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.source.labels)
+
+
+def _source_graph(bundle: str | Path, source: Any, backend: str, fp16: bool, widths: list[int]
+                  ) -> tuple[Path, list[str]]:
+    """The bundle's graph file to serve (checked against the backend and buckets) and notes for the user."""
     if source.kind != "hashee":
         raise ExportError(f"{bundle} is a {source.kind} bundle; export-triton serves HashEE bundles")
     if widths[-1] > source.max_length:
@@ -347,84 +401,104 @@ def export_triton(bundle: str | Path, repo: str | Path, backend: str = "onnxrunt
     if fp16 and backend == "tensorrt":
         notes.append("note: precision_mode FP16 relies on the TensorRT accelerator's precision flag; TensorRT 11 "
                      "builds strongly typed networks, convert the ONNX to FP16 first there")
+    return model_file, notes
 
+
+def _plan(bundle: str | Path, backend: str, fp16: bool, widths: list[int], max_batch_size: int, name: str
+          ) -> tuple[_Plan, list[str]]:
+    """Open and check the bundle, load its graph and rewrite it for serving (nothing written yet)."""
+    import onnx
+
+    source = open_bundle(bundle)
+    model_file, notes = _source_graph(bundle, source, backend, fp16, widths)
     original = onnx.load(str(model_file))
-    inputs = [i.name for i in original.graph.input]
     serving = original
-    if MASKS in inputs:
+    if MASKS in [i.name for i in original.graph.input]:
         serving = embed_exit_table(serving, source.exit_table, source.num_layers)
-    if uses_tensorrt:
+    if backend in ("tensorrt", "tensorrt-plan"):
         serving = int32_inputs(serving)
-    index_dtype = np.dtype("int32") if uses_tensorrt else np.dtype("int64")
-    index_type = TYPE[index_dtype]
-    model_inputs = [i.name for i in serving.graph.input]
-    uses_types = "token_type_ids" in model_inputs
     pad_token = _special(read_tokenizer_config(source).get("pad_token"))
-    encoder = TextEncoder(source.tokenizer_dir, widths[-1], pad_token)
+    pad_id = TextEncoder(source.tokenizer_dir, widths[-1], pad_token).pad_id
     names = {"ensemble": name, "tokenizer": f"{name}_tokenizer", "model": f"{name}_model"}
-    num_labels = len(source.labels)
+    return _Plan(source, backend, fp16, names, widths, max_batch_size, original, serving, pad_token, pad_id), notes
 
-    with staged_folder(repo, overwrite) as stage:
-        # --- the model
-        model_dir = stage / names["model"]
-        (model_dir / "1").mkdir(parents=True)
-        (model_dir / "warmup").mkdir()
-        graph_file = model_dir / (PLAN_ONNX if backend == "tensorrt-plan" else "1/model.onnx")
-        graph_file.parent.mkdir(parents=True, exist_ok=True)
-        graph_file.write_bytes(serving.SerializeToString())
-        if serving is not original:
-            hf_tokenizer = AutoTokenizer.from_pretrained(str(source.tokenizer_dir))
-            check_embedded(graph_file, original, source.exit_table, source.num_layers,
-                           hf_tokenizer, min(source.max_length, widths[-1]))
-        text = " ".join(sample_texts(16))
-        warmups = []
-        for sample, width, batch in (("smallest_bucket", widths[0], 1), ("largest_bucket", widths[-1], max_batch_size)):
-            encoder_w = TextEncoder(source.tokenizer_dir, width, pad_token)
-            encoded = encoder_w.encode([text])
-            ids, mask = pad_to(encoded.ids, width, encoder.pad_id)
-            arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            files = {}
-            for tensor in model_inputs:
-                file = f"{tensor}_{width}"
-                (model_dir / "warmup" / file).write_bytes(arrays[tensor][0].astype(index_dtype).tobytes())
-                files[tensor] = file
-            warmups.append(_warmup(sample, batch, files, index_type, width))
-        if backend == "tensorrt-plan":
-            spec = plan_spec(names["model"], model_inputs, widths, max_batch_size, "fp16" if fp16 else "fp32")
-            write_plan_script(model_dir / PLAN_SCRIPT, spec)
-            (model_dir / "config.pbtxt").write_text(plan_config(names["model"], max_batch_size, model_inputs,
-                                                                num_labels, warmups, len(spec["profiles"])))
-            notes.append(f"note: {names['model']}/1/model.plan is not built yet: on the serving GPU, with the TensorRT "
-                         f"its tritonserver uses, run python3 {repo / names['model'] / PLAN_SCRIPT} (plans only run "
-                         f"on the compute capability they were built for)")
-        else:
-            accelerator = (_accelerator(model_inputs, widths, max_batch_size, fp16,
-                                        f"{engine_cache}/{names['model']}") if backend == "tensorrt" else None)
-            (model_dir / "config.pbtxt").write_text(model_config(names["model"], max_batch_size, model_inputs,
-                                                                 index_type, num_labels, warmups, accelerator))
-        # --- the tokenizer
-        tok_dir = stage / names["tokenizer"]
-        (tok_dir / "1" / TOKENIZER_DIR).mkdir(parents=True)
-        shutil.copyfile(TOKENIZER_SOURCE, tok_dir / "1" / "model.py")
-        shutil.copyfile(source.tokenizer_dir / "tokenizer.json", tok_dir / "1" / TOKENIZER_DIR / "tokenizer.json")
-        np.save(tok_dir / "1" / TABLE_FILE, np.asarray(source.exit_table, dtype=np.int16), allow_pickle=False)
-        params = {"buckets": ",".join(map(str, widths)), "max_length": str(widths[-1]), "pad_id": str(encoder.pad_id),
-                  "token_type_ids": "true" if uses_types else "false", "index_dtype": index_dtype.name,
-                  "tokenizer_file": "tokenizer/tokenizer.json", "exit_table_file": TABLE_FILE,
-                  "num_layers": str(source.num_layers)}
-        if python_env is not None:
-            params["EXECUTION_ENV_PATH"] = python_env
-        (tok_dir / "config.pbtxt").write_text(tokenizer_config(names["tokenizer"], max_batch_size, tokenizer_instances,
-                                                               model_inputs, index_type, params))
-        # --- the ensemble
-        ens_dir = stage / names["ensemble"]
-        (ens_dir / "1").mkdir(parents=True)
-        (ens_dir / "config.pbtxt").write_text(ensemble_config(names["ensemble"], max_batch_size, names["tokenizer"],
-                                                              names["model"], model_inputs, index_type, num_labels))
-        problems = check_repository(stage, allow_unbuilt_plans=True)
-        if problems:
-            raise TritonRepositoryError(format_problems(repo, problems), problems)
-    return TritonExport(repo, names, backend, widths, max_batch_size, time.perf_counter() - started, notes)
+
+def _write_graph(model_dir: Path, plan: _Plan) -> None:
+    """Write the serving graph (and check a rewritten one against the bundle's own graph)."""
+    source = plan.source
+    (model_dir / "1").mkdir(parents=True)
+    (model_dir / "warmup").mkdir()
+    graph_file = model_dir / (PLAN_ONNX if plan.backend == "tensorrt-plan" else "1/model.onnx")
+    graph_file.parent.mkdir(parents=True, exist_ok=True)
+    graph_file.write_bytes(plan.serving.SerializeToString())
+    if plan.serving is not plan.original:
+        from transformers import AutoTokenizer
+
+        hf_tokenizer = AutoTokenizer.from_pretrained(str(source.tokenizer_dir))
+        check_embedded(graph_file, plan.original, source.exit_table, source.num_layers,
+                       hf_tokenizer, min(source.max_length, plan.widths[-1]))
+
+
+def _write_warmups(model_dir: Path, plan: _Plan) -> list[str]:
+    """Warm-up inputs at the smallest bucket (batch 1) and the largest (full batch); their config entries."""
+    text = " ".join(sample_texts(16))
+    warmups = []
+    for sample, width, batch in (("smallest_bucket", plan.widths[0], 1),
+                                 ("largest_bucket", plan.widths[-1], plan.max_batch_size)):
+        encoded = TextEncoder(plan.source.tokenizer_dir, width, plan.pad_token).encode([text])
+        ids, mask = pad_to(encoded.ids, width, plan.pad_id)
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        files = {}
+        for tensor in plan.model_inputs:
+            file = f"{tensor}_{width}"
+            (model_dir / "warmup" / file).write_bytes(arrays[tensor][0].astype(plan.index_dtype).tobytes())
+            files[tensor] = file
+        warmups.append(_warmup(sample, batch, files, plan.index_type, width))
+    return warmups
+
+
+def _write_model_config(model_dir: Path, plan: _Plan, warmups: list[str], engine_cache: str, repo: Path
+                        ) -> list[str]:
+    """The model's ``config.pbtxt`` (and a plan model's build script); notes for the user."""
+    model, inputs = plan.names["model"], plan.model_inputs
+    if plan.backend == "tensorrt-plan":
+        spec = plan_spec(model, inputs, plan.widths, plan.max_batch_size, "fp16" if plan.fp16 else "fp32")
+        write_plan_script(model_dir / PLAN_SCRIPT, spec)
+        (model_dir / "config.pbtxt").write_text(plan_config(model, plan.max_batch_size, inputs, plan.num_labels,
+                                                            warmups, len(spec["profiles"])))
+        return [f"note: {model}/1/model.plan is not built yet: on the serving GPU, with the TensorRT its "
+                f"tritonserver uses, run python3 {repo / model / PLAN_SCRIPT} (plans only run on the compute "
+                f"capability they were built for)"]
+    accelerator = (_accelerator(inputs, plan.widths, plan.max_batch_size, plan.fp16, f"{engine_cache}/{model}")
+                   if plan.backend == "tensorrt" else None)
+    (model_dir / "config.pbtxt").write_text(model_config(model, plan.max_batch_size, inputs, plan.index_type,
+                                                         plan.num_labels, warmups, accelerator))
+    return []
+
+
+def _write_tokenizer(tok_dir: Path, plan: _Plan, instances: int, python_env: str | None) -> None:
+    """The Python-backend tokenizer model: its code, tokenizer.json, the exit table and its config."""
+    source = plan.source
+    (tok_dir / "1" / TOKENIZER_DIR).mkdir(parents=True)
+    shutil.copyfile(TOKENIZER_SOURCE, tok_dir / "1" / "model.py")
+    shutil.copyfile(source.tokenizer_dir / "tokenizer.json", tok_dir / "1" / TOKENIZER_DIR / "tokenizer.json")
+    np.save(tok_dir / "1" / TABLE_FILE, np.asarray(source.exit_table, dtype=np.int16), allow_pickle=False)
+    params = {"buckets": ",".join(map(str, plan.widths)), "max_length": str(plan.widths[-1]),
+              "pad_id": str(plan.pad_id), "token_type_ids": "true" if "token_type_ids" in plan.model_inputs else "false",
+              "index_dtype": plan.index_dtype.name, "tokenizer_file": "tokenizer/tokenizer.json",
+              "exit_table_file": TABLE_FILE, "num_layers": str(source.num_layers)}
+    if python_env is not None:
+        params["EXECUTION_ENV_PATH"] = python_env
+    (tok_dir / "config.pbtxt").write_text(tokenizer_config(plan.names["tokenizer"], plan.max_batch_size, instances,
+                                                           plan.model_inputs, plan.index_type, params))
+
+
+def _write_ensemble(ens_dir: Path, plan: _Plan) -> None:
+    """The ensemble model: TEXT (+ TEXT_PAIR) through the tokenizer into the model."""
+    (ens_dir / "1").mkdir(parents=True)
+    (ens_dir / "config.pbtxt").write_text(ensemble_config(plan.names["ensemble"], plan.max_batch_size,
+                                                          plan.names["tokenizer"], plan.names["model"],
+                                                          plan.model_inputs, plan.num_labels))
 
 
 def validate_triton(repo: str | Path, allow_unbuilt_plans: bool = False,

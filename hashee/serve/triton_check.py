@@ -429,18 +429,41 @@ def check_repository(repo: str | Path, allow_unbuilt_plans: bool = False,
     With ``allow_unbuilt_plans`` a ``tensorrt_plan`` model whose build script has not yet built its plan
     is appended to ``warnings`` (when given) instead of being a problem.
     """
-    from google.protobuf import text_format
-
     repo = Path(repo)
     if not repo.is_dir():
         return [f"{repo} is not a folder"]
     model_config_pb2()  # fail early with the install hint
     problems: list[str] = []
-    models: dict[str, _Model] = {}
     plan_specs: dict[str, dict[str, Any]] = {}
     folders = sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         return [f"{repo} holds no model folders"]
+    models = _load_models(folders, problems)
+    for name, model in sorted({m.folder.name: m for m in models.values()}.items()):
+        config = model.config
+        backend = _backend(config)
+        _check_tensors(name, config, problems)
+        versions = _versions(model.folder)
+        if not versions:
+            problems.append(f"{name}: no version folder (e.g. {name}/1/); Triton loads models from numbered folders")
+        if backend == "ensemble":
+            _check_ensemble(model, models, problems)
+        else:
+            spec = _check_model_files(name, model, backend, versions, allow_unbuilt_plans, warnings, problems)
+            if spec is not None:
+                plan_specs[name] = spec
+        if config.model_warmup:
+            _check_warmup(model, problems)
+        _check_accelerator(model, problems)
+    _check_plan_buckets(models, plan_specs, problems)
+    return problems
+
+
+def _load_models(folders: list[Path], problems: list[str]) -> dict[str, _Model]:
+    """Parse every model folder's ``config.pbtxt``; models by config name and by folder name."""
+    from google.protobuf import text_format
+
+    models: dict[str, _Model] = {}
     for folder in folders:
         path = folder / "config.pbtxt"
         if not path.is_file():
@@ -460,70 +483,69 @@ def check_repository(repo: str | Path, allow_unbuilt_plans: bool = False,
         models[config.name or folder.name] = model = _Model(folder, config)
         if folder.name != config.name:
             models[folder.name] = model
-    for name, model in sorted({m.folder.name: m for m in models.values()}.items()):
-        config = model.config
-        backend = _backend(config)
-        if config.max_batch_size < 0:
-            problems.append(f"{name}: max_batch_size must be >= 0")
-        if config.HasField("dynamic_batching") and config.max_batch_size == 0:
-            problems.append(f"{name}: dynamic_batching needs max_batch_size > 0")
-        for kind, specs in (("input", config.input), ("output", config.output)):
-            seen = set()
-            for spec in specs:
-                if spec.name in seen:
-                    problems.append(f"{name}: {kind} {spec.name!r} is declared twice")
-                seen.add(spec.name)
-                if not spec.dims and not spec.HasField("reshape"):
-                    problems.append(f"{name}: {kind} {spec.name!r} has no dims")
-                if any(d == 0 or d < -1 for d in spec.dims):
-                    problems.append(f"{name}: {kind} {spec.name!r} has invalid dims {list(spec.dims)}")
-                if _uses_tensorrt(config) and _dtype(spec.data_type) == "TYPE_BOOL":
-                    problems.append(f"{name}: {kind} {spec.name!r} is TYPE_BOOL but TensorRT is involved; use "
-                                    f"TYPE_INT32 at the model boundary")
-        versions = _versions(model.folder)
-        if not versions:
-            problems.append(f"{name}: no version folder (e.g. {name}/1/); Triton loads models from numbered folders")
-        if backend == "ensemble":
-            _check_ensemble(model, models, problems)
-        else:
-            filename = config.default_model_filename or DEFAULT_FILES.get(backend)
-            if filename is None:
-                problems.append(f"{name}: unknown backend/platform {backend!r}")
-            script = model.folder / PLAN_SCRIPT
-            spec = _check_plan_build(model, script, problems) if backend == "tensorrt" and script.is_file() else None
-            if spec is not None:
-                plan_specs[name] = spec
-            for version in versions:
-                path = version / (filename or "")
-                if filename and not path.exists() and spec is not None:
-                    message = (f"{name}: version {version.name} has no {filename} yet: build it on the serving GPU "
-                               f"with python3 {script} (plans only run on the compute capability they were built "
-                               f"for)")
-                    if allow_unbuilt_plans:
-                        if warnings is not None:
-                            warnings.append(message)
-                    else:
-                        problems.append(message + "; validate-triton --allow-unbuilt-plans accepts it")
-                elif filename and not path.exists():
-                    problems.append(f"{name}: version {version.name} has no {filename}")
-                elif backend == "tensorrt":
-                    _check_plan_header(name, path, problems)
-                elif backend == "onnxruntime":
-                    _check_onnx(model, path, problems)
-                elif backend == "python":
-                    _check_python(model, path, problems)
-            if backend == "python":
-                _check_execution_env(model, problems)
-            for version in versions:  # files the python model's parameters point at
-                for key, value in config.parameters.items():
-                    if key.endswith("_file") and not (version / value.string_value).is_file():
-                        problems.append(f"{name}: parameter {key} names {value.string_value}, missing from "
-                                        f"version {version.name}")
-        if config.model_warmup:
-            _check_warmup(model, problems)
-        _check_accelerator(model, problems)
-    _check_plan_buckets(models, plan_specs, problems)
-    return problems
+    return models
+
+
+def _check_tensors(name: str, config: Any, problems: list[str]) -> None:
+    """Batching settings and the declared inputs and outputs: unique names, valid dims, no bool with TensorRT."""
+    if config.max_batch_size < 0:
+        problems.append(f"{name}: max_batch_size must be >= 0")
+    if config.HasField("dynamic_batching") and config.max_batch_size == 0:
+        problems.append(f"{name}: dynamic_batching needs max_batch_size > 0")
+    for kind, specs in (("input", config.input), ("output", config.output)):
+        seen = set()
+        for spec in specs:
+            if spec.name in seen:
+                problems.append(f"{name}: {kind} {spec.name!r} is declared twice")
+            seen.add(spec.name)
+            if not spec.dims and not spec.HasField("reshape"):
+                problems.append(f"{name}: {kind} {spec.name!r} has no dims")
+            if any(d == 0 or d < -1 for d in spec.dims):
+                problems.append(f"{name}: {kind} {spec.name!r} has invalid dims {list(spec.dims)}")
+            if _uses_tensorrt(config) and _dtype(spec.data_type) == "TYPE_BOOL":
+                problems.append(f"{name}: {kind} {spec.name!r} is TYPE_BOOL but TensorRT is involved; use "
+                                f"TYPE_INT32 at the model boundary")
+
+
+def _check_model_files(name: str, model: _Model, backend: str, versions: list[Path], allow_unbuilt_plans: bool,
+                       warnings: list[str] | None, problems: list[str]) -> dict[str, Any] | None:
+    """A non-ensemble model's files in each version folder (and a plan model's build script).
+
+    Returns the plan build script's spec, when the model has one.
+    """
+    config = model.config
+    filename = config.default_model_filename or DEFAULT_FILES.get(backend)
+    if filename is None:
+        problems.append(f"{name}: unknown backend/platform {backend!r}")
+    script = model.folder / PLAN_SCRIPT
+    spec = _check_plan_build(model, script, problems) if backend == "tensorrt" and script.is_file() else None
+    for version in versions:
+        path = version / (filename or "")
+        if filename and not path.exists() and spec is not None:
+            message = (f"{name}: version {version.name} has no {filename} yet: build it on the serving GPU "
+                       f"with python3 {script} (plans only run on the compute capability they were built "
+                       f"for)")
+            if allow_unbuilt_plans:
+                if warnings is not None:
+                    warnings.append(message)
+            else:
+                problems.append(message + "; validate-triton --allow-unbuilt-plans accepts it")
+        elif filename and not path.exists():
+            problems.append(f"{name}: version {version.name} has no {filename}")
+        elif backend == "tensorrt":
+            _check_plan_header(name, path, problems)
+        elif backend == "onnxruntime":
+            _check_onnx(model, path, problems)
+        elif backend == "python":
+            _check_python(model, path, problems)
+    if backend == "python":
+        _check_execution_env(model, problems)
+    for version in versions:  # files the python model's parameters point at
+        for key, value in config.parameters.items():
+            if key.endswith("_file") and not (version / value.string_value).is_file():
+                problems.append(f"{name}: parameter {key} names {value.string_value}, missing from "
+                                f"version {version.name}")
+    return spec
 
 
 def _check_plan_buckets(models: dict[str, _Model], plan_specs: dict[str, dict[str, Any]],
