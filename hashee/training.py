@@ -29,6 +29,7 @@ from hashee.exit_table import ExitTable
 from hashee.flops import EncoderDims, FlopsReport
 from hashee.metrics import compute_metrics, trainer_metrics
 META_VERSION = 1
+RESUME_META = "hashee_resume.json"  # an unfinished run's settings (beside its checkpoints)
 
 
 @dataclass
@@ -267,6 +268,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     Raises:
         BackboneError, DataError, HashConfigError, TrainConfigError: with what to change.
     """
+    call = {k: v for k, v in locals().items() if k != "progress"}  # what a resumed run must match
     # ---- validate everything cheap before loading anything heavy
     backbone_path = _resolve_backbone(backbone)
     recipe = {"learning_rate": learning_rate, "batch_size": batch_size, "epochs": epochs,
@@ -280,6 +282,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
                          curriculum)
     num_layers, num_buckets = _check_table_options(table_options, dense, num_layers, num_buckets)
     output_dir = _check_paths(train_file, dev_file, output_dir)
+    resume = Checkpoints(output_dir, call)
     config = _load_config(backbone_path)
     depth = EncoderDims.from_config(config).num_layers
     layers, buckets = _table_size(depth, num_layers, num_buckets, backbone_path,
@@ -299,13 +302,19 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
                        seed, progress)
     if table is not None:
         model = _import_modeling().HashEEForSequenceClassification.from_dense(model, table, pooling=pooling)
+    checkpoint = resume.start()
     if full_depth is not None:
-        _adapt(model, full_depth, train_set, tokenizer, recipe, adapt_steps, adapt_learning_rate, output_dir,
-               progress)
+        if checkpoint is None:  # a resumed run's weights come from its checkpoint
+            _adapt(model, full_depth, train_set, tokenizer, recipe, adapt_steps, adapt_learning_rate, output_dir,
+                   progress)
+            resume.note(adaptation=recipe["adaptation"])
+        recipe["adaptation"].update(resume.noted("adaptation"))
         del full_depth
     trainer = _make_trainer(model, tokenizer, train_set, dev_set, task, output_dir, recipe, progress,
                             _load_teacher(teacher_path, task, len(tokenizer)))
-    output = trainer.train()
+    with warnings.catch_warnings():  # the Trainer's checkpoint rotation doubts some file systems' mtimes
+        warnings.filterwarnings("ignore", message="mtime may not be reliable")
+        output = trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     model = trainer.model.eval()
 
     # ---- final scores and FLOPs, then the run folder
@@ -315,6 +324,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     record = _run_record(kind, backbone_path, task, train_file, dev_file, columns, recipe, layers, depth, table,
                          buckets, table_options, output, metrics, flops, trainer.state.log_history)
     _save_run(output_dir, model, tokenizer, record)
+    resume.finish()
     return TrainResult(output_dir=output_dir, kind=kind, metrics=metrics, flops=flops,
                        train_loss=output.training_loss, global_step=output.global_step,
                        log_history=list(trainer.state.log_history), exit_table=table, model=model)
@@ -596,9 +606,61 @@ def _truncate(model: Any, layers: int) -> None:
     family_for(model.config).truncate(model, layers)
 
 
+class Checkpoints:
+    """Per-epoch Trainer checkpoints in the run folder, so that a killed run resumes where it stopped.
+
+    :meth:`start` writes ``hashee_resume.json`` (the call's settings) beside the checkpoints, or, when
+    the folder already holds an unfinished run, returns its last ``checkpoint-N`` after checking that
+    the settings are the same (a different run there is refused, never silently continued or
+    overwritten).  :meth:`finish` removes the checkpoints once the run is saved.
+    """
+
+    def __init__(self, output_dir: Path, call: dict[str, Any]) -> None:
+        self.folder, self.meta_path = output_dir, output_dir / RESUME_META
+        self.settings = json.loads(json.dumps(_json_safe(call), default=repr))
+        self.meta: dict[str, Any] = {"settings": self.settings, "notes": {}}
+
+    def _last(self) -> Path | None:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        return Path(found) if self.folder.is_dir() and (found := get_last_checkpoint(str(self.folder))) else None
+
+    def start(self) -> Path | None:
+        """The checkpoint to resume from (None: train from the start)."""
+        last = self._last() if self.meta_path.is_file() else None
+        if last is not None:
+            saved = json.loads(self.meta_path.read_text())
+            differ = sorted(k for k in set(saved["settings"]) | set(self.settings)
+                            if saved["settings"].get(k) != self.settings.get(k))
+            if differ:
+                raise TrainConfigError(f"{self.folder} holds an unfinished run ({last.name}) trained with other "
+                                       f"settings ({', '.join(differ)}); rerun that command to resume it, or "
+                                       f"delete {self.folder}/checkpoint-* or choose another output folder")
+            self.meta = saved
+            return last
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.meta_path.write_text(json.dumps(self.meta, indent=2) + "\n")
+        return None
+
+    def note(self, **values: Any) -> None:
+        """Keep what a resumed run cannot recompute (e.g. the adaptation's losses)."""
+        self.meta["notes"].update(_json_safe(values))
+        self.meta_path.write_text(json.dumps(self.meta, indent=2) + "\n")
+
+    def noted(self, key: str) -> dict[str, Any]:
+        return dict(self.meta["notes"].get(key) or {})
+
+    def finish(self) -> None:
+        import shutil
+
+        for folder in self.folder.glob("checkpoint-*"):
+            shutil.rmtree(folder, ignore_errors=True)
+        self.meta_path.unlink(missing_ok=True)
+
+
 def _make_trainer(model: Any, tokenizer: Any, train_set: TokenizedDataset, dev_set: TokenizedDataset | None,
                   task: _Task, output_dir: Path, recipe: dict[str, Any], progress: bool, teacher: Any = None) -> Any:
-    """A Hugging Face ``Trainer`` for the recipe: no hub, no reporting, no checkpoints, eval per epoch.
+    """A Hugging Face ``Trainer`` for the recipe: no hub, no reporting, eval and a checkpoint per epoch.
 
     With a ``teacher`` model, a :class:`hashee.distill.DistillationTrainer` with the recipe's
     ``distillation`` weights; with a ``curriculum`` ratio, the exit curriculum of :mod:`hashee.curriculum`.
@@ -614,7 +676,8 @@ def _make_trainer(model: Any, tokenizer: Any, train_set: TokenizedDataset, dev_s
         per_device_eval_batch_size=max(batch_size, 64), num_train_epochs=recipe["epochs"],
         max_steps=max_steps if max_steps is not None else -1, warmup_ratio=recipe["warmup_ratio"],
         weight_decay=recipe["weight_decay"], seed=recipe["seed"], data_seed=recipe["seed"],
-        lr_scheduler_type="linear", eval_strategy="epoch" if dev_set is not None else "no", save_strategy="no",
+        lr_scheduler_type="linear", eval_strategy="epoch" if dev_set is not None else "no", save_strategy="epoch",
+        save_total_limit=1,
         report_to="none", logging_strategy="steps", logging_steps=max(1, min(50, total_steps // 10)),
         logging_first_step=True, disable_tqdm=not progress, use_cpu=not cuda, dataloader_pin_memory=cuda,
         remove_unused_columns=False, label_names=["labels"], push_to_hub=False,
