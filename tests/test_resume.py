@@ -36,7 +36,7 @@ def data(tmp_path_factory):
     words = ["good", "bad", "fine", "awful", "great", "poor", "nice", "dull"]
     rng = np.random.default_rng(0)
     rows = []
-    for i in range(48):
+    for _ in range(48):
         picked = rng.choice(words, size=4)
         rows.append(f"{' '.join(picked)}\t{int(sum(w in ('good', 'fine', 'great', 'nice') for w in picked) >= 2)}")
     for name, part in (("train.tsv", rows[:40]), ("dev.tsv", rows[40:])):
