@@ -31,6 +31,20 @@ def minilm_tokenizer(minilm_path):
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_backbone(tmp_path_factory, minilm_tokenizer) -> Path:
+    """A tiny random 3-layer BERT (hidden 32) saved with the MiniLM tokenizer: a backbone to train fast."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
+    minilm_tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def elue_dir() -> Path:
     """../shared/data/elue; tests that need it skip with a reason when it is absent."""
     if not (ELUE_DIR / "SST-2" / "train.tsv").is_file():

@@ -18,16 +18,8 @@ STEPS = {"max_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio":
 
 
 @pytest.fixture(scope="module")
-def backbone(tmp_path_factory, minilm_tokenizer):
-    """A tiny random 3-layer BERT with the MiniLM tokenizer."""
-    from transformers import BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
-    minilm_tokenizer.save_pretrained(folder)
-    return folder
+def backbone(tiny_bert_backbone):
+    return tiny_bert_backbone
 
 
 def _head(path, rows, dst):
