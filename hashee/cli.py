@@ -550,7 +550,7 @@ def add_demo(sub: Any) -> None:
     p.add_argument("-o", "--output", default="runs/demo", help="folder for the run, bundles and results "
                                                                "(default runs/demo)")
     p.add_argument("--quick", action="store_true", help="reduced mode: a few training steps, small batches")
-    p.add_argument("--epochs", type=float, help="training epochs (default 1; --quick: a few steps)")
+    p.add_argument("--epochs", type=float, help="training epochs (default 2; --quick: a few steps)")
     p.add_argument("--max-steps", type=int, help="stop training after this many optimiser steps")
     _add_quiet(p, "display")
 
