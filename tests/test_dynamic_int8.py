@@ -58,7 +58,7 @@ def centred_run(folder: Path, family: str, seed: int = 7) -> Path:
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    """``made(family, kind)``: a quantised bundle (kind hashee, dense or embedded), built once per module."""
+    """``made(family, kind)``: a quantised bundle (kind hashee, dense, embedded or prefix), built once per module."""
     root = tmp_path_factory.mktemp("int8dyn")
     cache: dict = {}
 
@@ -68,7 +68,7 @@ def made(tmp_path_factory):
             cache[family] = run
             bundle = root / f"{kind}-{family}"
             export(run, bundle, progress=False, max_length=MAX_LENGTH, dense=kind == "dense",
-                   embed_exit_table=kind == "embedded")
+                   embed_exit_table=kind == "embedded", layout="prefix" if kind == "prefix" else "packed")
             quantize_bundle(bundle, min_agreement=TINY_MIN_AGREEMENT, progress=False)
             cache[(family, kind)] = bundle
         return cache[(family, kind)]
@@ -144,6 +144,20 @@ def test_embedded_table_bundle(made):
     with Session.load(bundle, precision="int8", backend="onnxruntime") as a, \
             Session.load(hashee, precision="int8", backend="onnxruntime") as b:
         np.testing.assert_allclose(a.predict_logits(sample_texts(32)), b.predict_logits(sample_texts(32)), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_prefix_layout_bundle(made, family):
+    """The prefix layout's widths W_l are distinct run-time dimensions: the int8 file must not equate them
+    (ONNX Runtime would reuse one buffer for tensors of different widths and fail on real batches)."""
+    bundle = made(family, "prefix")
+    model = onnx.load(str(bundle / DYNAMIC_INT8_FILE))
+    assert {f"exit_mask_{layer}" for layer in (1, 2, 3)} <= {i.name for i in model.graph.input}
+    texts = [t for t in sample_texts(200) if len(t.split()) < 30]
+    ref, out = _compare(bundle, texts)
+    _check_close(ref, out)
+    with Session.load(bundle, backend="onnxruntime", precision="int8") as int8:  # other batch shapes, same rows
+        _check_close(ref, int8.predict_logits(texts, batch_size=7))
 
 
 # ----------------------------------------------------------------------------------------- placement

@@ -244,3 +244,33 @@ def test_broken_bundles(tiny_bundles, tmp_path, case, error, message):
         Session.load(folder, backend="onnxruntime")
     assert isinstance(info.value, HasheeError)
     assert message in str(info.value)
+
+
+def test_a_graph_failing_at_run_time_is_a_backend_error(tiny_bundles, tmp_path):
+    """ONNX Runtime's own run-time failure (here a Reshape that only fits some batch shapes) reaches the
+    caller as a BackendError naming the file and the input shapes, not as an onnxruntime exception."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    folder = _copy(tiny_bundles, tmp_path)
+    model = onnx.load(str(folder / "model.onnx"))
+    graph = model.graph
+    producer = next(n for n in graph.node if "logits" in n.output)
+    producer.output[list(producer.output).index("logits")] = "logits_raw"
+    graph.initializer.extend([numpy_helper.from_array(np.array([3, -1], dtype=np.int64), "fault/shape"),
+                              numpy_helper.from_array(np.array(0.0, dtype=np.float32), "fault/zero")])
+    graph.node.extend([
+        helper.make_node("Reshape", ["input_ids", "fault/shape"], ["fault/grid"]),
+        helper.make_node("Cast", ["fault/grid"], ["fault/float"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["fault/float"], ["fault/sum"], keepdims=0),
+        helper.make_node("Mul", ["fault/sum", "fault/zero"], ["fault/nothing"]),
+        helper.make_node("Add", ["logits_raw", "fault/nothing"], ["logits"]),
+    ])
+    onnx.save(model, str(folder / "model.onnx"))
+    _rewrite_meta(folder, lambda m: None, rehash=["model.onnx"])
+    with Session.load(folder, backend="onnxruntime") as session:
+        ids = np.full((3, 5), 7, dtype=np.int64)
+        assert session.run(ids, np.ones_like(ids))["logits"].shape[0] == 3  # 15 ids fit [3, -1]
+        ids = np.full((2, 5), 7, dtype=np.int64)
+        with pytest.raises(BackendError, match=r"ONNX Runtime failed running .*model.onnx on inputs input_ids \(2, 5\)"):
+            session.run(ids, np.ones_like(ids))

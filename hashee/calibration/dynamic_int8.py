@@ -156,7 +156,13 @@ def quantize_graph(model: Any, output: Path, per_channel: bool = True, quantize_
         quantize_dynamic(str(source), str(output), op_types_to_quantize=op_types, nodes_to_quantize=nodes,
                          per_channel=per_channel, weight_type=QuantType.QInt8,
                          extra_options={"MatMulConstBOnly": True})
-    graph = onnx.load(str(output), load_external_data=False).graph
+    quantized = onnx.load(str(output))
+    # The auto-merged symbolic shapes served the quantiser only: they equate dimensions that differ at run
+    # time (the prefix layout's widths W_l with one another and with the sequence), and ONNX Runtime's
+    # memory planner would reuse one buffer for tensors of different shapes.  It infers its own.
+    del quantized.graph.value_info[:]
+    onnx.save(quantized, str(output))
+    graph = quantized.graph
     counts: dict[str, int] = {}
     for node in graph.node:
         if node.op_type in ("MatMulInteger", "DynamicQuantizeLinear", "QAttention", "DynamicQuantizeMatMul"):

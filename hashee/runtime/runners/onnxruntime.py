@@ -121,7 +121,17 @@ class OnnxRuntimeRunner(Runner):
         self._outputs = [o.name for o in self.session.get_outputs()]
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self._outputs, self.session.run(self._outputs, feed)))
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+        failures = tuple(getattr(state, n) for n in ("Fail", "RuntimeException", "InvalidArgument",
+                                                     "NotImplemented") if hasattr(state, n))
+        try:
+            return dict(zip(self._outputs, self.session.run(self._outputs, feed)))
+        except failures as exc:
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feed.items())
+            raise BackendError(f"ONNX Runtime failed running {self.model_file} on inputs {shapes} ({first}); the "
+                               f"graph is wrong for these shapes: re-export or re-quantise the bundle") from exc
 
     def _deactivate(self) -> None:
         self.session = None
