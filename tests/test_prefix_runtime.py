@@ -193,3 +193,35 @@ def test_layouts_check_variants_agree_on_cpu(tiny_bundles):
     assert "prefix_graphs" not in rows[0]
     assert report["sst2"]["parity"]["prefix"]["max_abs_diff_vs_packed"] < 1e-5
     assert "| batch |" in "\n".join(layouts_markdown(report))
+
+
+def test_layouts_cpu_script_times_both_layouts_on_the_same_batches(tiny_bundles, tmp_path):
+    """benchmarks/layouts_cpu.py (prefix against packed on ONNX Runtime CPU): both bundles run the same
+    batches (same logits through their Sessions) and the report has a ratio for every batch size."""
+    import json
+    import sys
+
+    from conftest import REPO_ROOT
+
+    from hashee.exporter import export
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import layouts_cpu
+
+    run = tiny_bundles["runs"]["bert"]
+    for layout in ("packed", "prefix"):
+        export(run, tmp_path / layout, layout=layout, progress=False, max_length=48)
+    data = tmp_path / "dev.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t0\n" for t in sample_texts(40)))
+    bundles = [str(tmp_path / "packed"), str(tmp_path / "prefix")]
+    assert layouts_cpu.main([*bundles, "--data", str(data), "--batch-sizes", "1,8", "--repeats", "1",
+                             "--max-batches", "2", "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "layouts_cpu.json").read_text())
+    assert set(report["samples_per_second"]) == {"1", "8"}
+    assert all(v > 0 for row in report["samples_per_second"].values() for v in row.values())
+    packed, prefix = (Session.load(b, backend="onnxruntime") for b in bundles)
+    feeds = layouts_cpu.batches(packed, sample_texts(40), 8, 2)
+    assert len(feeds) == 2
+    for feed in feeds:
+        np.testing.assert_allclose(prefix.run_feed(feed)["logits"], packed.run_feed(feed)["logits"], atol=1e-5)
+    assert "(" in (tmp_path / "out" / "layouts_cpu.md").read_text()  # the prefix column carries its ratio

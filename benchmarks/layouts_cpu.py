@@ -1,0 +1,102 @@
+"""Layouts on ONNX Runtime CPU (issue 14): HashEE bundles of one run side by side, e.g. packed against prefix.
+
+Every bundle runs the same cost-aware batches of a data file through its runtime ``Session`` (exit masks,
+and for a prefix-layout bundle the host sort, included; tokenisation excluded).  Each timed pass runs the
+bundles in turn on the same batches, so a slow moment of a shared machine costs all of them; samples/s
+is the median of ``--repeats`` passes after one warm-up pass, and the ratio is over the first bundle.
+Batches are spread evenly over the length-sorted plan (``--max-batches``; more at batch 1, whose batches
+are single sentences).
+
+    python benchmarks/layouts_cpu.py bundles/sst2 bundles/sst2-prefix \\
+        --data ../shared/data/elue/SST-2/dev.tsv --out results/layouts-cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpu_common import write_report
+
+
+def batches(session: Any, texts: list[str], batch_size: int, max_batches: int) -> list[dict[str, np.ndarray]]:
+    """Packed-form feeds of the runtime's cost-aware plan (at most ``max_batches``, evenly spread)."""
+    from hashee.exit_table import exit_masks
+    from hashee.runtime.batching import active_profile, pad, plan_batches
+
+    encoded = session.encoder.encode(texts, None)
+    table, layers = session.bundle.exit_table, session.bundle.num_layers
+    plan = plan_batches(active_profile(encoded.ids, table, layers), batch_size, True)
+    picks = np.unique(np.linspace(0, len(plan) - 1, min(len(plan), max_batches)).round().astype(int))
+    feeds = []
+    for pick in picks:
+        ids, mask = pad(encoded.ids, plan[pick], session.encoder.pad_id)
+        feed = {"input_ids": ids, "attention_mask": mask, "exit_masks": exit_masks(ids, mask, table, layers)}
+        if session.uses_token_type_ids:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        feeds.append(feed)
+    return feeds
+
+
+def measure(sessions: dict[str, Any], feeds: list[dict[str, np.ndarray]], repeats: int) -> dict[str, float]:
+    """samples/s of each session over ``feeds``, the bundles interleaved within every pass."""
+    rows = sum(f["input_ids"].shape[0] for f in feeds)
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for session in sessions.values():
+        for feed in feeds:
+            session.run_feed(feed)
+    for _ in range(repeats):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            for feed in feeds:
+                session.run_feed(feed)
+            times[name].append(time.perf_counter() - start)
+    return {name: rows / statistics.median(runs) for name, runs in times.items()}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    names = report["bundles"]
+    lines = [f"# Layouts on ONNX Runtime CPU ({report['data']}, {report['threads']} threads)", "",
+             "| batch | " + " | ".join(names) + " |", "| ---: |" + " ---: |" * len(names)]
+    first = names[0]
+    for size, row in report["samples_per_second"].items():
+        cells = [f"{row[n]:.1f}" + ("" if n == first else f" ({row[n] / row[first]:.2f}x)") for n in names]
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hashee.data import load_examples
+    from hashee.runtime import Session
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundles", nargs="+", help="HashEE bundles (the first is the reference of the ratios)")
+    parser.add_argument("--data", required=True, help="a data file hashee reads (its first text column is used)")
+    parser.add_argument("--batch-sizes", default="1,8,32,128")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--max-batches", type=int, default=24, help="batches per size (batch 1: 8x as many)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    texts = list(load_examples(args.data).texts)
+    names = [str(b) for b in args.bundles]
+    sessions = {name: Session.load(name, backend="onnxruntime", threads=args.threads) for name in names}
+    if any(s.bundle.kind != "hashee" for s in sessions.values()):
+        print("layouts_cpu.py: error: every bundle must be a HashEE bundle (exported without --dense)", file=sys.stderr)
+        return 1
+    report: dict[str, Any] = {"data": args.data, "threads": args.threads, "bundles": names, "samples_per_second": {}}
+    for size in (int(s) for s in args.batch_sizes.split(",")):
+        feeds = batches(next(iter(sessions.values())), texts, size, args.max_batches * (8 if size == 1 else 1))
+        report["samples_per_second"][size] = measure(sessions, feeds, args.repeats)
+    write_report(Path(args.out), "layouts_cpu", report, markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
