@@ -63,9 +63,9 @@ FAULTS = [
             "key_mask = torch.ones(batch, key_width, dtype=torch.bool, device=exits.device)")],
           [MODELING_PADDED, MODELING_ORACLE]),
     Fault("padding as keys (ONNX graph)",
-          [('env["key_padding"] = b.op("Cast", ["attention_mask"], to=TensorProto.INT32, hint="key_padding")',
-            'env["key_padding"] = b.op("Cast", [b.op("Add", [b.op("Mul", ["attention_mask", b.const(0)]), '
-            'b.const(1)])], to=TensorProto.INT32, hint="key_padding")')],
+          [('return {"key_padding": b.op("Cast", ["attention_mask"], to=TensorProto.INT32, hint="key_padding")}',
+            'return {"key_padding": b.op("Cast", [b.op("Add", [b.op("Mul", ["attention_mask", b.const(0)]), '
+            'b.const(1)])], to=TensorProto.INT32, hint="key_padding")}')],
           [EXPORT + "[bert-onnxruntime]", EXPORT + "[roberta-onnxruntime]"]),
     Fault("early exit ignored (PyTorch model)",
           [("exits = self.exit_table_layers[input_ids.clamp(0, self.exit_table_layers.shape[0] - 1)]",
@@ -102,7 +102,7 @@ FAULTS = [
           ["tests/test_bench.py::test_bench_measures_every_backend_side_by_side"]),
     Fault("validate-triton takes any bytes as a plan",
           [("elif head not in PLAN_MAGIC_TAGS:", "elif False:")],
-          ["tests/test_triton.py::test_each_plan_check_catches_a_planted_fault"]),
+          ["tests/test_triton.py::test_each_check_catches_a_planted_fault"]),
     Fault("multi-label returns only the best label",
           [("np.flatnonzero(p >= MULTI_LABEL_THRESHOLD)", "[int(p.argmax())]")],
           ["tests/test_edge_cases.py::test_multi_label_bce_sigmoid_scores_and_every_label_above_threshold"]),
