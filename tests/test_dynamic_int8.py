@@ -320,3 +320,22 @@ def test_auto_takes_the_dynamic_int8_file_on_a_cpu_and_batchmates_move_it_only_s
     # fp32 is, but within the int8-vs-fp32 tolerance
     assert 0 < np.abs(batched - alone).max() <= 0.1 * max(1.0, np.abs(alone).max())
     assert (batched.argmax(-1) == alone.argmax(-1)).mean() >= TINY_MIN_AGREEMENT
+
+
+def test_bench_compares_a_prefix_bundle_in_fp32_and_int8(made, tmp_path):
+    """``--compare`` bundles run at every precision too; their int8 rows are checked against their own fp32."""
+    pytest.importorskip("matplotlib")
+    from hashee.bench.driver import run_bench
+    from hashee.samples import SST2_DEV
+
+    hashee, dense, prefix = made("bert"), made("bert", "dense"), made("bert", "prefix")
+    result = run_bench(hashee, str(SST2_DEV), tmp_path / "out", backends=["onnxruntime"], batch_sizes=[1, 4],
+                       dense=dense, repeats=1, limit=12, precisions=["fp32", "int8"], progress=False,
+                       compare=[prefix])
+    by_key = {r["key"]: r for r in result["backends"]}
+    for key in ("onnxruntime-hashee:prefix", "onnxruntime-hashee-int8:prefix"):
+        assert by_key[key]["status"] == "ok", by_key[key].get("reason")
+    par = by_key["onnxruntime-hashee-int8:prefix"]["parity_fp32"]
+    assert par["reference"] == "onnxruntime-hashee:prefix" and 0 < par["max_abs_diff"] < 0.2
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "| HashEE (prefix) fp32 |" in text and "| HashEE (prefix) int8 |" in text

@@ -69,8 +69,10 @@ class BackendSpec:
                 + ("" if self.precision == "fp32" else f" {self.precision}"))
 
 
-def compare_specs(compare: Sequence[str | Path], backends: Sequence[str], main_bundle: Any) -> list[BackendSpec]:
-    """Extra HashEE bundles of the same model measured beside the main one (ONNX Runtime and TensorRT).
+def compare_specs(compare: Sequence[str | Path], backends: Sequence[str], main_bundle: Any,
+                  precisions: Sequence[str] = ("fp32",)) -> list[BackendSpec]:
+    """Extra HashEE bundles of the same model measured beside the main one (ONNX Runtime and TensorRT, at
+    each of ``precisions``; a precision a bundle lacks is a skipped row naming the command that adds it).
 
     Each is named by its layout (``hashee export --layout``), or by its folder when the layout is the
     main bundle's; the torch backend runs the reference weights whatever the layout, so it is not repeated.
@@ -90,8 +92,11 @@ def compare_specs(compare: Sequence[str | Path], backends: Sequence[str], main_b
         if name in names:
             raise InputError(f"--compare names two bundles that would both be labelled {name!r}")
         names.add(name)
-        specs += [BackendSpec(runtime, "hashee", Path(path), variant=name) for runtime in RUNTIMES
-                  if runtime in backends and runtime != "torch"]
+        for runtime in (r for r in RUNTIMES if r in backends and r != "torch"):
+            for precision in precisions:
+                spec = BackendSpec(runtime, "hashee", Path(path), variant=name, precision=precision)
+                spec.skip = precision_refusal(spec)
+                specs.append(spec)
     return specs
 
 
@@ -496,7 +501,7 @@ def backend_specs(bundle: str | Path, hashee_bundle: Any, dense: DenseBaseline, 
                                        hashee_reference if runtime == "torch" else None, precision=precision)
                 spec.skip = spec.skip or precision_refusal(spec)
                 specs.append(spec)
-    return specs + compare_specs(compare, backends, hashee_bundle)
+    return specs + compare_specs(compare, backends, hashee_bundle, precisions)
 
 
 # ---------------------------------------------------------------------------------------------- starting workers
@@ -614,7 +619,7 @@ def score_records(records: dict[str, dict[str, Any]], logits: dict[str, Any], go
             runtime = reference_key.split("-")[0]
             reason = records.get(reference_key, {}).get("reason") or f"the {runtime} backend was not run"
             record["parity"] = {"reference": None, "reason": f"no {RUNTIME_LABELS[runtime]} reference: {reason}"}
-        fp32_key = f"{record['runtime']}-{record['model']}"
+        fp32_key = f"{record['runtime']}-{record['model']}" + (f":{record['variant']}" if record.get("variant") else "")
         if record["precision"] != "fp32" and fp32_key in logits:  # int8 against fp32 on the same runtime
             record["parity_fp32"] = {"reference": fp32_key, **parity(out, logits[fp32_key], regression)}
 

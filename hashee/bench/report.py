@@ -80,6 +80,11 @@ def precision_table(result: dict[str, Any]) -> list[str]:
              "| --- | --- | --- | " + " | ".join("---" for _ in sizes) + " |"]
     names = {"onnxruntime-dense": "dense fp32", "onnxruntime-dense-int8": "dense int8",
              "onnxruntime-hashee": "HashEE fp32", "onnxruntime-hashee-int8": "HashEE int8"}
+    for record in _ordered(result):  # compared bundles (--compare), right after the main ones
+        main_key, _, variant = record["key"].partition(":")
+        if variant and main_key in ("onnxruntime-hashee", "onnxruntime-hashee-int8"):
+            names[record["key"]] = f"HashEE ({variant}) {record.get('precision', 'fp32')}"
+            keys += (record["key"],)
     for key in keys:
         record = by_key.get(key)
         if record is None:
