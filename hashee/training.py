@@ -302,7 +302,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
                        seed, progress)
     if table is not None:
         model = _import_modeling().HashEEForSequenceClassification.from_dense(model, table, pooling=pooling)
-    checkpoint = resume.start()
+    checkpoint = resume.find()
     if full_depth is not None:
         if checkpoint is None:  # a resumed run's weights come from its checkpoint
             _adapt(model, full_depth, train_set, tokenizer, recipe, adapt_steps, adapt_learning_rate, output_dir,
@@ -312,6 +312,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
         del full_depth
     trainer = _make_trainer(model, tokenizer, train_set, dev_set, task, output_dir, recipe, progress,
                             _load_teacher(teacher_path, task, len(tokenizer)))
+    resume.begin()
     with warnings.catch_warnings():  # the Trainer's checkpoint rotation doubts some file systems' mtimes
         warnings.filterwarnings("ignore", message="mtime may not be reliable")
         output = trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
@@ -609,24 +610,26 @@ def _truncate(model: Any, layers: int) -> None:
 class Checkpoints:
     """Per-epoch Trainer checkpoints in the run folder, so that a killed run resumes where it stopped.
 
-    :meth:`start` writes ``hashee_resume.json`` (the call's settings) beside the checkpoints, or, when
-    the folder already holds an unfinished run, returns its last ``checkpoint-N`` after checking that
-    the settings are the same (a different run there is refused, never silently continued or
-    overwritten).  :meth:`finish` removes the checkpoints once the run is saved.
+    :meth:`find` returns the last ``checkpoint-N`` of an unfinished run in the folder after checking that
+    its settings are the call's (a different run there is refused, never silently continued or
+    overwritten), or None; :meth:`begin`, just before training, writes ``hashee_resume.json`` (the
+    settings) for a new run, so a call refused earlier leaves nothing behind.  :meth:`finish` removes the
+    checkpoints once the run is saved.
     """
 
     def __init__(self, output_dir: Path, call: dict[str, Any]) -> None:
         self.folder, self.meta_path = output_dir, output_dir / RESUME_META
         self.settings = json.loads(json.dumps(_json_safe(call), default=repr))
         self.meta: dict[str, Any] = {"settings": self.settings, "notes": {}}
+        self.resuming = False
 
     def _last(self) -> Path | None:
         from transformers.trainer_utils import get_last_checkpoint
 
         return Path(found) if self.folder.is_dir() and (found := get_last_checkpoint(str(self.folder))) else None
 
-    def start(self) -> Path | None:
-        """The checkpoint to resume from (None: train from the start)."""
+    def find(self) -> Path | None:
+        """The checkpoint to resume from (None: train from the start); writes nothing."""
         last = self._last() if self.meta_path.is_file() else None
         if last is not None:
             saved = json.loads(self.meta_path.read_text())
@@ -636,16 +639,18 @@ class Checkpoints:
                 raise TrainConfigError(f"{self.folder} holds an unfinished run ({last.name}) trained with other "
                                        f"settings ({', '.join(differ)}); rerun that command to resume it, or "
                                        f"delete {self.folder}/checkpoint-* or choose another output folder")
-            self.meta = saved
-            return last
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.meta_path.write_text(json.dumps(self.meta, indent=2) + "\n")
-        return None
+            self.meta, self.resuming = saved, True
+        return last
+
+    def begin(self) -> None:
+        """Record a new run's settings (and notes) beside the checkpoints the Trainer is about to write."""
+        if not self.resuming:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.meta_path.write_text(json.dumps(self.meta, indent=2) + "\n")
 
     def note(self, **values: Any) -> None:
         """Keep what a resumed run cannot recompute (e.g. the adaptation's losses)."""
         self.meta["notes"].update(_json_safe(values))
-        self.meta_path.write_text(json.dumps(self.meta, indent=2) + "\n")
 
     def noted(self, key: str) -> dict[str, Any]:
         return dict(self.meta["notes"].get(key) or {})
