@@ -80,6 +80,18 @@ def choose_providers(bundle: Bundle, device: str | None, available: list[str]) -
     return providers
 
 
+def _ort_errors(*names: str) -> tuple[type, ...]:
+    """ONNX Runtime's exception classes of these names (those this version has)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(getattr(state, n) for n in names if hasattr(state, n))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 class OnnxRuntimeRunner(Runner):
     """``model.onnx`` on an ``onnxruntime.InferenceSession`` (whose ``run`` is thread-safe)."""
 
@@ -101,34 +113,28 @@ class OnnxRuntimeRunner(Runner):
 
     def _activate(self) -> None:
         import onnxruntime as ort
-        from onnxruntime.capi import onnxruntime_pybind11_state as state
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if self.threads:
             options.intra_op_num_threads = int(self.threads)
             options.inter_op_num_threads = 1
-        failures = tuple(getattr(state, n) for n in ("Fail", "InvalidProtobuf", "InvalidGraph", "NoSuchFile",
-                                                     "InvalidArgument", "NotImplemented") if hasattr(state, n))
         path = self.model_file
         try:
             self.session = ort.InferenceSession(str(path), options, providers=self.providers)
-        except failures as exc:
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise BundleError(f"ONNX Runtime cannot load {path} ({first}); the file is damaged or truncated: "
-                              f"re-export the bundle") from exc
+        except _ort_errors("Fail", "InvalidProtobuf", "InvalidGraph", "NoSuchFile", "InvalidArgument",
+                           "NotImplemented") as exc:
+            raise BundleError(f"ONNX Runtime cannot load {path} ({_first_line(exc)}); the file is damaged or "
+                              f"truncated: re-export the bundle") from exc
         self.name = f"onnxruntime-{SHORT.get(self.session.get_providers()[0], 'other')}"
         self._outputs = [o.name for o in self.session.get_outputs()]
+        self._run_errors = _ort_errors("Fail", "RuntimeException", "InvalidArgument", "NotImplemented")
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-        failures = tuple(getattr(state, n) for n in ("Fail", "RuntimeException", "InvalidArgument",
-                                                     "NotImplemented") if hasattr(state, n))
         try:
             return dict(zip(self._outputs, self.session.run(self._outputs, feed)))
-        except failures as exc:
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        except self._run_errors as exc:
+            first = _first_line(exc)
             shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feed.items())
             raise BackendError(f"ONNX Runtime failed running {self.model_file} on inputs {shapes} ({first}); the "
                                f"graph is wrong for these shapes: re-export or re-quantise the bundle") from exc
