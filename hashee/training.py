@@ -304,11 +304,12 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
         model = _import_modeling().HashEEForSequenceClassification.from_dense(model, table, pooling=pooling)
     checkpoint = resume.find()
     if full_depth is not None:
-        if checkpoint is None:  # a resumed run's weights come from its checkpoint
+        if checkpoint is None:
             _adapt(model, full_depth, train_set, tokenizer, recipe, adapt_steps, adapt_learning_rate, output_dir,
                    progress)
             resume.note(adaptation=recipe["adaptation"])
-        recipe["adaptation"].update(resume.noted("adaptation"))
+        else:  # a resumed run's weights come from its checkpoint; its adaptation losses from the record
+            recipe["adaptation"].update(resume.noted("adaptation"))
         del full_depth
     trainer = _make_trainer(model, tokenizer, train_set, dev_set, task, output_dir, recipe, progress,
                             _load_teacher(teacher_path, task, len(tokenizer)))
