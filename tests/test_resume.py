@@ -68,9 +68,10 @@ def _weights(folder):
     return load_file(str(folder / "model.safetensors"))
 
 
-@pytest.mark.parametrize("hashee", [False, True], ids=["dense", "hashee"])
-def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(hashee, backbone, data, tmp_path, monkeypatch):
-    options = dict(RECIPE, train_file=data / "train.tsv", dev_file=data / "dev.tsv", dense=not hashee)
+@pytest.mark.parametrize("hashee, adapt", [(False, 0), (True, 0), (True, 2)], ids=["dense", "hashee", "adapted"])
+def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(hashee, adapt, backbone, data, tmp_path, monkeypatch):
+    options = dict(RECIPE, train_file=data / "train.tsv", dev_file=data / "dev.tsv", dense=not hashee,
+                   adapt_steps=adapt)
     whole = training.train(backbone, output_dir=tmp_path / "whole", **options)
     assert not list((tmp_path / "whole").glob("checkpoint-*"))  # removed once the run is saved
     assert not (tmp_path / "whole" / training.RESUME_META).exists()
@@ -91,6 +92,9 @@ def test_a_killed_run_resumes_and_matches_an_uninterrupted_one(hashee, backbone,
     assert resumed.global_step == whole.global_step == 10
     record = json.loads((tmp_path / "killed" / "hashee_train.json").read_text())
     assert record["train"]["global_step"] == 10
+    whole_record = json.loads((tmp_path / "whole" / "hashee_train.json").read_text())
+    if adapt:  # the resumed record still carries the adaptation losses of the first call
+        assert record["recipe"]["adaptation"]["last_loss"] == whole_record["recipe"]["adaptation"]["last_loss"]
     first, second = _weights(tmp_path / "whole"), _weights(tmp_path / "killed")
     assert first.keys() == second.keys()
     for name in first:
