@@ -27,19 +27,18 @@ from gpu_common import write_report
 
 def batches(session: Any, texts: list[str], batch_size: int, max_batches: int) -> list[dict[str, np.ndarray]]:
     """Packed-form feeds of the runtime's cost-aware plan (at most ``max_batches``, evenly spread)."""
+    from hashee.bench.driver import spread
     from hashee.exit_table import exit_masks
     from hashee.runtime.batching import active_profile, pad, plan_batches
 
     encoded = session.encoder.encode(texts, None)
     table, layers = session.bundle.exit_table, session.bundle.num_layers
-    plan = plan_batches(active_profile(encoded.ids, table, layers), batch_size, True)
-    picks = np.unique(np.linspace(0, len(plan) - 1, min(len(plan), max_batches)).round().astype(int))
     feeds = []
-    for pick in picks:
-        ids, mask = pad(encoded.ids, plan[pick], session.encoder.pad_id)
+    for index in spread(plan_batches(active_profile(encoded.ids, table, layers), batch_size, True), max_batches):
+        ids, mask = pad(encoded.ids, index, session.encoder.pad_id)
         feed = {"input_ids": ids, "attention_mask": mask, "exit_masks": exit_masks(ids, mask, table, layers)}
         if session.uses_token_type_ids:
-            feed["token_type_ids"] = np.zeros_like(ids)
+            feed["token_type_ids"], _ = pad(encoded.types, index, 0)
         feeds.append(feed)
     return feeds
 
