@@ -62,9 +62,9 @@ def _layer(b: GraphBuilder, model: Any, index: int, hidden: str, env: dict[str, 
     # (its 3-D MatMul keeps a separate bias Add and runs slower per row), as in the packed layout.
     flat = b.op("Reshape", [rows, b.const([-1, size])], hint="active_flat")
     queries = b.op("Reshape", [b.linear(flat, layer.query, f"{name}.query"), grid], hint="queries")
-    slots, every_flat = b.op("Shape", [hidden], hint="slot_grid"), b.op("Reshape", [hidden, b.const([-1, size])])
-    keys = b.op("Reshape", [b.linear(every_flat, layer.key, f"{name}.key"), slots], hint="keys")
-    values = b.op("Reshape", [b.linear(every_flat, layer.value, f"{name}.value"), slots], hint="values")
+    every_flat = b.op("Reshape", [hidden, b.const([-1, size])], hint="slots_flat")
+    keys = b.op("Reshape", [b.linear(every_flat, layer.key, f"{name}.key"), env["slot_grid"]], hint="keys")
+    values = b.op("Reshape", [b.linear(every_flat, layer.value, f"{name}.value"), env["slot_grid"]], hint="values")
     context = _attention(b, queries, keys, values, env, target, layer.num_heads, size)
     context = b.op("Reshape", [context, b.const([-1, size])], hint="context_flat")
     out = b.op("Reshape", [attention_output_and_ffn(b, layer, name, context, flat, target), grid], hint="active_out")
@@ -123,6 +123,7 @@ def build_prefix_graph(model: Any, target: str = "onnxruntime", opset: int = MIN
     env.update(key_mask(b, target))
     hidden = embed(b, model, "input_ids", "token_type_ids" if with_types else None, "",  # no sequence slice:
                    position_ids="position_ids", keep=keep)  # tokens are embedded at their own positions
+    env["slot_grid"] = b.op("Shape", [hidden], hint="slot_grid")  # [B, S, D], the same in every layer
     for index in range(1, num_layers + 1):
         hidden = _layer(b, model, index, hidden, env, target)
     cls, _ = _restore_order(b, hidden, hidden_size, token_outputs)
