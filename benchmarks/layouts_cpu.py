@@ -5,7 +5,8 @@ and for a prefix-layout bundle the host sort, included; tokenisation excluded). 
 bundles in turn on the same batches, so a slow moment of a shared machine costs all of them; samples/s
 is the median of ``--repeats`` passes after one warm-up pass, and the ratio is over the first bundle.
 Batches are spread evenly over the length-sorted plan (``--max-batches``; more at batch 1, whose batches
-are single sentences).
+are single sentences).  Beside each ratio: the ratio of the encoder multiply-adds the two graphs really
+compute on the same batches (:func:`grid_macs`), the speed ratio expected if time follows the work.
 
     python benchmarks/layouts_cpu.py bundles/sst2 bundles/sst2-prefix \\
         --data ../shared/data/elue/SST-2/dev.tsv --out results/layouts-cpu
@@ -43,6 +44,28 @@ def batches(session: Any, texts: list[str], batch_size: int, max_batches: int) -
     return feeds
 
 
+def grid_macs(feeds: list[dict[str, np.ndarray]], prefix: bool, hidden: int, intermediate: int) -> float:
+    """Encoder multiply-adds a graph of this layout computes on ``feeds`` (packed-form feeds).
+
+    Both layouts compute keys and values on every slot of the padded ``[B, S]`` grid and attention
+    for a ``[B, Q_l]`` query grid (``Q_l`` the most tokens of one row active in layer ``l``; ``S`` in
+    layer 1).  The packed graph computes queries, attention output and FFN on the active tokens only;
+    the prefix graph on all ``B * Q_l`` slots of the grid, active or not.
+    """
+    total = 0.0
+    for feed in feeds:
+        batch, seq = feed["input_ids"].shape
+        active = (feed["exit_masks"] & (feed["attention_mask"] != 0)[None]).sum(axis=2)  # [L, B]
+        widths = active.max(axis=1).astype(np.float64)
+        widths[0] = seq
+        rows = batch * widths if prefix else active.sum(axis=1).astype(np.float64)
+        per_row = 2 * hidden * hidden + 2 * hidden * intermediate  # query, attention output, FFN
+        keys_values = 2 * batch * seq * hidden * hidden
+        attention = 2 * batch * widths * seq * hidden  # scores and context on the [B, Q_l] query grid
+        total += float((rows * per_row + keys_values + attention).sum())
+    return total
+
+
 def measure(sessions: dict[str, Any], feeds: list[dict[str, np.ndarray]], repeats: int) -> dict[str, float]:
     """samples/s of each session over ``feeds``, the bundles interleaved within every pass."""
     rows = sum(f["input_ids"].shape[0] for f in feeds)
@@ -59,13 +82,25 @@ def measure(sessions: dict[str, Any], feeds: list[dict[str, np.ndarray]], repeat
     return {name: rows / statistics.median(runs) for name, runs in times.items()}
 
 
+def bundle_macs(session: Any, feeds: list[dict[str, np.ndarray]]) -> float:
+    """:func:`grid_macs` of a session's graph (its layout and widths from the bundle's manifest)."""
+    from hashee.prefix import is_prefix_graph
+
+    backbone = session.bundle.meta["backbone"]
+    return grid_macs(feeds, is_prefix_graph(session.bundle.input_names), int(backbone["hidden_size"]),
+                     int(backbone["intermediate_size"]))
+
+
 def markdown(report: dict[str, Any]) -> str:
     names = report["bundles"]
     lines = [f"# Layouts on ONNX Runtime CPU ({report['data']}, {report['threads']} threads)", "",
+             "samples/s (speed over the first bundle; the first bundle's encoder multiply-adds over this one's)", "",
              "| batch | " + " | ".join(names) + " |", "| ---: |" + " ---: |" * len(names)]
     first = names[0]
     for size, row in report["samples_per_second"].items():
-        cells = [f"{row[n]:.1f}" + ("" if n == first else f" ({row[n] / row[first]:.2f}x)") for n in names]
+        work = report["encoder_macs"][size]
+        cells = [f"{row[n]:.1f}" + ("" if n == first else f" ({row[n] / row[first]:.2f}x; work {work[first] / work[n]:.2f}x)")
+                 for n in names]
         lines.append(f"| {size} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -89,9 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     if any(s.bundle.kind != "hashee" for s in sessions.values()):
         print("layouts_cpu.py: error: every bundle must be a HashEE bundle (exported without --dense)", file=sys.stderr)
         return 1
-    report: dict[str, Any] = {"data": args.data, "threads": args.threads, "bundles": names, "samples_per_second": {}}
+    report: dict[str, Any] = {"data": args.data, "threads": args.threads, "bundles": names,
+                              "samples_per_second": {}, "encoder_macs": {}}
     for size in (int(s) for s in args.batch_sizes.split(",")):
         feeds = batches(next(iter(sessions.values())), texts, size, args.max_batches * (8 if size == 1 else 1))
+        report["encoder_macs"][size] = {name: bundle_macs(s, feeds) for name, s in sessions.items()}
         report["samples_per_second"][size] = measure(sessions, feeds, args.repeats)
     write_report(Path(args.out), "layouts_cpu", report, markdown)
     return 0

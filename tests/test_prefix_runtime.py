@@ -225,3 +225,28 @@ def test_layouts_cpu_script_times_both_layouts_on_the_same_batches(tiny_bundles,
     for feed in feeds:
         np.testing.assert_allclose(prefix.run_feed(feed)["logits"], packed.run_feed(feed)["logits"], atol=1e-5)
     assert "(" in (tmp_path / "out" / "layouts_cpu.md").read_text()  # the prefix column carries its ratio
+
+
+def test_layouts_cpu_work_counts_the_prefix_grids_idle_query_slots():
+    """grid_macs: the two layouts share keys, values and the attention grid; the prefix graph also
+    computes queries, attention output and FFN on the idle slots below each W_l (constructed case)."""
+    import sys
+
+    from conftest import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import layouts_cpu
+
+    hidden, intermediate = 4, 16
+    # two rows of 4 slots; row 0 has 3 real tokens, row 1 has 4; layer 2: 3 and 1 active tokens
+    attention_mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]])
+    layer2 = np.array([[1, 1, 1, 0], [0, 1, 0, 0]], dtype=bool)
+    feed = {"input_ids": np.ones((2, 4), dtype=np.int64), "attention_mask": attention_mask,
+            "exit_masks": np.stack([attention_mask.astype(bool), layer2])}
+    packed = layouts_cpu.grid_macs([feed], False, hidden, intermediate)
+    prefix = layouts_cpu.grid_macs([feed], True, hidden, intermediate)
+    per_row = 2 * hidden * hidden + 2 * hidden * intermediate
+    # layer 1: 8 slots against 7 real tokens; layer 2: 2 x 3 slots against 4 active tokens
+    assert prefix - packed == (8 - 7) * per_row + (6 - 4) * per_row
+    keys_values, attention = 2 * 8 * hidden * hidden, 2 * 2 * (4 + 3) * 4 * hidden
+    assert packed == (7 + 4) * per_row + 2 * keys_values + attention
