@@ -8,8 +8,10 @@ Batches are spread evenly over the length-sorted plan (``--max-batches``; more a
 are single sentences).  Beside each ratio: the ratio of the encoder multiply-adds the two graphs really
 compute on the same batches (:func:`grid_macs`), the speed ratio expected if time follows the work.
 
-    python benchmarks/layouts_cpu.py bundles/sst2 bundles/sst2-prefix \\
+    python benchmarks/layouts_cpu.py bundles/sst2 bundles/sst2-prefix --dense bundles/sst2-dense \\
         --data ../shared/data/elue/SST-2/dev.tsv --out results/layouts-cpu
+
+``--dense`` adds a dense bundle (the fused ONNX Runtime export of the dense model) on the same batches.
 """
 
 from __future__ import annotations
@@ -70,25 +72,36 @@ def measure(sessions: dict[str, Any], feeds: list[dict[str, np.ndarray]], repeat
     """samples/s of each session over ``feeds``, the bundles interleaved within every pass."""
     rows = sum(f["input_ids"].shape[0] for f in feeds)
     times: dict[str, list[float]] = {name: [] for name in sessions}
-    for session in sessions.values():
-        for feed in feeds:
+    own = {name: session_feeds(session, feeds) for name, session in sessions.items()}
+    for name, session in sessions.items():
+        for feed in own[name]:
             session.run_feed(feed)
     for _ in range(repeats):
         for name, session in sessions.items():
             start = time.perf_counter()
-            for feed in feeds:
+            for feed in own[name]:
                 session.run_feed(feed)
             times[name].append(time.perf_counter() - start)
     return {name: rows / statistics.median(runs) for name, runs in times.items()}
 
 
 def bundle_macs(session: Any, feeds: list[dict[str, np.ndarray]]) -> float:
-    """:func:`grid_macs` of a session's graph (its layout and widths from the bundle's manifest)."""
+    """:func:`grid_macs` of a session's graph (its layout from the bundle's manifest; a dense graph
+    computes every slot in every layer)."""
     from hashee.prefix import is_prefix_graph
 
     backbone = session.bundle.meta["backbone"]
-    return grid_macs(feeds, is_prefix_graph(session.bundle.input_names), int(backbone["hidden_size"]),
-                     int(backbone["intermediate_size"]))
+    if session.bundle.kind == "dense":
+        feeds = [{**f, "exit_masks": np.ones_like(f["exit_masks"])} for f in feeds]
+    return grid_macs(feeds, session.bundle.kind == "dense" or is_prefix_graph(session.bundle.input_names),
+                     int(backbone["hidden_size"]), int(backbone["intermediate_size"]))
+
+
+def session_feeds(session: Any, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """``feeds`` as a session takes them (a dense graph has no exit masks)."""
+    if session.bundle.kind != "dense":
+        return feeds
+    return [{k: v for k, v in f.items() if k != "exit_masks"} for f in feeds]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -111,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bundles", nargs="+", help="HashEE bundles (the first is the reference of the ratios)")
+    parser.add_argument("--dense", help="a dense bundle of the same model, run on the same batches (a column)")
     parser.add_argument("--data", required=True, help="a data file hashee reads (its first text column is used)")
     parser.add_argument("--batch-sizes", default="1,8,32,128")
     parser.add_argument("--repeats", type=int, default=5)
@@ -124,7 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     if any(s.bundle.kind != "hashee" for s in sessions.values()):
         print("layouts_cpu.py: error: every bundle must be a HashEE bundle (exported without --dense)", file=sys.stderr)
         return 1
-    report: dict[str, Any] = {"data": args.data, "threads": args.threads, "bundles": names,
+    if args.dense:
+        dense = Session.load(args.dense, backend="onnxruntime", threads=args.threads)
+        if dense.bundle.kind != "dense":
+            print(f"layouts_cpu.py: error: --dense {args.dense} is a HashEE bundle; export the dense model with "
+                  "--dense", file=sys.stderr)
+            return 1
+        sessions[str(args.dense)] = dense
+    report: dict[str, Any] = {"data": args.data, "threads": args.threads, "bundles": list(sessions),
                               "samples_per_second": {}, "encoder_macs": {}}
     for size in (int(s) for s in args.batch_sizes.split(",")):
         feeds = batches(next(iter(sessions.values())), texts, size, args.max_batches * (8 if size == 1 else 1))

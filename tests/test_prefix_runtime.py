@@ -99,7 +99,7 @@ def test_profile_checks_know_the_widths():
     assert ".prefix." not in engine_file_name("fp32", (9, 0), "11.0", [profile])
 
 
-def test_engine_layout_must_match_the_bundle_and_prefix_ranks_first(tiny_bundles, tmp_path):
+def test_engine_layout_must_match_the_bundle(tiny_bundles, tmp_path):
     import shutil
 
     from hashee.bundle import read_bundle, update_bundle
@@ -211,14 +211,20 @@ def test_layouts_cpu_script_times_both_layouts_on_the_same_batches(tiny_bundles,
     run = tiny_bundles["runs"]["bert"]
     for layout in ("packed", "prefix"):
         export(run, tmp_path / layout, layout=layout, progress=False, max_length=48)
+    export(run, tmp_path / "dense", dense=True, progress=False, max_length=48)
     data = tmp_path / "dev.tsv"
     data.write_text("sentence\tlabel\n" + "".join(f"{t}\t0\n" for t in sample_texts(40)))
     bundles = [str(tmp_path / "packed"), str(tmp_path / "prefix")]
-    assert layouts_cpu.main([*bundles, "--data", str(data), "--batch-sizes", "1,8", "--repeats", "1",
-                             "--max-batches", "2", "--out", str(tmp_path / "out")]) == 0
+    assert layouts_cpu.main([*bundles, "--dense", str(tmp_path / "dense"), "--data", str(data), "--batch-sizes",
+                             "1,8", "--repeats", "1", "--max-batches", "2", "--out", str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "layouts_cpu.json").read_text())
+    assert report["bundles"] == [*bundles, str(tmp_path / "dense")]
     assert set(report["samples_per_second"]) == {"1", "8"}
     assert all(v > 0 for row in report["samples_per_second"].values() for v in row.values())
+    work = report["encoder_macs"]["8"]  # dense computes every slot: the most work; packed the least
+    assert work[str(tmp_path / "dense")] > work[bundles[1]] >= work[bundles[0]] > 0
+    assert layouts_cpu.main([bundles[0], "--dense", bundles[1], "--data", str(data), "--out",
+                             str(tmp_path / "bad")]) == 1  # --dense must name a dense bundle
     packed, prefix = (Session.load(b, backend="onnxruntime") for b in bundles)
     feeds = layouts_cpu.batches(packed, sample_texts(40), 8, 2)
     assert len(feeds) == 2

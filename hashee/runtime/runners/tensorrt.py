@@ -10,7 +10,9 @@ under ``engines/`` and lists it in ``hashee.json`` ``engines`` (with its sha256 
      "workspace_mb": 4096, "timing_cache": null, "build_seconds": 41.2}
 
 **Which engine.** A plan runs only on the GPU compute capability and the exact TensorRT version it
-was built with, and only while its ONNX file is the one it was built from (``onnx_sha256``).
+was built with, only while its ONNX file is the one it was built from (``onnx_sha256``), and only
+for the layout of the bundle's graph (``layout``: the host feeds that layout, so an engine of a prefix
+bundle is a prefix engine; ``build-engine`` builds from the bundle's graph).
 :func:`choose_engine` keeps the entries that pass those checks and takes the asked precision
 (``Session.load(..., precision="fp16")``), else the first of fp32 > fp16 > int8 present; among
 engines of one precision, the one whose profiles reach the longest sequence, then the largest batch,
@@ -200,11 +202,10 @@ def choose_engine(bundle: Bundle, capability: str, version: str, precision: str 
             f"machine: hashee build-engine {bundle.path}" + (f" --precision {precision}" if precision else "")
             + ", or use backend='onnxruntime' (or 'auto')")
 
-    def rank(item: tuple[int, dict[str, Any]]) -> tuple[int, int, int, int, int]:
-        order, entry = item
+    def rank(item: tuple[int, dict[str, Any]]) -> tuple[int, int, int, int]:
+        order, entry = item  # every runnable engine has the bundle's layout (engine_problem)
         profiles = entry_profiles(entry)
-        return (PRECISIONS.index(entry["precision"]), 0 if entry.get("layout") == "prefix" else 1,
-                -max(p.sequence[2] for p in profiles),
+        return (PRECISIONS.index(entry["precision"]), -max(p.sequence[2] for p in profiles),
                 -max(p.batch[2] for p in profiles), -order)
 
     return min(wanted, key=rank)[1]
