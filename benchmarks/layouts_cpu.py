@@ -61,11 +61,17 @@ def grid_macs(feeds: list[dict[str, np.ndarray]], prefix: bool, hidden: int, int
         widths = active.max(axis=1).astype(np.float64)
         widths[0] = seq
         rows = batch * widths if prefix else active.sum(axis=1).astype(np.float64)
-        per_row = 2 * hidden * hidden + 2 * hidden * intermediate  # query, attention output, FFN
-        keys_values = 2 * batch * seq * hidden * hidden
-        attention = 2 * batch * widths * seq * hidden  # scores and context on the [B, Q_l] query grid
-        total += float((rows * per_row + keys_values + attention).sum())
+        total += encoder_work(batch, seq, widths, rows, hidden, intermediate)
     return total
+
+
+def encoder_work(batch: int, seq: int, widths: np.ndarray, rows: np.ndarray, hidden: int, intermediate: int) -> float:
+    """Multiply-adds of the encoder layers on a ``[batch, seq]`` grid with query widths ``widths``
+    (per layer) of which ``rows`` slots compute queries, attention output and FFN."""
+    per_row = 2 * hidden * hidden + 2 * hidden * intermediate  # query, attention output, FFN
+    keys_values = 2 * batch * seq * hidden * hidden
+    attention = 2 * batch * widths * seq * hidden  # scores and context on the [B, Q_l] query grid
+    return float((rows * per_row + keys_values + attention).sum())
 
 
 def measure(sessions: dict[str, Any], feeds: list[dict[str, np.ndarray]], repeats: int) -> dict[str, float]:

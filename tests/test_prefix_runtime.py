@@ -256,3 +256,40 @@ def test_layouts_cpu_work_counts_the_prefix_grids_idle_query_slots():
     assert prefix - packed == (8 - 7) * per_row + (6 - 4) * per_row
     keys_values, attention = 2 * 8 * hidden * hidden, 2 * 2 * (4 + 3) * 4 * hidden
     assert packed == (7 + 4) * per_row + 2 * keys_values + attention
+
+
+def test_prefix_waste_best_cut_separates_rows_of_different_widths(tiny_bundles, tmp_path):
+    """benchmarks/prefix_waste.py: batch_work agrees with layouts_cpu.grid_macs on the same batch, the
+    dynamic programme finds the cut a hand count says is least, and the script runs on a bundle."""
+    import json
+    import sys
+
+    from conftest import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import layouts_cpu
+    import prefix_waste
+
+    hidden, intermediate = 4, 16
+    # four items of 6 tokens: two with 1 token active in layer 2, two with 4
+    profile = np.array([[6, 1], [6, 1], [6, 4], [6, 4]])
+    attention_mask = np.ones((4, 6), dtype=np.int64)
+    layer2 = np.arange(6)[None, :] < profile[:, 1:2]
+    feed = {"input_ids": attention_mask, "attention_mask": attention_mask,
+            "exit_masks": np.stack([attention_mask.astype(bool), layer2])}
+    for prefix in (False, True):
+        assert prefix_waste.batch_work(profile, prefix, hidden, intermediate) == \
+            layouts_cpu.grid_macs([feed], prefix, hidden, intermediate)
+    work, batches = prefix_waste.least_prefix_work(profile, np.arange(4), 2, 4, hidden, intermediate)
+    split = sum(prefix_waste.batch_work(profile[i], True, hidden, intermediate) for i in ([0, 1], [2, 3]))
+    assert (work, batches) == (split, 2)
+    assert split < prefix_waste.batch_work(profile, True, hidden, intermediate)
+    mixed = sum(prefix_waste.batch_work(profile[i], True, hidden, intermediate) for i in ([0, 2], [1, 3]))
+    assert split < mixed
+    data = tmp_path / "dev.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t0\n" for t in sample_texts(40)))
+    assert prefix_waste.main([str(tiny_bundles["bert"]), "--data", str(data), "--batch-sizes", "8",
+                              "--out", str(tmp_path / "out")]) == 0
+    row = json.loads((tmp_path / "out" / "prefix_waste.json").read_text())["batch_sizes"]["8"]
+    assert row["plan"] >= 1.0 and set(row["best_cut"]) == {"4", "2", "1"}
+    assert row["best_cut"]["1"]["ratio"] <= row["best_cut"]["4"]["ratio"]  # more freedom, never more work
