@@ -17,9 +17,27 @@ from hashee.runtime.runners.cuda_graphs import GraphCache  # noqa: E402
 from hashee.runtime.runners.torch import TorchRunner  # noqa: E402
 
 
-def _session(bundle_dir, **kwargs):
+def _session(bundle_dir, runner=TorchRunner, **kwargs):
     bundle = open_bundle(bundle_dir)
-    return Session(bundle, TorchRunner(bundle, **kwargs))
+    return Session(bundle, runner(bundle, **kwargs))
+
+
+class ShapeRecorder(TorchRunner):
+    """The torch runner, noting the shape ``(B, S, W_1..W_L)`` of the plan it makes for every batch
+    (its own :meth:`TorchRunner.plan`: the key a CUDA graph is captured under in ``graphs`` mode)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shapes = []
+
+    def infer(self, feed):
+        self.activate()
+        self.shapes.append(self.plan(feed).shape)
+        return super().infer(feed)
+
+
+# sample_texts(40) in batches of 8: five batches whose bucketed shapes all differ (checked on CPU below)
+GRAPH_TEXTS, GRAPH_BATCH, GRAPH_SHAPES = 40, 8, 5
 
 
 def test_torch_prefix_mode_equals_packed_and_onnxruntime(tiny_bundles):
@@ -72,6 +90,32 @@ def test_graph_cache_captures_once_per_shape_and_evicts_least_recently_used():
     assert cache.captures == 4 and cache.keys() == [(8, 3), (4, 3)]
     with pytest.raises(BackendError):
         GraphCache(capture, max_graphs=0)
+
+
+def test_bucket_shapes_of_the_graph_test_batches_and_lru_cycling(tiny_bundles):
+    """The batches of the GPU test below, planned on CPU by the runner's own code with bucketing: five
+    distinct shapes, each once per pass.  Replayed cyclically, a cache of four misses every time (LRU);
+    a cache of five captures each shape once and replays it on the second pass."""
+    texts = sample_texts(GRAPH_TEXTS)
+    session = _session(tiny_bundles["bert"], ShapeRecorder, device="cpu", mode="prefix", cost_model=None,
+                       bucket=True)
+    bucketed = session.predict_logits(texts, batch_size=GRAPH_BATCH)
+    shapes = session.runner.shapes
+    assert len(shapes) == len(set(shapes)) == GRAPH_SHAPES
+    assert all(shape[0] == GRAPH_BATCH and shape[1] % 8 == 0 for shape in shapes)
+    plain = _session(tiny_bundles["bert"], device="cpu", mode="prefix", cost_model=None)
+    np.testing.assert_allclose(bucketed, plain.predict_logits(texts, batch_size=GRAPH_BATCH), atol=1e-5, rtol=0)
+
+    def capture(inputs):
+        return lambda batch: batch["x"]
+
+    small, enough = GraphCache(capture, max_graphs=GRAPH_SHAPES - 1), GraphCache(capture, max_graphs=GRAPH_SHAPES)
+    for _ in range(2):
+        for shape in shapes:
+            small.run(shape, {"x": np.zeros(1)})
+            enough.run(shape, {"x": np.zeros(1)})
+    assert small.captures == small.replays == 2 * GRAPH_SHAPES  # every lookup evicted before its reuse
+    assert enough.captures == GRAPH_SHAPES and enough.replays == 2 * GRAPH_SHAPES
 
 
 # ------------------------------------------------------------------ TensorRT profiles of the prefix layout (CPU)
@@ -132,20 +176,25 @@ def test_engine_layout_must_match_the_bundle_and_prefix_ranks_first(tiny_bundles
 # ------------------------------------------------------------------ GPU tier
 @pytest.mark.gpu
 def test_cuda_graphs_replay_equals_eager(tiny_bundles):
-    texts = sample_texts(40)
+    """One graph captured per distinct bucketed shape on the first pass; the second pass only replays."""
+    texts = sample_texts(GRAPH_TEXTS)
     eager = _session(tiny_bundles["bert"], device="cuda", mode="packed")
-    graphs = _session(tiny_bundles["bert"], device="cuda", mode="graphs", max_graphs=4, cost_model=None)
+    graphs = _session(tiny_bundles["bert"], ShapeRecorder, device="cuda", mode="graphs",
+                      max_graphs=4 * GRAPH_SHAPES, cost_model=None)
     assert graphs.runner.mode == "graphs"
-    reference = eager.predict_logits(texts, batch_size=8)
-    first = graphs.predict_logits(texts, batch_size=8)
-    again = graphs.predict_logits(texts, batch_size=8)  # replays of the captured shapes
+    reference = eager.predict_logits(texts, batch_size=GRAPH_BATCH)
+    first = graphs.predict_logits(texts, batch_size=GRAPH_BATCH)
+    cache, shapes = graphs.runner.graphs, list(graphs.runner.shapes)
+    assert len(set(shapes)) == GRAPH_SHAPES  # as planned on CPU (test above)
+    assert cache.captures == len(cache) == GRAPH_SHAPES and set(cache.keys()) == set(shapes)
+    again = graphs.predict_logits(texts, batch_size=GRAPH_BATCH)  # replays of the captured shapes
+    assert graphs.runner.shapes[len(shapes):] == shapes
+    assert cache.captures == GRAPH_SHAPES and cache.replays == 2 * len(shapes)
     np.testing.assert_allclose(first, reference, atol=1e-4, rtol=0)
     np.testing.assert_array_equal(first, again)
-    cache = graphs.runner.graphs
-    assert 1 <= len(cache) <= 4 and cache.replays > cache.captures
     dense = _session(tiny_bundles["bert"], device="cuda", mode="graphs",
                      cost_model=CostModel(4, 32, 48, launch_seconds=1.0))  # always the dense form
-    np.testing.assert_allclose(dense.predict_logits(texts, batch_size=8), reference, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(dense.predict_logits(texts, batch_size=GRAPH_BATCH), reference, atol=1e-4, rtol=0)
 
 
 @pytest.mark.gpu

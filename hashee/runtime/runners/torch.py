@@ -41,11 +41,16 @@ def reference_folder(bundle: Bundle, reference: str | Path | None) -> Path:
 
 
 class TorchRunner(Runner):
-    """The PyTorch model of the bundle on CPU or CUDA; exit masks become per-token exit layers."""
+    """The PyTorch model of the bundle on CPU or CUDA; exit masks become per-token exit layers.
+
+    ``bucket`` pads each prefix-mode batch to its bucketed shape (:func:`hashee.prefix.plan_prefix`);
+    default: in ``graphs`` mode only.  ``cost_model``: ``"default"`` (one fitted to the device and
+    mode), a :class:`~hashee.prefix.CostModel`, or None (never the dense form).
+    """
 
     def __init__(self, bundle: Bundle, device: str | None = None, threads: int | None = None,
                  reference: str | Path | None = None, mode: str = "auto", max_graphs: int = 32,
-                 cost_model: Any = "default") -> None:
+                 cost_model: Any = "default", bucket: bool | None = None) -> None:
         super().__init__()
         if mode not in TORCH_MODES:
             raise BackendError(f"unknown torch mode {mode!r}; choose one of {', '.join(TORCH_MODES)}")
@@ -61,6 +66,7 @@ class TorchRunner(Runner):
         self.requested_mode, self.max_graphs, self.cost_model = mode, max_graphs, cost_model
         self.mode = "dense"
         self.graphs: Any = None
+        self.bucket = bucket
 
     @property
     def input_names(self) -> list[str]:
@@ -106,6 +112,8 @@ class TorchRunner(Runner):
             raise BackendError("torch mode 'graphs' captures CUDA graphs and needs device='cuda'; use mode='prefix' "
                                "or 'packed' on CPU")
         self.mode = mode
+        if self.bucket is None:
+            self.bucket = mode == "graphs"
         if mode == "graphs":
             from hashee.modeling.prefix import prefix_encode
             from hashee.runtime.runners.cuda_graphs import GraphCache, cuda_capture
@@ -140,19 +148,36 @@ class TorchRunner(Runner):
             logits = self.model(**tensors).logits
         return {"logits": logits.float().cpu().numpy()}
 
+    def plan(self, feed: dict[str, np.ndarray]) -> Any:
+        """The :class:`~hashee.prefix.PrefixBatch` this runner runs for a packed feed (prefix modes, active):
+        sorted on the host, bucketed where :attr:`bucket` says, the dense form where the cost model
+        says HashEE would not pay."""
+        return self._plan(feed)[0]
+
+    def _plan(self, feed: dict[str, np.ndarray]) -> tuple[Any, bool]:
+        """:meth:`plan` and whether the cost model sent it to the dense form."""
+        from hashee.prefix import layout_feed
+
+        plan = layout_feed(feed, self._prefix_names(), self.model.num_layers, bucket=bool(self.bucket),
+                           max_length=self.bundle.max_length, pad_id=self.pad_id)[1]
+        if self.cost_model is not None and not self.cost_model.prefers_hashee(plan):
+            return plan.dense(), True
+        return plan, False
+
+    def _prefix_names(self) -> list[str]:
+        from hashee.prefix import mask_names
+
+        return [n for n in self._inputs if n != "exit_masks"] + ["position_ids"] + mask_names(self.model.num_layers)
+
     def _infer_prefix(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The prefix layout: plan on the host, maybe the dense form (cost model), eager or a CUDA graph."""
         import torch
 
         from hashee.modeling.prefix import prefix_encode
-        from hashee.prefix import layout_feed, mask_names
+        from hashee.prefix import mask_names
 
-        names = [n for n in self._inputs if n != "exit_masks"] + ["position_ids"] + mask_names(self.model.num_layers)
-        prefix_feed, plan = layout_feed(feed, names, self.model.num_layers, bucket=self.mode == "graphs",
-                                        max_length=self.bundle.max_length, pad_id=self.pad_id)
-        if self.cost_model is not None and not self.cost_model.prefers_hashee(plan):
-            plan = plan.dense()
-            prefix_feed = plan.feed(names)
+        plan = self.plan(feed)
+        prefix_feed = plan.feed(self._prefix_names())
         if self.mode == "graphs":
             logits = self.graphs.run(plan.shape, prefix_feed)
         else:
