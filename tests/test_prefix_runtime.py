@@ -52,12 +52,24 @@ def test_torch_prefix_mode_equals_packed_and_onnxruntime(tiny_bundles):
 
 
 def test_cost_model_dense_form_gives_the_same_answers(tiny_bundles):
-    texts = sample_texts(8)
+    """A cost model that never sees HashEE pay sends every batch to the dense form (every W_l = S); one
+    that always does runs narrowed layers (some W_l < S); the runner's stats show which ran, and the
+    answers agree."""
+    texts = sample_texts(24)
     never = CostModel(4, 32, 48, flops_per_second=1e12, launch_seconds=1.0)  # launches dominate: always dense
     always = CostModel(4, 32, 48, flops_per_second=1e3, launch_seconds=0.0)  # FLOPs dominate: HashEE if any saving
     dense = _session(tiny_bundles["bert"], device="cpu", mode="prefix", cost_model=never)
     hashee = _session(tiny_bundles["bert"], device="cpu", mode="prefix", cost_model=always)
-    np.testing.assert_allclose(dense.predict_logits(texts), hashee.predict_logits(texts), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(dense.predict_logits(texts, 8), hashee.predict_logits(texts, 8), atol=1e-5, rtol=0)
+    dense_stats, hashee_stats = dense.runner.stats, hashee.runner.stats
+    assert dense_stats.batches == dense_stats.dense_batches == hashee_stats.batches == 3
+    seq = dense_stats.last_shape[1]
+    assert len(dense_stats.last_widths) == 4 and all(w == seq for w in dense_stats.last_widths)
+    assert hashee_stats.dense_batches == 0 and min(hashee_stats.last_widths) < hashee_stats.last_shape[1]
+    # each batch separately: the dense-form plan has every W_l = S, the HashEE plan narrows
+    feed = hashee.feed(**hashee.tokenize(texts[:8]))
+    assert set(dense.runner.plan(feed).widths) == {feed["input_ids"].shape[1]}
+    assert min(hashee.runner.plan(feed).widths) < feed["input_ids"].shape[1]
 
 
 def test_graphs_mode_needs_cuda_and_modes_are_checked(tiny_bundles):

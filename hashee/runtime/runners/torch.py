@@ -10,11 +10,17 @@ prefix layout with bucketed shapes, one CUDA graph per bucket captured on first 
 ``max_graphs``, LRU: :mod:`hashee.runtime.runners.cuda_graphs`).  In the prefix modes a host-side
 :class:`~hashee.prefix.CostModel` sends a batch to the dense form (every ``W_l`` = the sequence: the
 same answers, dense kernels) when HashEE would not pay.  ``auto``: ``graphs`` on a GPU, ``packed`` on CPU.
+
+**What ran.** :attr:`TorchRunner.stats` (a :class:`PrefixStats`) counts the prefix-mode batches, how
+many of them the cost model sent to the dense form, and the last batch's shape as run; tests and
+monitoring read it to see the cost model act.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +44,20 @@ def reference_folder(bundle: Bundle, reference: str | Path | None) -> Path:
             raise BundleError(f"the reference folder {folder} lacks {name}; backend 'torch' reads config.json and "
                               f"model.safetensors (re-export with --with-reference)")
     return folder
+
+
+@dataclass
+class PrefixStats:
+    """What a :class:`TorchRunner` ran in its prefix modes since it was created."""
+
+    batches: int = 0  #: batches run in the prefix layout
+    dense_batches: int = 0  #: of those, how many the cost model sent to the dense form (every ``W_l`` = S)
+    last_shape: tuple[int, ...] | None = None  #: ``(B, S, W_1, ..., W_L)`` of the last batch, as run
+
+    @property
+    def last_widths(self) -> tuple[int, ...] | None:
+        """``W_1..W_L`` of the last batch as run (all equal to S when it went dense)."""
+        return None if self.last_shape is None else self.last_shape[2:]
 
 
 class TorchRunner(Runner):
@@ -67,6 +87,8 @@ class TorchRunner(Runner):
         self.mode = "dense"
         self.graphs: Any = None
         self.bucket = bucket
+        self.stats = PrefixStats()
+        self._stats_lock = threading.Lock()
 
     @property
     def input_names(self) -> list[str]:
@@ -176,8 +198,12 @@ class TorchRunner(Runner):
         from hashee.modeling.prefix import prefix_encode
         from hashee.prefix import mask_names
 
-        plan = self.plan(feed)
+        plan, went_dense = self._plan(feed)
         prefix_feed = plan.feed(self._prefix_names())
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.dense_batches += int(went_dense)
+            self.stats.last_shape = plan.shape
         if self.mode == "graphs":
             logits = self.graphs.run(plan.shape, prefix_feed)
         else:
