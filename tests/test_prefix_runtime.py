@@ -256,6 +256,29 @@ def test_layouts_check_variants_agree_on_cpu(tiny_bundles):
     assert "| batch |" in "\n".join(layouts_markdown(report))
 
 
+def test_gpu_check_budget_and_long_inputs_fill_the_largest_batch(tiny_bundles):
+    """benchmarks/gpu_check.py: a part that does not fit the --budget is skipped with the reason; long inputs are
+    repeated up to the largest layout batch and the note says so; a skipped data set still renders."""
+    import sys
+
+    from conftest import REPO_ROOT
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import gpu_check
+    from layouts_check import layouts_markdown
+
+    assert gpu_check.Budget(None).skip("tensorrt engine") is None
+    assert gpu_check.Budget(1000).skip("layouts") is None
+    assert gpu_check.Budget(0).skip("torch").startswith("skipped: ")
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bundles["runs"]["bert"]))
+    texts, note = gpu_check.long_inputs(tokenizer, sample_texts(40), 3, 8)
+    assert len(texts) == 8 and len(set(texts)) <= 3 and "repeated to 8 texts" in note
+    lengths = [len(ids) for ids in tokenizer(texts[:3])["input_ids"]]
+    assert all(256 <= n <= 512 for n in lengths)
+    assert "skipped: 3 s" in "\n".join(layouts_markdown({"long inputs (skipped)": "skipped: 3 s of the --budget left"}))
+
+
 def test_layouts_cpu_script_times_both_layouts_on_the_same_batches(tiny_bundles, tmp_path):
     """benchmarks/layouts_cpu.py (prefix against packed on ONNX Runtime CPU): both bundles run the same
     batches (same logits through their Sessions) and the report has a ratio for every batch size."""
