@@ -192,9 +192,12 @@ def _torch_reference(model, feeder, data, batch_size):
 
 
 def tensorrt_section(model, tokenizer, texts, batch_sizes, repeats, work: Path, layouts=("packed", "prefix"),
-                     precisions=("fp32",), budget: Budget | None = None, single_limit=SINGLE_LIMIT):
+                     precisions=("fp32",), budget: Budget | None = None, single_limit=SINGLE_LIMIT,
+                     on_engine=None):
     """Export the same weights (tensorrt target, max length 128) in each layout, build an engine per
-    precision, time them (resident and from the host, see the module doc) and compare with PyTorch."""
+    precision, time them (resident and from the host, see the module doc) and compare with PyTorch.
+
+    ``on_engine(results so far)`` is called after every engine (gpu_check rewrites its report then)."""
     from hashee.calibration.feeds import BundleFeeder, TextSet
     from hashee.calibration.fp16 import add_fp16
     from hashee.exporter import export
@@ -236,6 +239,8 @@ def tensorrt_section(model, tokenizer, texts, batch_sizes, repeats, work: Path, 
                 continue
             results["engines"][f"{layout} {precision}"] = entry
             print(f"tensorrt {layout} {precision}: {json.dumps(entry)}", flush=True)
+            if on_engine is not None:
+                on_engine(results)
     return results
 
 
@@ -457,10 +462,15 @@ def main() -> int:
         write_report(out, "gpu_check", report, markdown, quiet=True)
     if "tensorrt" in sections:
         precisions = tuple(p.strip() for p in args.trt_precisions.split(",") if p.strip())
+
+        def engine_done(partial):  # a run cut short keeps the engines measured so far
+            write_report(out, "gpu_check", {**report, "tensorrt": partial}, markdown, quiet=True)
+
         report["tensorrt"] = tensorrt_report(
             args.device, report["versions"],
             lambda work: tensorrt_section(model, tokenizer, texts, batch_sizes, args.repeats, work,
-                                          precisions=precisions, budget=budget, single_limit=args.single_limit))
+                                          precisions=precisions, budget=budget, single_limit=args.single_limit,
+                                          on_engine=engine_done))
     report["seconds"] = round(time.perf_counter() - STARTED, 1)
     write_report(out, "gpu_check", report, markdown)
     return 0
