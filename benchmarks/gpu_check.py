@@ -1,12 +1,23 @@
 """GPU check: PyTorch-CUDA HashEE vs dense (fp32, fp16 autocast), the layouts, and TensorRT engines.
 
 Usage: python benchmarks/gpu_check.py --out DIR [--model RUN] [--batch-sizes 1,32,128] [--device cuda]
-       [--sections torch,layouts,tensorrt] [--layout-batch-sizes 1,8,32,128,512]
+       [--sections torch,layouts,tensorrt] [--layout-batch-sizes 1,8,32,128,512] [--budget SECONDS]
+       [--trt-precisions fp32[,fp16]] [--single-limit 100] [--long-count 512]
 
 Sections: ``torch`` (HashEE vs dense, eager fp32/fp16), ``layouts`` (dense, dense + CUDA graphs, HashEE
 packed eager, prefix eager, prefix + CUDA graphs with and without the cost model, on SST-2 dev and on
-long inputs: benchmarks/layouts_check.py) and ``tensorrt`` (fp32/fp16 engines of the packed and the
-prefix layout, against PyTorch).
+long inputs: benchmarks/layouts_check.py) and ``tensorrt`` (engines of the packed and the prefix
+layout, fp32 by default, against PyTorch).  Long inputs: ``--long-count`` texts of 256-512 tokens
+joined from the dev sentences (cycling through them; repeated when still fewer than the largest layout
+batch), so batch 512 is a real batch; the report says how often each sentence recurs.
+
+TensorRT is timed two ways: ``samples_per_s`` with inputs already on the GPU (as the ``torch`` section
+is timed), and ``samples_per_s_from_host`` from the host batch (the host plan, i.e. the prefix layout's
+sort and masks, copies in and out, one sync per batch), as the ``layouts`` variants are timed.
+
+``--budget SECONDS`` bounds the whole run: a section, data set or engine that would not fit in what is
+left is skipped and the report says so; the report is rewritten after every section, so a run cut
+short keeps what it measured.  At batch 1 an evenly spread ``--single-limit`` of the batches is timed.
 
 With ``--model RUN`` (a HashEE run from ``hashee train``) the check reports that model's dev accuracy
 for every variant.  Without it, it is train-free, so it runs on a fresh GPU machine holding only a copy
@@ -31,7 +42,26 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+STARTED = time.perf_counter()
 MAX_LENGTH = 128
+SINGLE_LIMIT = 100
+# the least time (s) a part is started with: below it, it is skipped as not fitting the --budget
+NEEDS = {"torch": 20, "layouts": 25, "tensorrt layout": 60, "tensorrt engine": 35}
+
+
+class Budget:
+    """What is left of ``--budget`` seconds (None: no bound), from when it was made."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
+
+    def skip(self, part: str) -> str | None:
+        """None when ``part`` (a key of :data:`NEEDS`) fits in what is left, else the reason it is skipped."""
+        left = self.left()
+        return None if left >= NEEDS[part] else f"skipped: {left:.0f} s of the --budget left, {part} needs {NEEDS[part]}"
 
 
 def _data() -> tuple[Path, Path]:
@@ -71,7 +101,7 @@ def _order(tokenizer, texts, max_length=MAX_LENGTH) -> list[int]:
     return sorted(range(len(texts)), key=lambda i: -lengths[i])
 
 
-def _batches(tokenizer, texts, batch_size, limit_single=200, max_length=MAX_LENGTH):
+def _batches(tokenizer, texts, batch_size, limit_single=SINGLE_LIMIT, max_length=MAX_LENGTH):
     order = _order(tokenizer, texts, max_length)
     batches = [tokenizer([texts[i] for i in order[s:s + batch_size]], padding=True, truncation=True,
                          max_length=max_length, return_tensors="pt") for s in range(0, len(order), batch_size)]
@@ -80,7 +110,7 @@ def _batches(tokenizer, texts, batch_size, limit_single=200, max_length=MAX_LENG
     return batches
 
 
-def torch_section(model, tokenizer, texts, batch_sizes, repeats, device, labels=None):
+def torch_section(model, tokenizer, texts, batch_sizes, repeats, device, labels=None, single_limit=SINGLE_LIMIT):
     """samples/s of HashEE and dense, fp32 and fp16 autocast; parity of each (and of the masked oracle)
     against HashEE fp32.
 
@@ -104,7 +134,8 @@ def torch_section(model, tokenizer, texts, batch_sizes, repeats, device, labels=
     with torch.no_grad():
         reference = {}
         for batch_size in batch_sizes:
-            batches = [{k: v.to(device) for k, v in b.items()} for b in _batches(tokenizer, texts, batch_size)]
+            batches = [{k: v.to(device) for k, v in b.items()}
+                       for b in _batches(tokenizer, texts, batch_size, single_limit)]
             if batch_size == max(batch_sizes):  # parity over the whole set, at the largest batch
                 for name, fn, half in (("hashee fp32", model, False), ("dense fp32", dense, False),
                                        ("hashee fp16", model, True), ("dense fp16", dense, True)):
@@ -160,59 +191,92 @@ def _torch_reference(model, feeder, data, batch_size):
     return np.concatenate(out)
 
 
-def tensorrt_section(model, tokenizer, texts, batch_sizes, repeats, work: Path, layouts=("packed", "prefix")):
-    """Export the same weights (tensorrt target, max length 128) in each layout, build fp32/fp16 engines,
-    time them and compare with PyTorch (the prefix bundle's feeds are the host's sorted plan)."""
-    import numpy as np
-    from gpu_common import samples_per_second
+def tensorrt_section(model, tokenizer, texts, batch_sizes, repeats, work: Path, layouts=("packed", "prefix"),
+                     precisions=("fp32",), budget: Budget | None = None, single_limit=SINGLE_LIMIT,
+                     on_engine=None):
+    """Export the same weights (tensorrt target, max length 128) in each layout, build an engine per
+    precision, time them (resident and from the host, see the module doc) and compare with PyTorch.
 
+    ``on_engine(results so far)`` is called after every engine (gpu_check rewrites its report then)."""
     from hashee.calibration.feeds import BundleFeeder, TextSet
     from hashee.calibration.fp16 import add_fp16
     from hashee.exporter import export
-    from hashee.exporter.tensorrt_engine import TensorRTEngine, build_engine
 
+    budget = budget or Budget(None)
     run = work / "run"
     model.cpu().save_pretrained(str(run))
     tokenizer.save_pretrained(str(run))
-    results = {"engines": {}}
+    results = {"engines": {}, "skipped": {}}
     data = TextSet(texts, None, None)
     reference = None
     for layout in layouts:
+        skipped = budget.skip("tensorrt layout")
+        if skipped:
+            results["skipped"][layout] = skipped
+            continue
         bundle = work / f"bundle-{layout}"
         started = time.perf_counter()
         export(run, bundle, target="tensorrt", max_length=MAX_LENGTH, progress=True, layout=layout)
-        add_fp16(bundle)
-        results[f"export_and_fp16_seconds_{layout}"] = time.perf_counter() - started
+        if "fp16" in precisions:
+            add_fp16(bundle)
+        results[f"export_seconds_{layout}"] = time.perf_counter() - started
         model = model.to("cuda")
         feeder = BundleFeeder(bundle)
         if reference is None:
             if layout != "packed":
                 raise ValueError("the packed layout comes first: its feeds give the PyTorch reference")
             reference = _torch_reference(model, feeder, data, max(batch_sizes))
-        for precision in ("fp32", "fp16"):
-            build = build_engine(bundle, precision=precision, profiles=[f"1x2:32x64:128x{MAX_LENGTH}"],
-                                 timing_cache=work / f"timing-{layout}.cache", progress=True)
-            engine = TensorRTEngine(bundle / build.entry["file"])
-            entry = {"file": build.entry["file"], "layout": layout, "build_seconds": build.seconds,
-                     "samples_per_s": {}}
-            for batch_size in batch_sizes:
-                feeds = [feeder.graph_feed(feed) for _, feed in feeder.batches(data, batch_size, sort=True)]
-                if batch_size == max(batch_sizes):
-                    got = np.concatenate([engine.infer(feed)["logits"] for feed in feeds])
-                    entry["max_abs_diff_vs_torch_fp32"] = float(np.max(np.abs(got - reference)))
-                    entry["label_agreement_vs_torch_fp32"] = float((got.argmax(-1) == reference.argmax(-1)).mean())
-                if batch_size == 1:
-                    feeds = feeds[:: max(1, len(feeds) // 200)]
-                # timed as torch is: inputs already on the GPU, outputs preallocated there, one sync per pass
-                resident = [engine.prepare(feed) for feed in feeds]
-                entry["samples_per_s"][str(batch_size)] = samples_per_second(
-                    engine.execute, resident, repeats, engine.synchronize, warmup=3,
-                    rows=lambda b: b.inputs["input_ids"].shape[0])
-                del resident
-            engine.close()
+        for precision in precisions:
+            skipped = budget.skip("tensorrt engine")
+            if skipped:
+                results["skipped"][f"{layout} {precision}"] = skipped
+                continue
+            try:  # one timing cache for both layouts: their GEMMs share tactics
+                entry = _time_engine(bundle, feeder, data, precision, batch_sizes, repeats, reference,
+                                     work / "timing.cache", single_limit)
+            except Exception as exc:  # noqa: BLE001 - recorded; the other engines still count
+                results["skipped"][f"{layout} {precision}"] = f"failed: {type(exc).__name__}: {str(exc)[:300]}"
+                continue
             results["engines"][f"{layout} {precision}"] = entry
             print(f"tensorrt {layout} {precision}: {json.dumps(entry)}", flush=True)
+            if on_engine is not None:
+                on_engine(results)
     return results
+
+
+def _time_engine(bundle, feeder, data, precision, batch_sizes, repeats, reference, cache, single_limit):
+    """Build one engine of ``bundle`` and time it resident and from the host at each batch size."""
+    import numpy as np
+    from gpu_common import samples_per_second
+
+    from hashee.exporter.tensorrt_engine import TensorRTEngine, build_engine
+
+    build = build_engine(bundle, precision=precision, profiles=[f"1x2:32x64:128x{MAX_LENGTH}"], timing_cache=cache,
+                         progress=True)
+    engine = TensorRTEngine(bundle / build.entry["file"])
+    entry = {"file": build.entry["file"], "layout": build.entry.get("layout"), "build_seconds": build.seconds,
+             "samples_per_s": {}, "samples_per_s_from_host": {}}
+    try:
+        for batch_size in batch_sizes:
+            host = [feed for _, feed in feeder.batches(data, batch_size, sort=True)]  # packed layout, on the host
+            if batch_size == max(batch_sizes):
+                got = np.concatenate([engine.infer(feeder.graph_feed(feed))["logits"] for feed in host])
+                entry["max_abs_diff_vs_torch_fp32"] = float(np.max(np.abs(got - reference)))
+                entry["label_agreement_vs_torch_fp32"] = float((got.argmax(-1) == reference.argmax(-1)).mean())
+            if batch_size == 1:
+                host = host[:: max(1, len(host) // single_limit)]
+            # from the host, as the layouts variants: the host plan (prefix: sort + masks), copies, one sync each
+            entry["samples_per_s_from_host"][str(batch_size)] = samples_per_second(
+                lambda feed: engine.infer(feeder.graph_feed(feed)), host, repeats, engine.synchronize, warmup=3)
+            # resident, as the torch section: inputs already on the GPU, outputs preallocated, one sync per pass
+            resident = [engine.prepare(feeder.graph_feed(feed)) for feed in host]
+            entry["samples_per_s"][str(batch_size)] = samples_per_second(
+                engine.execute, resident, repeats, engine.synchronize, warmup=3,
+                rows=lambda b: b.inputs["input_ids"].shape[0])
+            del resident
+    finally:
+        engine.close()
+    return entry
 
 
 def tensorrt_available(device: str) -> str | None:
@@ -256,6 +320,8 @@ def markdown(report) -> str:
     for r in report["torch"]:
         lines.append(f"| {r['batch']} | {r['dense_fp32']:.1f} | {r['hashee_fp32']:.1f} | {r['speedup_fp32']:.2f}x | "
                      f"{r['dense_fp16']:.1f} | {r['hashee_fp16']:.1f} | {r['speedup_fp16']:.2f}x |")
+    if report.get("torch_skipped"):
+        lines += ["", f"PyTorch eager: {report['torch_skipped']}"]
     lines += ["", "samples/s, PyTorch eager on the device (fp16 = autocast).", "",
               "Parity against HashEE fp32 on the same device (dense differs by design: it has no early exit).", "",
               "| PyTorch | max abs diff vs HashEE fp32 | label agreement | accuracy |", "| --- | ---: | ---: | ---: |"]
@@ -267,41 +333,73 @@ def markdown(report) -> str:
     if isinstance(trt, dict) and trt.get("engines"):
         batches = list(next(iter(trt["engines"].values()))["samples_per_s"])
         lines += ["", "| TensorRT engine (layout, precision) | max abs diff vs torch fp32 | label agreement | "
-                  + " | ".join(f"samples/s b{b}" for b in batches) + " |",
+                  + " | ".join(f"b{b} resident / from host" for b in batches) + " |",
                   "| --- | ---: | ---: | " + " | ".join("---:" for _ in batches) + " |"]
         for precision, e in trt["engines"].items():
             lines.append(f"| {precision} | {e['max_abs_diff_vs_torch_fp32']:.3g} | "
                          f"{100 * e['label_agreement_vs_torch_fp32']:.2f} % | "
-                         + " | ".join(f"{e['samples_per_s'][b]:.1f}" for b in batches) + " |")
+                         + " | ".join(f"{e['samples_per_s'][b]:.1f} / {e['samples_per_s_from_host'][b]:.1f}"
+                                      for b in batches) + " |")
+        lines += ["", "samples/s. resident: inputs already on the GPU, one sync per pass (as the PyTorch eager table); "
+                  "from host: each batch from host numpy, the host plan (the prefix layout's sort and masks), copies "
+                  "in and out and one sync included (as the PyTorch layouts tables)."]
     else:
         lines += ["", f"TensorRT: {trt}"]
+    if isinstance(trt, dict) and trt.get("skipped"):
+        lines += ["", f"TensorRT parts skipped: {trt['skipped']}"]
     if isinstance(report.get("layouts"), dict):
         from layouts_check import layouts_markdown
 
         lines += layouts_markdown(report["layouts"])
     elif report.get("layouts"):
         lines += ["", f"PyTorch layouts: {report['layouts']}"]
+    if report.get("seconds") is not None:
+        lines += ["", f"gpu_check.py ran {report['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 
 
-def layouts(model, tokenizer, texts, args):
-    """The layouts section on SST-2 dev (max length 128) and long inputs (256-512 tokens, max length 512)."""
-    from layouts_check import layouts_section
-
+def long_inputs(tokenizer, texts, count, at_least):
+    """``count`` texts of 256-512 tokens joined from ``texts`` (cycling through them), repeated up to
+    ``at_least`` when fewer came out; and a note saying how they were made."""
     from hashee.bench.configs import build_long_inputs
 
     with tempfile.TemporaryDirectory(prefix="hashee-tokenizer-") as folder:
         tokenizer.save_pretrained(folder)
-        long_texts = build_long_inputs(list(texts), Path(folder) / "tokenizer.json", count=args.long_count)
-    datasets = {"SST-2 dev": (list(texts), MAX_LENGTH), "long inputs": (long_texts, 512)}
-    sizes = [int(b) for b in args.layout_batch_sizes.split(",")]
-    try:
-        return layouts_section(model, tokenizer, datasets, sizes, args.repeats, args.device)
-    except Exception as exc:  # noqa: BLE001 - recorded: the other sections still count
-        import traceback
+        made = build_long_inputs(list(texts), Path(folder) / "tokenizer.json", count=count)
+    long_texts = [made[i % len(made)] for i in range(max(len(made), at_least))]
+    joined = sum(len(ids) - 2 for ids in tokenizer(made)["input_ids"])
+    source = sum(len(ids) - 2 for ids in tokenizer(list(texts))["input_ids"]) or 1
+    note = (f"{len(made)} texts ({len(set(made))} distinct) joined from {len(texts)} dev sentences, each sentence "
+            f"used about {joined / source:.1f} times")
+    if len(long_texts) > len(made):
+        note += f"; repeated to {len(long_texts)} texts so that batch {at_least} is a full batch"
+    return long_texts, note
 
-        traceback.print_exc()
-        return f"failed: {type(exc).__name__}: {str(exc)[:500]}"
+
+def layouts(model, tokenizer, texts, args, budget: Budget):
+    """The layouts section on SST-2 dev (max length 128) and long inputs (256-512 tokens, max length 512)."""
+    from layouts_check import layouts_section
+
+    sizes = [int(b) for b in args.layout_batch_sizes.split(",")]
+    long_texts, note = long_inputs(tokenizer, texts, args.long_count, max(sizes))
+    datasets = {"SST-2 dev": (list(texts), MAX_LENGTH), "long inputs": (long_texts, 512)}
+    report = {}
+    for name, data in datasets.items():
+        skipped = budget.skip("layouts")
+        if skipped:
+            report[f"{name} (skipped)"] = skipped
+            continue
+        try:
+            report.update(layouts_section(model, tokenizer, {name: data}, sizes, args.repeats, args.device,
+                                          args.single_limit))
+        except Exception as exc:  # noqa: BLE001 - recorded: the other sections still count
+            import traceback
+
+            traceback.print_exc()
+            report[f"{name} (failed)"] = f"failed: {type(exc).__name__}: {str(exc)[:500]}"
+    if "long inputs" in report:
+        report["long inputs"]["note"] = note
+    return report
 
 
 def main() -> int:
@@ -317,8 +415,13 @@ def main() -> int:
                              "graphs, SST-2 dev and long inputs), tensorrt (engines of both layouts); default all on "
                              "cuda, torch on cpu")
     parser.add_argument("--layout-batch-sizes", default="1,8,32,128,512", help="batch sizes of the layouts section")
-    parser.add_argument("--long-count", type=int, default=256, help="long (256-512 token) inputs in the layouts section")
+    parser.add_argument("--long-count", type=int, default=512,
+                        help="long (256-512 token) inputs in the layouts section (repeated up to the largest batch)")
+    parser.add_argument("--single-limit", type=int, default=SINGLE_LIMIT, help="batch-1 batches timed per pass")
+    parser.add_argument("--trt-precisions", default="fp32", help="TensorRT engine precisions, e.g. fp32,fp16")
+    parser.add_argument("--budget", type=float, help="seconds for the whole run: parts that would not fit are skipped")
     args = parser.parse_args()
+    budget = Budget(args.budget)
     default = "torch,layouts,tensorrt" if args.device.startswith("cuda") else "torch,tensorrt"
     sections = {s.strip() for s in (args.sections or default).split(",") if s.strip()}
     import torch
@@ -340,22 +443,35 @@ def main() -> int:
     name = (f"{args.model} (trained HashEE run)" if args.model
             else "all-MiniLM-L6-v2 + frequency exit table L=B=6 (untrained head)")
     report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu",
-              "torch": None, "model": name,
+              "torch": [], "parity": {}, "model": name,
               "data": str(dev_file), "num_texts": len(texts), "gpu_tests": args.tests_status,
-              "versions": {"torch": torch.__version__, "python": platform.python_version()}}
+              "versions": {"torch": torch.__version__, "python": platform.python_version()},
+              "layouts": "not reached" if "layouts" in sections else "",
+              "tensorrt": "not reached" if "tensorrt" in sections else "skipped: not asked for (--sections)"}
     report["versions"]["transformers"] = importlib.import_module("transformers").__version__
-    report["torch"], report["parity"] = [], {}
     if "torch" in sections:
-        report["torch"], report["parity"] = torch_section(model, tokenizer, texts, batch_sizes, args.repeats,
-                                                          args.device, labels)
+        skipped = budget.skip("torch")
+        if skipped:
+            report["torch_skipped"] = skipped
+        else:
+            report["torch"], report["parity"] = torch_section(model, tokenizer, texts, batch_sizes, args.repeats,
+                                                              args.device, labels, args.single_limit)
+        write_report(out, "gpu_check", report, markdown, quiet=True)
     if "layouts" in sections:
-        report["layouts"] = layouts(model, tokenizer, texts, args)
-    if "tensorrt" not in sections:
-        report["tensorrt"] = "skipped: not asked for (--sections)"
-    else:
-        report["tensorrt"] = tensorrt_report(args.device, report["versions"],
-                                             lambda work: tensorrt_section(model, tokenizer, texts, batch_sizes,
-                                                                           args.repeats, work))
+        report["layouts"] = layouts(model, tokenizer, texts, args, budget)
+        write_report(out, "gpu_check", report, markdown, quiet=True)
+    if "tensorrt" in sections:
+        precisions = tuple(p.strip() for p in args.trt_precisions.split(",") if p.strip())
+
+        def engine_done(partial):  # a run cut short keeps the engines measured so far
+            write_report(out, "gpu_check", {**report, "tensorrt": partial}, markdown, quiet=True)
+
+        report["tensorrt"] = tensorrt_report(
+            args.device, report["versions"],
+            lambda work: tensorrt_section(model, tokenizer, texts, batch_sizes, args.repeats, work,
+                                          precisions=precisions, budget=budget, single_limit=args.single_limit,
+                                          on_engine=engine_done))
+    report["seconds"] = round(time.perf_counter() - STARTED, 1)
     write_report(out, "gpu_check", report, markdown)
     return 0
 

@@ -55,10 +55,12 @@ def samples_per_second(fn: Callable[[Any], Any], batches: Sequence[Any], repeats
     return sum(rows(b) for b in batches) / statistics.median(runs)
 
 
-def write_report(out: Path, name: str, report: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> None:
-    """``out/NAME.json`` and ``out/NAME.md`` (``markdown(report)``, also printed)."""
+def write_report(out: Path, name: str, report: dict[str, Any], markdown: Callable[[dict[str, Any]], str],
+                 quiet: bool = False) -> None:
+    """``out/NAME.json`` and ``out/NAME.md`` (``markdown(report)``, also printed unless ``quiet``)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     text = markdown(report)
     (out / f"{name}.md").write_text(text)
-    print(text)
+    if not quiet:
+        print(text)

@@ -14,7 +14,19 @@ from hashee.modeling.oracle import masked_oracle
 from hashee.modeling.prefix import prefix_encode, run_prefix
 from hashee.prefix import CostModel, exit_layers_from_masks, mask_names, plan_prefix
 
-TOL = 1e-5
+TOL = 1e-5  # logits and token states
+INIT_STD = 0.2  # weights of std 0.2: logits of order 1, so 1e-5 bounds mean something (HF's 0.02 gives ~0.01)
+
+
+def _model(family, table, num_labels=2, **kwargs):
+    """A tiny HashEE model of ``family`` whose logits are of order 1."""
+    dense = tiny_dense(family, vocab_size=VOCAB, num_layers=LAYERS, num_labels=num_labels, init_std=INIT_STD, **kwargs)
+    return wrap(dense, table)
+
+
+def _max_length(family):
+    """The longest sequence the tiny backbone embeds: RoBERTa's positions start after its pad id (1)."""
+    return 64 - (2 if family == "roberta" else 0)
 
 
 def _packed(model, ids, mask, types=None, exits=None):
@@ -30,8 +42,8 @@ def _check_all_three(model, ids, mask, types=None, exits=None, bucket=False):
     real = mask.bool().numpy()
     np.testing.assert_allclose(logits, packed_logits, atol=TOL, rtol=0)
     np.testing.assert_allclose(logits, oracle.logits.numpy(), atol=TOL, rtol=0)
-    np.testing.assert_allclose(states[real], packed_states[real], atol=1e-4, rtol=0)
-    np.testing.assert_allclose(states[real], oracle.token_states.numpy()[real], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(states[real], packed_states[real], atol=TOL, rtol=0)
+    np.testing.assert_allclose(states[real], oracle.token_states.numpy()[real], atol=TOL, rtol=0)
     return logits
 
 
@@ -88,16 +100,17 @@ def test_dense_form_widths_are_the_sequence():
 @pytest.mark.parametrize("task", ["binary", "pairs", "regression"])
 def test_prefix_equals_packed_and_oracle(family, task):
     num_labels = {"binary": 2, "pairs": 3, "regression": 1}[task]
-    model = wrap(tiny_dense(family, vocab_size=VOCAB, num_layers=LAYERS, num_labels=num_labels), random_table(seed=7))
+    model = _model(family, random_table(seed=7), num_labels)
     ids, mask, types = padded_batch(seed=3, pairs=task == "pairs" and family != "roberta")
-    _check_all_three(model, ids, mask, types)
+    logits = _check_all_three(model, ids, mask, types)
+    assert np.abs(logits - logits.mean(axis=0)).max() > 0.1  # logits move with the input: 1e-5 is a real bound
     # the table really made tokens exit early
     assert (model.exit_layers_for(ids, mask)[mask.bool()] < LAYERS).any()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bucket_padding_leaves_logits_unchanged(family):
-    model = wrap(tiny_dense(family, vocab_size=VOCAB, num_layers=LAYERS), random_table(seed=5))
+    model = _model(family, random_table(seed=5))
     ids, mask, _ = padded_batch(seed=9, batch=5, seq=11)
     plain, plain_states = run_prefix(model, ids, mask, output_token_states=True)
     bucketed, bucketed_states = run_prefix(model, ids, mask, bucket=True, output_token_states=True)
@@ -106,28 +119,38 @@ def test_bucket_padding_leaves_logits_unchanged(family):
     np.testing.assert_allclose(bucketed, plain, atol=TOL, rtol=0)
     np.testing.assert_allclose(dense_form, plain, atol=TOL, rtol=0)
     real = mask.bool().numpy()
-    np.testing.assert_allclose(bucketed_states[real], plain_states[real], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(bucketed_states[real], plain_states[real], atol=TOL, rtol=0)
 
 
-def test_edge_cases_batch_of_one_specials_layer_one_max_length():
-    dense = tiny_dense("bert", vocab_size=VOCAB, num_layers=LAYERS)
-    model = wrap(dense, random_table(seed=2))
+def test_edge_cases_batch_of_one_specials_layer_one():
+    model = _model("bert", random_table(seed=2))
     ids, mask, _ = padded_batch(seed=5)
     _check_all_three(model, ids, mask, exits=torch.ones_like(ids))  # every token at layer 1
     _check_all_three(model, ids[:1], mask[:1])  # batch of 1
-    long_ids = torch.randint(5, VOCAB, (2, 64), generator=torch.Generator().manual_seed(1))
-    _check_all_three(model, long_ids, torch.ones_like(long_ids), bucket=True)  # max length (64)
     table = random_table(seed=2).layers.copy()
     table[[2, 3]] = LAYERS
-    special = wrap(dense, ExitTable(table, LAYERS))
+    special = wrap(model.dense, ExitTable(table, LAYERS))
     only_special = torch.tensor([[2, 3, 0, 0], [2, 50, 60, 3]])
     _check_all_three(special, only_special, torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]))
     _check_all_three(special, torch.tensor([[2, 3]]), torch.tensor([[1, 1]]))  # a sequence of only special tokens
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_max_length(family):
+    """Sequences as long as the backbone embeds (bucketing must not round past it), mixed exit layers."""
+    model = _model(family, random_table(seed=2))
+    longest = _max_length(family)
+    long_ids = torch.randint(5, VOCAB, (2, longest), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(long_ids)
+    mask[1, longest // 2:] = 0
+    assert run_prefix(model, long_ids, mask, bucket=True)[0].shape == (2, 2)
+    _check_all_three(model, long_ids, mask, bucket=True)
+    _check_all_three(model, long_ids, mask)
+
+
 def test_cls_not_first_after_sorting_and_token_order():
     """Random exit layers put [CLS] anywhere in the sorted order; logits still use it, states come back in order."""
-    model = wrap(tiny_dense("roberta", vocab_size=VOCAB, num_layers=LAYERS), random_table(seed=3))
+    model = _model("roberta", random_table(seed=3))
     ids, mask, _ = padded_batch(seed=4)
     exits = torch.randint(1, LAYERS + 1, ids.shape, generator=torch.Generator().manual_seed(0))
     exits[:, 0] = 1

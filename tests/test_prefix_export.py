@@ -119,6 +119,103 @@ def test_static_check_follows_shape_provenance():
     assert value_dependent_shapes(_graph([helper.make_node("Reshape", ["x", "one"], ["y"])], ["x"], "y")) == []
 
 
+# constructed graphs: x float [N, M], n int64 [K].  A shape-deciding tensor m (int64 [1]) and ms (its scalar)
+# come from the *values* of n (must be flagged), from the *shape* of x, or from constants (must pass).
+SHAPE_OPS = ("Reshape", "Expand", "Slice", "ConstantOfShape", "Range", "Tile", "TopK")
+VALUE_FEEDS = ({"x": np.ones((2, 6), np.float32), "n": np.array([2, 0, 0, 0, 0, 0], np.int64)},
+               {"x": np.array([[0, 0, 0, 1, 1, 1], [1] * 6], np.float32), "n": np.array([3, 1, 1, 0, 0, 0], np.int64)})
+
+
+def _probe_model(source, op):
+    """A model whose node ``probe`` is ``op``, shaped by m/ms from ``source`` (values, shape, constant)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    const = lambda name, value: helper.make_node(  # noqa: E731
+        "Constant", [], [name], value=numpy_helper.from_array(np.array(value, dtype=np.int64), name))
+    nodes = [const("zero_axes", [0]), const("minus_one", [-1]), const("one", [1]), const("zero", 0), const("step", 1),
+             const("slice_start", [0]), const("slice_axis", [1])]
+    if source == "values":
+        nodes.append(helper.make_node("ReduceMax", ["n"], ["m"], keepdims=1))
+    elif source == "shape":
+        nodes.append(helper.make_node("Shape", ["x"], ["m"], start=1, end=2))
+    else:
+        nodes.append(const("m", [2]))
+    nodes.append(helper.make_node("Squeeze", ["m", "zero_axes"], ["ms"]))
+    out_type = TensorProto.FLOAT
+    if op == "Reshape":
+        nodes += [helper.make_node("Concat", ["m", "minus_one"], ["target"], axis=0),
+                  helper.make_node("Reshape", ["x", "target"], ["y"], name="probe")]
+    elif op == "Expand":
+        nodes += [helper.make_node("Shape", ["x"], ["x_shape"]),
+                  helper.make_node("Concat", ["m", "x_shape"], ["target"], axis=0),
+                  helper.make_node("Expand", ["x", "target"], ["y"], name="probe")]
+    elif op == "Slice":
+        nodes.append(helper.make_node("Slice", ["x", "slice_start", "m", "slice_axis"], ["y"], name="probe"))
+    elif op == "ConstantOfShape":
+        nodes.append(helper.make_node("ConstantOfShape", ["m"], ["y"], name="probe"))
+    elif op == "Range":
+        nodes.append(helper.make_node("Range", ["zero", "ms", "step"], ["y"], name="probe"))
+        out_type = TensorProto.INT64
+    elif op == "Tile":
+        nodes += [helper.make_node("Concat", ["m", "one"], ["repeats"], axis=0),
+                  helper.make_node("Tile", ["x", "repeats"], ["y"], name="probe")]
+    elif op == "TopK":
+        nodes.append(helper.make_node("TopK", ["x", "m"], ["y", "indices"], axis=1, name="probe"))
+    elif op == "NonZero":  # of x, or of the shape-derived m
+        nodes.append(helper.make_node("NonZero", ["x" if source == "values" else "m"], ["y"], name="probe"))
+        out_type = TensorProto.INT64
+    elif op == "Compress":  # a condition from n's values, or from the shape-derived m
+        condition = "n" if source == "values" else "m"
+        nodes += [helper.make_node("Cast", [condition], ["keep"], to=TensorProto.BOOL),
+                  helper.make_node("Compress", ["x", "keep"], ["y"], axis=1, name="probe")]
+    elif op == "Unique":
+        nodes.append(helper.make_node("Unique", ["n" if source == "values" else "m"], ["y"], name="probe"))
+        out_type = TensorProto.INT64
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "M"]),
+              helper.make_tensor_value_info("n", TensorProto.INT64, ["K"])]
+    rank = {"Expand": 3, "ConstantOfShape": 1, "Range": 1, "Unique": 1}.get(op, 2)
+    output = helper.make_tensor_value_info("y", out_type, [f"y{i}" for i in range(rank)])
+    graph = helper.make_graph(nodes, "probe", inputs, [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _output_shapes(model):
+    """The output's shape in ONNX Runtime for the two feeds of VALUE_FEEDS (same input shapes, other values)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return [session.run(["y"], feed)[0].shape for feed in VALUE_FEEDS]
+
+
+@pytest.mark.parametrize("op", SHAPE_OPS)
+@pytest.mark.parametrize("source", ["values", "shape", "constant"])
+def test_static_check_on_each_shape_deciding_op(source, op):
+    """Flagged exactly when the shape-deciding input comes from tensor values (TopK's K from the input's
+    shape is allowed); ONNX Runtime confirms: only then does the output shape move with the values."""
+    model = _probe_model(source, op)
+    problems = value_dependent_shapes(model)
+    first, second = _output_shapes(model)
+    if source == "values":
+        assert len(problems) == 1 and problems[0].startswith(f"probe (ai.onnx::{op})"), problems
+        assert first != second
+    else:
+        assert problems == [] and first == second
+
+
+@pytest.mark.parametrize("op", ["NonZero", "Compress", "Unique"])
+@pytest.mark.parametrize("source", ["values", "shape"])
+def test_static_check_always_flags_value_shaped_ops(source, op):
+    """NonZero, Compress and Unique are flagged whatever feeds them, even a shape-derived tensor (TensorRT
+    runs them on the device and sizes their output there); fed by values, their output shape moves."""
+    model = _probe_model(source, op)
+    problems = value_dependent_shapes(model)
+    assert any(p.startswith(f"probe (ai.onnx::{op})") for p in problems), problems
+    first, second = _output_shapes(model)
+    assert (first != second) == (source == "values")
+
+
 # ------------------------------------------------------------------ the runtime feeds it
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):

@@ -17,9 +17,27 @@ from hashee.runtime.runners.cuda_graphs import GraphCache  # noqa: E402
 from hashee.runtime.runners.torch import TorchRunner  # noqa: E402
 
 
-def _session(bundle_dir, **kwargs):
+def _session(bundle_dir, runner=TorchRunner, **kwargs):
     bundle = open_bundle(bundle_dir)
-    return Session(bundle, TorchRunner(bundle, **kwargs))
+    return Session(bundle, runner(bundle, **kwargs))
+
+
+class ShapeRecorder(TorchRunner):
+    """The torch runner, noting the shape ``(B, S, W_1..W_L)`` of the plan it makes for every batch
+    (its own :meth:`TorchRunner.plan`: the key a CUDA graph is captured under in ``graphs`` mode)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.shapes = []
+
+    def infer(self, feed):
+        self.activate()
+        self.shapes.append(self.plan(feed).shape)
+        return super().infer(feed)
+
+
+# sample_texts(40) in batches of 8: five batches whose bucketed shapes all differ (checked on CPU below)
+GRAPH_TEXTS, GRAPH_BATCH, GRAPH_SHAPES = 40, 8, 5
 
 
 def test_torch_prefix_mode_equals_packed_and_onnxruntime(tiny_bundles):
@@ -34,12 +52,24 @@ def test_torch_prefix_mode_equals_packed_and_onnxruntime(tiny_bundles):
 
 
 def test_cost_model_dense_form_gives_the_same_answers(tiny_bundles):
-    texts = sample_texts(8)
+    """A cost model that never sees HashEE pay sends every batch to the dense form (every W_l = S); one
+    that always does runs narrowed layers (some W_l < S); the runner's stats show which ran, and the
+    answers agree."""
+    texts = sample_texts(24)
     never = CostModel(4, 32, 48, flops_per_second=1e12, launch_seconds=1.0)  # launches dominate: always dense
     always = CostModel(4, 32, 48, flops_per_second=1e3, launch_seconds=0.0)  # FLOPs dominate: HashEE if any saving
     dense = _session(tiny_bundles["bert"], device="cpu", mode="prefix", cost_model=never)
     hashee = _session(tiny_bundles["bert"], device="cpu", mode="prefix", cost_model=always)
-    np.testing.assert_allclose(dense.predict_logits(texts), hashee.predict_logits(texts), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(dense.predict_logits(texts, 8), hashee.predict_logits(texts, 8), atol=1e-5, rtol=0)
+    dense_stats, hashee_stats = dense.runner.stats, hashee.runner.stats
+    assert dense_stats.batches == dense_stats.dense_batches == hashee_stats.batches == 3
+    seq = dense_stats.last_shape[1]
+    assert len(dense_stats.last_widths) == 4 and all(w == seq for w in dense_stats.last_widths)
+    assert hashee_stats.dense_batches == 0 and min(hashee_stats.last_widths) < hashee_stats.last_shape[1]
+    # each batch separately: the dense-form plan has every W_l = S, the HashEE plan narrows
+    feed = hashee.feed(**hashee.tokenize(texts[:8]))
+    assert set(dense.runner.plan(feed).widths) == {feed["input_ids"].shape[1]}
+    assert min(hashee.runner.plan(feed).widths) < feed["input_ids"].shape[1]
 
 
 def test_graphs_mode_needs_cuda_and_modes_are_checked(tiny_bundles):
@@ -72,6 +102,32 @@ def test_graph_cache_captures_once_per_shape_and_evicts_least_recently_used():
     assert cache.captures == 4 and cache.keys() == [(8, 3), (4, 3)]
     with pytest.raises(BackendError):
         GraphCache(capture, max_graphs=0)
+
+
+def test_bucket_shapes_of_the_graph_test_batches_and_lru_cycling(tiny_bundles):
+    """The batches of the GPU test below, planned on CPU by the runner's own code with bucketing: five
+    distinct shapes, each once per pass.  Replayed cyclically, a cache of four misses every time (LRU);
+    a cache of five captures each shape once and replays it on the second pass."""
+    texts = sample_texts(GRAPH_TEXTS)
+    session = _session(tiny_bundles["bert"], ShapeRecorder, device="cpu", mode="prefix", cost_model=None,
+                       bucket=True)
+    bucketed = session.predict_logits(texts, batch_size=GRAPH_BATCH)
+    shapes = session.runner.shapes
+    assert len(shapes) == len(set(shapes)) == GRAPH_SHAPES
+    assert all(shape[0] == GRAPH_BATCH and shape[1] % 8 == 0 for shape in shapes)
+    plain = _session(tiny_bundles["bert"], device="cpu", mode="prefix", cost_model=None)
+    np.testing.assert_allclose(bucketed, plain.predict_logits(texts, batch_size=GRAPH_BATCH), atol=1e-5, rtol=0)
+
+    def capture(inputs):
+        return lambda batch: batch["x"]
+
+    small, enough = GraphCache(capture, max_graphs=GRAPH_SHAPES - 1), GraphCache(capture, max_graphs=GRAPH_SHAPES)
+    for _ in range(2):
+        for shape in shapes:
+            small.run(shape, {"x": np.zeros(1)})
+            enough.run(shape, {"x": np.zeros(1)})
+    assert small.captures == small.replays == 2 * GRAPH_SHAPES  # every lookup evicted before its reuse
+    assert enough.captures == GRAPH_SHAPES and enough.replays == 2 * GRAPH_SHAPES
 
 
 # ------------------------------------------------------------------ TensorRT profiles of the prefix layout (CPU)
@@ -132,20 +188,25 @@ def test_engine_layout_must_match_the_bundle(tiny_bundles, tmp_path):
 # ------------------------------------------------------------------ GPU tier
 @pytest.mark.gpu
 def test_cuda_graphs_replay_equals_eager(tiny_bundles):
-    texts = sample_texts(40)
+    """One graph captured per distinct bucketed shape on the first pass; the second pass only replays."""
+    texts = sample_texts(GRAPH_TEXTS)
     eager = _session(tiny_bundles["bert"], device="cuda", mode="packed")
-    graphs = _session(tiny_bundles["bert"], device="cuda", mode="graphs", max_graphs=4, cost_model=None)
+    graphs = _session(tiny_bundles["bert"], ShapeRecorder, device="cuda", mode="graphs",
+                      max_graphs=4 * GRAPH_SHAPES, cost_model=None)
     assert graphs.runner.mode == "graphs"
-    reference = eager.predict_logits(texts, batch_size=8)
-    first = graphs.predict_logits(texts, batch_size=8)
-    again = graphs.predict_logits(texts, batch_size=8)  # replays of the captured shapes
+    reference = eager.predict_logits(texts, batch_size=GRAPH_BATCH)
+    first = graphs.predict_logits(texts, batch_size=GRAPH_BATCH)
+    cache, shapes = graphs.runner.graphs, list(graphs.runner.shapes)
+    assert len(set(shapes)) == GRAPH_SHAPES  # as planned on CPU (test above)
+    assert cache.captures == len(cache) == GRAPH_SHAPES and set(cache.keys()) == set(shapes)
+    again = graphs.predict_logits(texts, batch_size=GRAPH_BATCH)  # replays of the captured shapes
+    assert graphs.runner.shapes[len(shapes):] == shapes
+    assert cache.captures == GRAPH_SHAPES and cache.replays == 2 * len(shapes)
     np.testing.assert_allclose(first, reference, atol=1e-4, rtol=0)
     np.testing.assert_array_equal(first, again)
-    cache = graphs.runner.graphs
-    assert 1 <= len(cache) <= 4 and cache.replays > cache.captures
     dense = _session(tiny_bundles["bert"], device="cuda", mode="graphs",
                      cost_model=CostModel(4, 32, 48, launch_seconds=1.0))  # always the dense form
-    np.testing.assert_allclose(dense.predict_logits(texts, batch_size=8), reference, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(dense.predict_logits(texts, batch_size=GRAPH_BATCH), reference, atol=1e-4, rtol=0)
 
 
 @pytest.mark.gpu
@@ -193,6 +254,29 @@ def test_layouts_check_variants_agree_on_cpu(tiny_bundles):
     assert "prefix_graphs" not in rows[0]
     assert report["sst2"]["parity"]["prefix"]["max_abs_diff_vs_packed"] < 1e-5
     assert "| batch |" in "\n".join(layouts_markdown(report))
+
+
+def test_gpu_check_budget_and_long_inputs_fill_the_largest_batch(tiny_bundles):
+    """benchmarks/gpu_check.py: a part that does not fit the --budget is skipped with the reason; long inputs are
+    repeated up to the largest layout batch and the note says so; a skipped data set still renders."""
+    import sys
+
+    from conftest import REPO_ROOT
+    from transformers import AutoTokenizer
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import gpu_check
+    from layouts_check import layouts_markdown
+
+    assert gpu_check.Budget(None).skip("tensorrt engine") is None
+    assert gpu_check.Budget(1000).skip("layouts") is None
+    assert gpu_check.Budget(0).skip("torch").startswith("skipped: ")
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_bundles["runs"]["bert"]))
+    texts, note = gpu_check.long_inputs(tokenizer, sample_texts(40), 3, 8)
+    assert len(texts) == 8 and len(set(texts)) <= 3 and "repeated to 8 texts" in note
+    lengths = [len(ids) for ids in tokenizer(texts[:3])["input_ids"]]
+    assert all(256 <= n <= 512 for n in lengths)
+    assert "skipped: 3 s" in "\n".join(layouts_markdown({"long inputs (skipped)": "skipped: 3 s of the --budget left"}))
 
 
 def test_layouts_cpu_script_times_both_layouts_on_the_same_batches(tiny_bundles, tmp_path):

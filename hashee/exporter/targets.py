@@ -172,7 +172,13 @@ def value_dependent_shapes(model: Any) -> list[str]:
     Range, Tile, TopK's K, ...) whose shape-deciding input is not shape-derived.  Outputs of a flagged
     node, and everything shaped by them, are *tainted*: a ``Shape`` of a tainted tensor is not
     shape-derived.  Empty list: every shape in the graph is a function of input shapes, as TensorRT
-    optimisation profiles and CUDA-graph capture need.  The packed ``tensorrt`` target fails this
+    optimisation profiles and CUDA-graph capture need.
+
+    Two choices: ``TopK`` with a K computed from input shapes (or constants) is *allowed*: its output
+    shape is then a function of input shapes, like a Slice's (TensorRT's parser may still want a
+    build-time constant K: :func:`tensorrt_violations` checks that).  ``NonZero``, ``Compress`` and
+    ``Unique`` are flagged whatever feeds them, even shape-derived values: TensorRT runs them on the
+    device and learns their output size only there.  The packed ``tensorrt`` target fails this
     (NonZero, and a query grid sized by a ReduceMax of the masks); the prefix layout passes.
     """
     from onnx import inliner

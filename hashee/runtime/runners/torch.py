@@ -10,11 +10,17 @@ prefix layout with bucketed shapes, one CUDA graph per bucket captured on first 
 ``max_graphs``, LRU: :mod:`hashee.runtime.runners.cuda_graphs`).  In the prefix modes a host-side
 :class:`~hashee.prefix.CostModel` sends a batch to the dense form (every ``W_l`` = the sequence: the
 same answers, dense kernels) when HashEE would not pay.  ``auto``: ``graphs`` on a GPU, ``packed`` on CPU.
+
+**What ran.** :attr:`TorchRunner.stats` (a :class:`PrefixStats`) counts the prefix-mode batches, how
+many of them the cost model sent to the dense form, and the last batch's shape as run; tests and
+monitoring read it to see the cost model act.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +46,31 @@ def reference_folder(bundle: Bundle, reference: str | Path | None) -> Path:
     return folder
 
 
+@dataclass
+class PrefixStats:
+    """What a :class:`TorchRunner` ran in its prefix modes since it was created."""
+
+    batches: int = 0  #: batches run in the prefix layout
+    dense_batches: int = 0  #: of those, how many the cost model sent to the dense form (every ``W_l`` = S)
+    last_shape: tuple[int, ...] | None = None  #: ``(B, S, W_1, ..., W_L)`` of the last batch, as run
+
+    @property
+    def last_widths(self) -> tuple[int, ...] | None:
+        """``W_1..W_L`` of the last batch as run (all equal to S when it went dense)."""
+        return None if self.last_shape is None else self.last_shape[2:]
+
+
 class TorchRunner(Runner):
-    """The PyTorch model of the bundle on CPU or CUDA; exit masks become per-token exit layers."""
+    """The PyTorch model of the bundle on CPU or CUDA; exit masks become per-token exit layers.
+
+    ``bucket`` pads each prefix-mode batch to its bucketed shape (:func:`hashee.prefix.plan_prefix`);
+    default: in ``graphs`` mode only.  ``cost_model``: ``"default"`` (one fitted to the device and
+    mode), a :class:`~hashee.prefix.CostModel`, or None (never the dense form).
+    """
 
     def __init__(self, bundle: Bundle, device: str | None = None, threads: int | None = None,
                  reference: str | Path | None = None, mode: str = "auto", max_graphs: int = 32,
-                 cost_model: Any = "default") -> None:
+                 cost_model: Any = "default", bucket: bool | None = None) -> None:
         super().__init__()
         if mode not in TORCH_MODES:
             raise BackendError(f"unknown torch mode {mode!r}; choose one of {', '.join(TORCH_MODES)}")
@@ -61,6 +86,9 @@ class TorchRunner(Runner):
         self.requested_mode, self.max_graphs, self.cost_model = mode, max_graphs, cost_model
         self.mode = "dense"
         self.graphs: Any = None
+        self.bucket = bucket
+        self.stats = PrefixStats()
+        self._stats_lock = threading.Lock()
 
     @property
     def input_names(self) -> list[str]:
@@ -106,6 +134,8 @@ class TorchRunner(Runner):
             raise BackendError("torch mode 'graphs' captures CUDA graphs and needs device='cuda'; use mode='prefix' "
                                "or 'packed' on CPU")
         self.mode = mode
+        if self.bucket is None:
+            self.bucket = mode == "graphs"
         if mode == "graphs":
             from hashee.modeling.prefix import prefix_encode
             from hashee.runtime.runners.cuda_graphs import GraphCache, cuda_capture
@@ -140,19 +170,40 @@ class TorchRunner(Runner):
             logits = self.model(**tensors).logits
         return {"logits": logits.float().cpu().numpy()}
 
+    def plan(self, feed: dict[str, np.ndarray]) -> Any:
+        """The :class:`~hashee.prefix.PrefixBatch` this runner runs for a packed feed (prefix modes, active):
+        sorted on the host, bucketed where :attr:`bucket` says, the dense form where the cost model
+        says HashEE would not pay."""
+        return self._plan(feed)[0]
+
+    def _plan(self, feed: dict[str, np.ndarray]) -> tuple[Any, bool]:
+        """:meth:`plan` and whether the cost model sent it to the dense form."""
+        from hashee.prefix import layout_feed
+
+        plan = layout_feed(feed, self._prefix_names(), self.model.num_layers, bucket=bool(self.bucket),
+                           max_length=self.bundle.max_length, pad_id=self.pad_id)[1]
+        if self.cost_model is not None and not self.cost_model.prefers_hashee(plan):
+            return plan.dense(), True
+        return plan, False
+
+    def _prefix_names(self) -> list[str]:
+        from hashee.prefix import mask_names
+
+        return [n for n in self._inputs if n != "exit_masks"] + ["position_ids"] + mask_names(self.model.num_layers)
+
     def _infer_prefix(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The prefix layout: plan on the host, maybe the dense form (cost model), eager or a CUDA graph."""
         import torch
 
         from hashee.modeling.prefix import prefix_encode
-        from hashee.prefix import layout_feed, mask_names
+        from hashee.prefix import mask_names
 
-        names = [n for n in self._inputs if n != "exit_masks"] + ["position_ids"] + mask_names(self.model.num_layers)
-        prefix_feed, plan = layout_feed(feed, names, self.model.num_layers, bucket=self.mode == "graphs",
-                                        max_length=self.bundle.max_length, pad_id=self.pad_id)
-        if self.cost_model is not None and not self.cost_model.prefers_hashee(plan):
-            plan = plan.dense()
-            prefix_feed = plan.feed(names)
+        plan, went_dense = self._plan(feed)
+        prefix_feed = plan.feed(self._prefix_names())
+        with self._stats_lock:
+            self.stats.batches += 1
+            self.stats.dense_batches += int(went_dense)
+            self.stats.last_shape = plan.shape
         if self.mode == "graphs":
             logits = self.graphs.run(plan.shape, prefix_feed)
         else:
