@@ -20,7 +20,7 @@ from export_helpers import tiny_run  # noqa: E402
 from triton_fake import InferenceRequest, load_model_py, strings  # noqa: E402
 
 from hashee.cli import main  # noqa: E402
-from hashee.errors import ExportError  # noqa: E402
+from hashee.errors import ExportError, ValidationError  # noqa: E402
 from hashee.exporter import export  # noqa: E402
 from hashee.prefix import mask_names  # noqa: E402
 from hashee.runtime import Session  # noqa: E402
@@ -263,3 +263,21 @@ def test_what_export_triton_cannot_serve_is_a_typed_error(repos, tmp_path, monke
     with pytest.raises(ExportError, match="lost its line"):
         export_triton(bundle, tmp_path / "y", buckets=[16, 48])
     assert not (tmp_path / "y").exists()
+
+
+def test_a_wrong_int32_rewrite_of_the_prefix_graph_is_refused(repos, tmp_path, monkeypatch):
+    """--backend tensorrt rewrites the graph's inputs to int32; the rewrite is checked against the bundle's graph."""
+    from onnx import numpy_helper
+
+    real = triton_export.int32_inputs
+
+    def off_by_a_bit(model):
+        out = real(model)
+        weight = max(out.graph.initializer, key=lambda t: len(t.raw_data))  # a weight matrix
+        weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.01, weight.name))
+        return out
+
+    monkeypatch.setattr(triton_export, "int32_inputs", off_by_a_bit)
+    with pytest.raises(ValidationError, match="int32-input prefix graph disagrees"):
+        export_triton(repos["bundle-bert-prefix"], tmp_path / "r", backend="tensorrt", buckets=[16, 48])
+    assert not (tmp_path / "r").exists()

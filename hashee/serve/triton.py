@@ -11,9 +11,11 @@
         1/model.py
         1/tokenizer/tokenizer.json
         1/exit_table.npy
+        1/hashee_prefix.py    prefix-layout bundles only: a copy of hashee/prefix.py (sort rows, exit masks)
       hashee_model/           onnxruntime backend, dynamic batching, warm-up at the smallest/largest bucket
         config.pbtxt
-        1/model.onnx          the exit table embedded: inputs input_ids, attention_mask (token_type_ids)
+        1/model.onnx          the exit table embedded: inputs input_ids, attention_mask (token_type_ids);
+                              prefix layout: the bundle's graph, + position_ids, exit_mask_1..L
         warmup/...
 
 With ``--backend tensorrt-plan`` the model is a ``tensorrt_plan`` model instead::
