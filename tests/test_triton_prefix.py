@@ -206,6 +206,9 @@ def test_server_side_batch_of_requests_of_different_widths(repos):
     assert calls == len({width for width, _ in alone})  # one model call per sequence bucket
     for got, expected in zip(logits, wants):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    for texts, response in zip(requests, responses):
+        (own,) = tokenizer.execute([InferenceRequest(TEXT=strings(texts))])
+        _check_widened(response.as_dict(), own.as_dict())
     for bucket in set(BUCKETS):
         members = [i for i, (width, _) in enumerate(alone) if width == bucket]
         shared = {tuple(responses[i].as_dict()[n].shape[1] for n in mask_names(LAYERS)) for i in members}
@@ -281,3 +284,67 @@ def test_a_wrong_int32_rewrite_of_the_prefix_graph_is_refused(repos, tmp_path, m
     with pytest.raises(ValidationError, match="int32-input prefix graph disagrees"):
         export_triton(repos["bundle-bert-prefix"], tmp_path / "r", backend="tensorrt", buckets=[16, 48])
     assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------- slow tier: a real tritonserver
+def _real_server(repos, tmp_path, family="bert"):
+    """(repository of the prefix bundle, stub environment) for a real tritonserver; skips with the reason."""
+    from triton_server import find_tritonserver, python_env
+
+    binary = find_tritonserver()
+    if binary is None:
+        pytest.skip("no tritonserver found (set HASHEE_TRITONSERVER, put it on PATH, or install nvidia-pytriton)")
+    env = python_env(binary)
+    repo = export_triton(repos[f"bundle-{family}-prefix"], tmp_path / "repo", buckets=BUCKETS, max_batch_size=8,
+                         python_env=str(env.path)).repo
+    return repo, env
+
+
+@pytest.mark.triton
+def test_real_tritonserver_runs_the_prefix_tokenizer(repos, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from triton_server import running_server
+
+    repo, env = _real_server(repos, tmp_path)
+    local = _tokenizer(repo)
+    with running_server(repo, env, ["hashee_tokenizer"]) as server:
+        for texts in [[t] for t in TEXTS] + [TEXTS[:8]]:  # max_batch_size 8
+            got = server.infer("hashee_tokenizer", texts)
+            (response,) = local.execute([InferenceRequest(TEXT=strings(texts))])
+            want = response.as_dict()
+            assert sorted(got) == sorted(want)
+            for name, value in want.items():
+                np.testing.assert_array_equal(got[name].astype(value.dtype), value)
+        with ThreadPoolExecutor(8) as pool:  # concurrent requests: the tokenizer may get several per call
+            answers = list(pool.map(lambda t: server.infer("hashee_tokenizer", [t]), TEXTS * 3))
+    for text, got in zip(TEXTS * 3, answers):
+        (response,) = local.execute([InferenceRequest(TEXT=strings([text]))])
+        _check_widened(got, response.as_dict())
+
+
+def _check_widened(got: dict, alone: dict) -> None:
+    """``got`` is the request's own arrays (``alone``) with masks widened only by false slots."""
+    for name, value in alone.items():
+        array = got[name].astype(value.dtype)
+        if name.startswith("exit_mask_"):
+            width = value.shape[1]
+            assert array.shape[1] >= width and not array[:, width:].any()
+            array = array[:, :width]
+        np.testing.assert_array_equal(array, value)
+
+
+@pytest.mark.triton
+@pytest.mark.filterwarnings("ignore::hashee.runtime.inputs.TruncationWarning")
+def test_real_tritonserver_runs_the_prefix_ensemble_under_concurrent_requests(repos, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from triton_server import has_backend, running_server
+
+    if not has_backend("onnxruntime"):
+        pytest.skip("this tritonserver has no onnxruntime backend: the ensemble cannot load (tokenizer tested alone)")
+    repo, env = _real_server(repos, tmp_path)
+    want = _reference(repos["bundle-bert-packed"], TEXTS)
+    with running_server(repo, env, None) as server, ThreadPoolExecutor(8) as pool:  # batched server-side
+        answers = list(pool.map(lambda t: server.infer("hashee", [t])["logits"][0], TEXTS * 4))
+    np.testing.assert_allclose(np.stack(answers).astype(np.float32), np.concatenate([want] * 4), atol=1e-5, rtol=0)
