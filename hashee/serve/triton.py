@@ -11,9 +11,11 @@
         1/model.py
         1/tokenizer/tokenizer.json
         1/exit_table.npy
+        1/hashee_prefix.py    prefix-layout bundles only: a copy of hashee/prefix.py (sort rows, exit masks)
       hashee_model/           onnxruntime backend, dynamic batching, warm-up at the smallest/largest bucket
         config.pbtxt
-        1/model.onnx          the exit table embedded: inputs input_ids, attention_mask (token_type_ids)
+        1/model.onnx          the exit table embedded: inputs input_ids, attention_mask (token_type_ids);
+                              prefix layout: the bundle's graph, + position_ids, exit_mask_1..L
         warmup/...
 
 With ``--backend tensorrt-plan`` the model is a ``tensorrt_plan`` model instead::
@@ -27,11 +29,20 @@ With ``--backend tensorrt-plan`` the model is a ``tensorrt_plan`` model instead:
 
 The model graph is the bundle's with the exit table embedded (:mod:`hashee.exporter.embed`), since
 Triton's dynamic batching needs every input batch-first; with ``--backend tensorrt`` its integer
-inputs become int32 (TensorRT's native index type; no bool tensors cross the boundary) and the
+and bool inputs become int32 (TensorRT's native index type; no bool tensors cross the boundary) and the
 config turns on ONNX Runtime's TensorRT execution accelerator with an engine cache and one
 optimisation profile per bucket.  Rewritten graphs are checked against the bundle's own graph
 (1e-5) and the finished repository against Triton's ``ModelConfig`` schema and the semantic checks
 of :mod:`hashee.serve.triton_check`; nothing is written when either fails.
+
+A **prefix-layout** bundle (``hashee export --layout prefix``, issue 14) keeps its graph (no table to
+embed: the host sorts each row by exit layer).  The tokenizer model then also outputs ``position_ids``
+and ``exit_mask_1 .. exit_mask_L`` ``[batch, W_l]`` (bool; int32 with TensorRT), made by
+``plan_prefix`` of a copy of :mod:`hashee.prefix` shipped beside its ``model.py``
+(``1/hashee_prefix.py``); the model and ensemble declare and wire them with dims ``[-1]``.  How ``W_l``
+is chosen so that Triton's dynamic batcher can stack requests (it only stacks equal shapes) is in
+:mod:`hashee.serve.triton_tokenizer`.  TensorRT profiles give ``exit_mask_l`` the widths of
+:meth:`hashee.engines.Profile.width_range` at each bucket.
 """
 
 from __future__ import annotations
@@ -46,9 +57,11 @@ import numpy as np
 
 from hashee.bundle import FP16_FILE, TABLE_FILE, TOKENIZER_DIR, check_output_folder, open_bundle, staged_folder
 from hashee.bundle import tokenizer_config as read_tokenizer_config
-from hashee.errors import ExportError, TritonRepositoryError
+from hashee.engines import Profile, mask_layer
+from hashee.errors import ExportError, TritonRepositoryError, ValidationError
 from hashee.exporter.embed import MASKS, embed_exit_table
 from hashee.exporter.validate import check_embedded
+from hashee.prefix import is_prefix_graph, mask_names, plan_prefix
 from hashee.runtime.batching import pad_to
 from hashee.runtime.inputs import TextEncoder
 from hashee.runtime.session import _special
@@ -60,7 +73,11 @@ TOKENIZER_SOURCE = Path(__file__).with_name("triton_tokenizer.py")
 PLAN_SCRIPT_SOURCE = Path(__file__).with_name("triton_plan_build.py")
 PLAN_SCRIPT = "build_plans.py"  # next to the plan model's config.pbtxt
 PLAN_ONNX = "onnx/model.onnx"  # the graph the plan is built from, outside the version folders
-TYPE = {np.dtype("int64"): "TYPE_INT64", np.dtype("int32"): "TYPE_INT32"}
+PREFIX_SOURCE = Path(__file__).resolve().parent.parent / "prefix.py"  # hashee.prefix, shipped to the tokenizer
+PREFIX_FILE = "hashee_prefix.py"  # its name beside the tokenizer's model.py
+PREFIX_IMPORT = "from hashee.errors import InputError\n"  # its one hashee import, replaced in the copy
+TYPE = {np.dtype("int64"): "TYPE_INT64", np.dtype("int32"): "TYPE_INT32", np.dtype("bool"): "TYPE_BOOL"}
+TOKEN_INPUTS = ("input_ids", "attention_mask", "position_ids", "token_type_ids")  # what the tokenizer makes
 
 
 @dataclass
@@ -124,7 +141,7 @@ def parse_buckets(value: str | Sequence[int]) -> list[int]:
 
 
 def int32_inputs(model: Any) -> Any:
-    """A copy of ``model`` whose int64 graph inputs are int32 (cast to int64 right inside the graph)."""
+    """A copy of ``model`` whose int64 and bool graph inputs are int32 (cast back right inside the graph)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -134,12 +151,14 @@ def int32_inputs(model: Any) -> Any:
     casts = []
     renamed: dict[str, str] = {}
     for value in graph.input:
-        if value.type.tensor_type.elem_type == TensorProto.INT64:
-            inner = f"{value.name}/int64"
+        kind = value.type.tensor_type.elem_type
+        if kind in (TensorProto.INT64, TensorProto.BOOL):
+            suffix = "int64" if kind == TensorProto.INT64 else "bool"
+            inner = f"{value.name}/{suffix}"
             renamed[value.name] = inner
             value.type.tensor_type.elem_type = TensorProto.INT32
-            casts.append(helper.make_node("Cast", [value.name], [inner], name=f"inputs/{value.name}/to_int64",
-                                          to=TensorProto.INT64))
+            casts.append(helper.make_node("Cast", [value.name], [inner], name=f"inputs/{value.name}/to_{suffix}",
+                                          to=kind))
     for node in graph.node:
         for i, name in enumerate(node.input):
             if name in renamed:
@@ -163,26 +182,28 @@ def _params(values: dict[str, str]) -> str:
     return "".join(f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}\n' for k, v in values.items())
 
 
-def tokenizer_config(name: str, max_batch_size: int, instances: int, outputs: list[str], index_type: str,
+def tokenizer_config(name: str, max_batch_size: int, instances: int, outputs: dict[str, str],
                      params: dict[str, str]) -> str:
+    """The tokenizer's ``config.pbtxt``; ``outputs`` maps each output to its Triton dtype (dims ``[-1]``)."""
     return (
         "# hashee tokenizer (Python backend): needs numpy and tokenizers in the backend's Python environment\n"
         "# (EXECUTION_ENV_PATH below when set: export-triton --python-env; tritonserver 2.51's stub needs numpy<2)\n"
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch_size}\n'
         + _pbtxt_list("input", [_pbtxt_tensor("TEXT", "TYPE_STRING", [1]),
                                 _pbtxt_tensor("TEXT_PAIR", "TYPE_STRING", [1], optional=True)])
-        + _pbtxt_list("output", [_pbtxt_tensor(o, index_type, [-1]) for o in outputs])
+        + _pbtxt_list("output", [_pbtxt_tensor(o, dtype, [-1]) for o, dtype in outputs.items()])
         + "dynamic_batching { }\n"
         + f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n"
         + _params(params)
     )
 
 
-def model_config(name: str, max_batch_size: int, inputs: list[str], index_type: str, num_labels: int,
+def model_config(name: str, max_batch_size: int, inputs: dict[str, str], num_labels: int,
                  warmups: list[str], accelerator: str | None) -> str:
+    """The onnxruntime model's ``config.pbtxt``; ``inputs`` maps each input to its Triton dtype (dims ``[-1]``)."""
     text = (
         f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: {max_batch_size}\n'
-        + _pbtxt_list("input", [_pbtxt_tensor(i, index_type, [-1]) for i in inputs])
+        + _pbtxt_list("input", [_pbtxt_tensor(i, dtype, [-1]) for i, dtype in inputs.items()])
         + _pbtxt_list("output", [_pbtxt_tensor("logits", "TYPE_FP32", [num_labels])])
         + "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
     )
@@ -191,21 +212,31 @@ def model_config(name: str, max_batch_size: int, inputs: list[str], index_type: 
     return text + _pbtxt_list("model_warmup", warmups)
 
 
-def _warmup(sample: str, batch_size: int, inputs: dict[str, str], index_type: str, width: int) -> str:
+def _warmup(sample: str, batch_size: int, inputs: dict[str, tuple[str, str, int]]) -> str:
+    """One ``model_warmup`` entry; ``inputs`` maps each input to (data file, Triton dtype, width)."""
     entries = "\n".join(
-        f'    inputs {{ key: "{name}" value {{ data_type: {index_type} dims: [ {width} ] input_data_file: "{file}" }} }}'
-        for name, file in inputs.items())
+        f'    inputs {{ key: "{name}" value {{ data_type: {dtype} dims: [ {width} ] input_data_file: "{file}" }} }}'
+        for name, (file, dtype, width) in inputs.items())
     return f'  {{\n    name: "{sample}"\n    batch_size: {batch_size}\n{entries}\n  }}'
 
 
-def _accelerator(inputs: list[str], buckets: list[int], max_batch_size: int, fp16: bool, cache: str) -> str:
-    def shapes(batch: int) -> str:
-        return ",".join(f"{name}:{batch}x{width}" for width in buckets for name in inputs)
+def bucket_shapes(name: str, width: int, max_batch_size: int, num_layers: int) -> tuple[list[int], ...]:
+    """(min, opt, max) shapes of input ``name`` in the TensorRT profile of bucket ``width``: ``[1, width]`` to
+    ``[max_batch_size, width]``; a prefix-layout ``exit_mask_l`` gets :meth:`Profile.width_range`'s widths."""
+    profile = Profile((1, max_batch_size, max_batch_size), (width, width, width))
+    return tuple(list(shape) for shape in profile.shapes(name, num_layers))
+
+
+def _accelerator(inputs: list[str], buckets: list[int], max_batch_size: int, fp16: bool, cache: str,
+                 num_layers: int) -> str:
+    def shapes(which: int) -> str:
+        return ",".join(f"{name}:{'x'.join(map(str, bucket_shapes(name, width, max_batch_size, num_layers)[which]))}"
+                        for width in buckets for name in inputs)
 
     params = {"precision_mode": "FP16" if fp16 else "FP32", "max_workspace_size_bytes": str(4 << 30),
               "trt_engine_cache_enable": "1", "trt_engine_cache_path": cache,
-              "trt_profile_min_shapes": shapes(1), "trt_profile_opt_shapes": shapes(max_batch_size),
-              "trt_profile_max_shapes": shapes(max_batch_size)}
+              "trt_profile_min_shapes": shapes(0), "trt_profile_opt_shapes": shapes(1),
+              "trt_profile_max_shapes": shapes(2)}
     body = "\n".join(f'        parameters {{ key: "{k}" value: "{v}" }}' for k, v in params.items())
     return ("optimization { execution_accelerators {\n  gpu_execution_accelerator : [ {\n"
             f'        name : "tensorrt"\n{body}\n  }} ]\n}} }}\n')
@@ -227,13 +258,14 @@ def plan_config(name: str, max_batch_size: int, inputs: list[str], num_labels: i
 
 
 def plan_spec(model: str, inputs: list[str], buckets: list[int], max_batch_size: int, precision: str,
-              workspace_mb: int = 4096) -> dict[str, Any]:
-    """What ``build_plans.py`` builds: one profile per bucket, ``[1, width]`` to ``[max_batch_size, width]``."""
+              workspace_mb: int = 4096, num_layers: int = 0) -> dict[str, Any]:
+    """What ``build_plans.py`` builds: one profile per bucket, ``[1, width]`` to ``[max_batch_size, width]``
+    (a prefix-layout ``exit_mask_l``: see :func:`bucket_shapes`)."""
     return {"model": model, "onnx": PLAN_ONNX, "plan": "1/model.plan", "strongly_typed": True,
             "precision": precision, "workspace_mb": workspace_mb, "max_batch_size": max_batch_size,
             "inputs": list(inputs), "buckets": list(buckets),
-            "profiles": [{"bucket": width, "shapes": {name: [[1, width], [max_batch_size, width],
-                                                            [max_batch_size, width]] for name in inputs}}
+            "profiles": [{"bucket": width, "shapes": {name: list(bucket_shapes(name, width, max_batch_size, num_layers))
+                                                      for name in inputs}}
                          for width in buckets]}
 
 
@@ -369,6 +401,20 @@ class _Plan:
         return [i.name for i in self.serving.graph.input]
 
     @property
+    def prefix(self) -> bool:
+        """Whether the graph takes the prefix layout (sorted rows, ``position_ids``, ``exit_mask_l``)."""
+        return is_prefix_graph(self.model_inputs)
+
+    def input_dtype(self, name: str) -> np.dtype:
+        """The dtype of a model input at the Triton boundary (a mask is bool, int32 with TensorRT)."""
+        return self.index_dtype if mask_layer(name) is None or self.uses_tensorrt else np.dtype("bool")
+
+    @property
+    def input_types(self) -> dict[str, str]:
+        """Model input -> Triton dtype, in the graph's order."""
+        return {name: TYPE[self.input_dtype(name)] for name in self.model_inputs}
+
+    @property
     def num_labels(self) -> int:
         return len(self.source.labels)
 
@@ -412,6 +458,7 @@ def _plan(bundle: str | Path, backend: str, fp16: bool, widths: list[int], max_b
     source = open_bundle(bundle)
     model_file, notes = _source_graph(bundle, source, backend, fp16, widths)
     original = onnx.load(str(model_file))
+    _check_servable(bundle, [i.name for i in original.graph.input], source.num_layers)
     serving = original
     if MASKS in [i.name for i in original.graph.input]:
         serving = embed_exit_table(serving, source.exit_table, source.num_layers)
@@ -423,6 +470,20 @@ def _plan(bundle: str | Path, backend: str, fp16: bool, widths: list[int], max_b
     return _Plan(source, backend, fp16, names, widths, max_batch_size, original, serving, pad_token, pad_id), notes
 
 
+def _check_servable(bundle: str | Path, inputs: list[str], num_layers: int) -> None:
+    """:class:`ExportError` when the tokenizer model cannot make every input of the bundle's graph."""
+    makes = set(TOKEN_INPUTS) | {MASKS}
+    if is_prefix_graph(inputs):
+        makes |= set(mask_names(num_layers))
+    elif "position_ids" in inputs or any(mask_layer(n) is not None for n in inputs):
+        raise ExportError(f"{bundle}'s graph takes {', '.join(inputs)}: a prefix layout needs position_ids and "
+                          f"exit_mask_1..exit_mask_{num_layers} together; re-export it (hashee export --layout prefix)")
+    unknown = [n for n in inputs if n not in makes]
+    if unknown:
+        raise ExportError(f"{bundle}'s graph takes {', '.join(unknown)}, which the Triton tokenizer does not make "
+                          f"(it makes {', '.join(TOKEN_INPUTS)}, exit masks); re-export it with hashee export")
+
+
 def _write_graph(model_dir: Path, plan: _Plan) -> None:
     """Write the serving graph (and check a rewritten one against the bundle's own graph)."""
     source = plan.source
@@ -431,7 +492,9 @@ def _write_graph(model_dir: Path, plan: _Plan) -> None:
     graph_file = model_dir / (PLAN_ONNX if plan.backend == "tensorrt-plan" else "1/model.onnx")
     graph_file.parent.mkdir(parents=True, exist_ok=True)
     graph_file.write_bytes(plan.serving.SerializeToString())
-    if plan.serving is not plan.original:
+    if plan.serving is not plan.original and plan.prefix:
+        _check_prefix_rewrite(graph_file, plan)
+    elif plan.serving is not plan.original:
         from transformers import AutoTokenizer
 
         hf_tokenizer = AutoTokenizer.from_pretrained(str(source.tokenizer_dir))
@@ -439,21 +502,50 @@ def _write_graph(model_dir: Path, plan: _Plan) -> None:
                        hf_tokenizer, min(source.max_length, plan.widths[-1]))
 
 
+def model_arrays(plan: _Plan, texts: list[str], width: int) -> dict[str, np.ndarray]:
+    """The model inputs for ``texts`` padded to bucket ``width``, as the tokenizer model makes them (packed or
+    prefix layout: :func:`hashee.prefix.plan_prefix` with the tokenizer's bucket rule), at the boundary dtypes."""
+    encoded = TextEncoder(plan.source.tokenizer_dir, width, plan.pad_token).encode(texts)
+    ids, mask = pad_to(encoded.ids, width, plan.pad_id)
+    types, _ = pad_to(encoded.types, width, 0)
+    arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    if plan.prefix:
+        uses_types = "token_type_ids" in plan.model_inputs
+        exits = np.asarray(plan.source.exit_table, dtype=np.int64)[ids]
+        arrays = plan_prefix(ids, mask, exits, plan.source.num_layers, types if uses_types else None, bucket=True,
+                             max_length=width, pad_id=plan.pad_id).feed()
+    return {name: arrays[name].astype(plan.input_dtype(name)) for name in plan.model_inputs}
+
+
+def _check_prefix_rewrite(graph_file: Path, plan: _Plan, tolerance: float = 1e-5) -> None:
+    """The rewritten prefix graph (int32 inputs) against the bundle's graph on sample texts (:class:`ValidationError`)."""
+    from hashee.exporter.validate import ort_session
+
+    rewritten, original = ort_session(graph_file), ort_session(plan.original.SerializeToString())
+    width = plan.widths[-1]
+    feed = model_arrays(plan, sample_texts(8) + ["", " ".join(sample_texts(16))], width)
+    want = {i.name: np.bool_ if i.type == "tensor(bool)" else np.int64 for i in original.get_inputs()}
+    got = rewritten.run(["logits"], feed)[0]
+    reference = original.run(["logits"], {k: v.astype(want[k]) for k, v in feed.items()})[0]
+    diff = float(np.abs(got - reference).max())
+    if not diff <= tolerance:
+        raise ValidationError(f"the int32-input prefix graph disagrees with the bundle's graph by {diff:.3g} "
+                              f"(beyond {tolerance:g})")
+
+
 def _write_warmups(model_dir: Path, plan: _Plan) -> list[str]:
     """Warm-up inputs at the smallest bucket (batch 1) and the largest (full batch); their config entries."""
     text = " ".join(sample_texts(16))
     warmups = []
+    types = plan.input_types
     for sample, width, batch in (("smallest_bucket", plan.widths[0], 1),
                                  ("largest_bucket", plan.widths[-1], plan.max_batch_size)):
-        encoded = TextEncoder(plan.source.tokenizer_dir, width, plan.pad_token).encode([text])
-        ids, mask = pad_to(encoded.ids, width, plan.pad_id)
-        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        files = {}
-        for tensor in plan.model_inputs:
+        inputs = {}
+        for tensor, array in model_arrays(plan, [text], width).items():
             file = f"{tensor}_{width}"
-            (model_dir / "warmup" / file).write_bytes(arrays[tensor][0].astype(plan.index_dtype).tobytes())
-            files[tensor] = file
-        warmups.append(_warmup(sample, batch, files, plan.index_type, width))
+            (model_dir / "warmup" / file).write_bytes(array[0].tobytes())
+            inputs[tensor] = (file, types[tensor], int(array.shape[1]))
+        warmups.append(_warmup(sample, batch, inputs))
     return warmups
 
 
@@ -462,16 +554,17 @@ def _write_model_config(model_dir: Path, plan: _Plan, warmups: list[str], engine
     """The model's ``config.pbtxt`` (and a plan model's build script); notes for the user."""
     model, inputs = plan.names["model"], plan.model_inputs
     if plan.backend == "tensorrt-plan":
-        spec = plan_spec(model, inputs, plan.widths, plan.max_batch_size, "fp16" if plan.fp16 else "fp32")
+        spec = plan_spec(model, inputs, plan.widths, plan.max_batch_size, "fp16" if plan.fp16 else "fp32",
+                         num_layers=plan.source.num_layers)
         write_plan_script(model_dir / PLAN_SCRIPT, spec)
         (model_dir / "config.pbtxt").write_text(plan_config(model, plan.max_batch_size, inputs, plan.num_labels,
                                                             warmups, len(spec["profiles"])))
         return [f"note: {model}/1/model.plan is not built yet: on the serving GPU, with the TensorRT its "
                 f"tritonserver uses, run python3 {repo / model / PLAN_SCRIPT} (plans only run on the compute "
                 f"capability they were built for)"]
-    accelerator = (_accelerator(inputs, plan.widths, plan.max_batch_size, plan.fp16, f"{engine_cache}/{model}")
-                   if plan.backend == "tensorrt" else None)
-    (model_dir / "config.pbtxt").write_text(model_config(model, plan.max_batch_size, inputs, plan.index_type,
+    accelerator = (_accelerator(inputs, plan.widths, plan.max_batch_size, plan.fp16, f"{engine_cache}/{model}",
+                                plan.source.num_layers) if plan.backend == "tensorrt" else None)
+    (model_dir / "config.pbtxt").write_text(model_config(model, plan.max_batch_size, plan.input_types,
                                                          plan.num_labels, warmups, accelerator))
     return []
 
@@ -487,10 +580,25 @@ def _write_tokenizer(tok_dir: Path, plan: _Plan, instances: int, python_env: str
               "pad_id": str(plan.pad_id), "token_type_ids": "true" if "token_type_ids" in plan.model_inputs else "false",
               "index_dtype": plan.index_dtype.name, "tokenizer_file": "tokenizer/tokenizer.json",
               "exit_table_file": TABLE_FILE, "num_layers": str(source.num_layers)}
+    if plan.prefix:
+        write_prefix_module(tok_dir / "1" / PREFIX_FILE)
+        params.update({"layout": "prefix", "prefix_plan_file": PREFIX_FILE,
+                       "mask_dtype": plan.input_dtype(mask_names(1)[0]).name})
     if python_env is not None:
         params["EXECUTION_ENV_PATH"] = python_env
     (tok_dir / "config.pbtxt").write_text(tokenizer_config(plan.names["tokenizer"], plan.max_batch_size, instances,
-                                                           plan.model_inputs, plan.index_type, params))
+                                                           plan.input_types, params))
+
+
+def write_prefix_module(path: Path) -> None:
+    """Copy :mod:`hashee.prefix` to ``path`` with its one hashee import replaced, so the tokenizer model runs
+    the runtime's own sort and masks in a Python backend that has only numpy and tokenizers."""
+    source = PREFIX_SOURCE.read_text(encoding="utf-8")
+    if source.count(PREFIX_IMPORT) != 1:
+        raise ExportError(f"{PREFIX_SOURCE} lost its line {PREFIX_IMPORT.strip()!r}: the tokenizer's copy cannot be made")
+    header = "# copied from hashee/prefix.py by hashee export-triton; runs without hashee (only numpy)\n"
+    path.write_text(header + source.replace(PREFIX_IMPORT, "InputError = ValueError  # hashee.errors.InputError "
+                                                            "is a ValueError too\n"), encoding="utf-8")
 
 
 def _write_ensemble(ens_dir: Path, plan: _Plan) -> None:

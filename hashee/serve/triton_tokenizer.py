@@ -16,10 +16,24 @@ the running totals it is computed from (counters), so a dashboard sees how much 
 
 The same tokenisation and bucketing as ``hashee.runtime`` (``TextEncoder`` and
 ``batching.bucket_width``); tests check the two agree.
+
+**Prefix-layout bundles** (``hashee export --layout prefix``; config parameter ``layout: prefix``): the
+model graph takes each row sorted by exit layer, ``position_ids`` and ``exit_mask_1 .. exit_mask_L``
+``[batch, W_l]`` (:mod:`hashee.prefix`).  The sort and the masks come from ``plan_prefix`` of a copy
+of ``hashee/prefix.py`` that export-triton ships next to this file (``prefix_plan_file``; its one
+``hashee`` import replaced, so the rule lives in one place and runs without hashee).  ``W_l`` is a
+*shape*, and Triton's dynamic batcher only stacks requests whose shapes match (a batched model call
+never mixes widths), so the widths are chosen to let requests batch: all requests of one ``execute``
+call (the tokenizer's own dynamic batch) that share a sequence bucket are planned together, so they
+get the same ``W_l`` (the widest row's), rounded up to a multiple of 8 (the runtime's bucket rule,
+``plan_prefix(bucket=True)`` at the request's bucket width).  Rows of other requests only widen the
+masks with false slots, which changes no answer; the model then batches them as one call.
 """
 
+import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -38,6 +52,22 @@ def bucket_width(length, buckets):
         if length <= width:
             return width
     return buckets[-1]
+
+
+def load_module(path):
+    """Import the Python file ``path`` under a name of its own (registered: dataclasses look it up)."""
+    name = "hashee_tokenizer_" + "".join(c if c.isalnum() else "_" for c in os.path.abspath(path))
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
 
 
 def _decode(value):
@@ -68,6 +98,11 @@ class TritonPythonModel:
         self.tokenizer = tokenizer
         self.table = np.load(os.path.join(folder, params.get("exit_table_file", "exit_table.npy")),
                              allow_pickle=False).astype(np.int64)
+        self.num_layers = int(params["num_layers"])
+        self.prefix = None  # the shipped hashee/prefix.py for a prefix-layout model
+        if params.get("layout", "packed") == "prefix":
+            self.prefix = load_module(os.path.join(folder, params["prefix_plan_file"]))
+            self.mask_dtype = np.bool_ if params.get("mask_dtype", "bool") == "bool" else self.dtype
         self.tokens_seen = 0
         self.layers_seen = 0
         labels = {"model": args.get("model_name", config.get("name", "tokenizer")),
@@ -121,25 +156,63 @@ class TritonPythonModel:
     def mean_exit_layer(self):
         return self.layers_seen / self.tokens_seen if self.tokens_seen else 0.0
 
+    def read(self, request):
+        """``(texts, pairs or None)`` of one request; ValueError when it is malformed."""
+        text = pb_utils.get_input_tensor_by_name(request, "TEXT")
+        if text is None:
+            raise ValueError("the request has no TEXT input")
+        texts = [_decode(v) for v in text.as_numpy().reshape(-1)]
+        pair = pb_utils.get_input_tensor_by_name(request, "TEXT_PAIR")
+        pairs = None
+        if pair is not None:
+            pairs = [_decode(v) for v in pair.as_numpy().reshape(-1)]
+            if len(pairs) != len(texts):
+                raise ValueError(f"TEXT has {len(texts)} items but TEXT_PAIR has {len(pairs)}")
+        if self.prefix is not None and not texts:
+            raise ValueError("the request has no texts")
+        return texts, pairs
+
+    def to_prefix(self, encoded):
+        """Packed arrays by request -> the prefix layout's arrays by request (see the module doc): the
+        requests of one bucket width are planned together, so they share every ``W_l``."""
+        groups = {}
+        for index, arrays in encoded.items():
+            groups.setdefault(arrays["input_ids"].shape[1], []).append(index)
+        out = {}
+        for width, members in groups.items():
+            joined = {name: np.concatenate([encoded[i][name] for i in members]) for name in encoded[members[0]]}
+            ids = joined["input_ids"].astype(np.int64)
+            plan = self.prefix.plan_prefix(ids, joined["attention_mask"], self.table[ids], self.num_layers,
+                                           joined.get("token_type_ids"), bucket=True, max_length=width,
+                                           pad_id=self.pad_id)
+            feed = plan.feed()
+            start = 0
+            for index in members:
+                stop = start + len(encoded[index]["input_ids"])
+                out[index] = {name: np.ascontiguousarray(value[start:stop]).astype(
+                    self.mask_dtype if value.dtype == np.bool_ else self.dtype) for name, value in feed.items()}
+                start = stop
+        return out
+
     def execute(self, requests):
-        responses = []
-        for request in requests:
+        responses = [None] * len(requests)
+        encoded = {}
+        for index, request in enumerate(requests):
             try:
-                text = pb_utils.get_input_tensor_by_name(request, "TEXT")
-                if text is None:
-                    raise ValueError("the request has no TEXT input")
-                texts = [_decode(v) for v in text.as_numpy().reshape(-1)]
-                pair = pb_utils.get_input_tensor_by_name(request, "TEXT_PAIR")
-                pairs = None
-                if pair is not None:
-                    pairs = [_decode(v) for v in pair.as_numpy().reshape(-1)]
-                    if len(pairs) != len(texts):
-                        raise ValueError(f"TEXT has {len(texts)} items but TEXT_PAIR has {len(pairs)}")
-                arrays = self.encode(texts, pairs)
-                tensors = [pb_utils.Tensor(name, value) for name, value in arrays.items()]
-                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+                encoded[index] = self.encode(*self.read(request))
             except Exception as exc:  # noqa: BLE001 - one bad request must not fail the others
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc))))
+                responses[index] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(exc)))
+        if self.prefix is not None and encoded:
+            try:
+                encoded = self.to_prefix(encoded)
+            except Exception as exc:  # noqa: BLE001 - reported on every request it concerns
+                for index in encoded:
+                    responses[index] = pb_utils.InferenceResponse(output_tensors=[],
+                                                                  error=pb_utils.TritonError(str(exc)))
+                encoded = {}
+        for index, arrays in encoded.items():
+            tensors = [pb_utils.Tensor(name, value) for name, value in arrays.items()]
+            responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
         return responses
 
     def finalize(self):
