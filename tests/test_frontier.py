@@ -165,3 +165,41 @@ def test_frontier_runs_unchanged_on_sentence_pairs(backbone, elue_dir, tmp_path)
     report = frontier.collect(tmp_path / "out")
     assert {p["kind"] for p in report["points"]} == {"dense", "static", "hashee"}
     assert all(0 <= p["mean"] <= 100 for p in report["points"])
+
+
+def _record(task, metrics, reduction, **extra):
+    return {"task": task, "backbone": "tiny", "dev_metrics": metrics, "flops": {"reduction": reduction}, **extra}
+
+
+def test_a_run_whose_metric_is_undefined_is_reported_not_a_crash(tmp_path):
+    def fake_train(backbone, **kwargs):  # a regression frontier; seed 43 of the static point has a NaN correlation
+        out = kwargs["output_dir"]
+        out.mkdir(parents=True)
+        static = "num_layers" in kwargs
+        value = None if static and kwargs["seed"] == 43 else 0.5 + 0.01 * kwargs["seed"] - (0.1 if static else 0)
+        metrics = {"pearson": value, "spearman": value, "pearson_spearman_mean": value, "main": value}
+        reduction = kwargs.get("target_speedup") or (3.0 if static else 1.0)
+        (out / frontier.RUN_META).write_text(json.dumps(_record("regression", metrics, reduction)))
+
+    job = frontier.FrontierJob(tmp_path / "a.tsv", tmp_path / "b.tsv", tmp_path / "out", progress=False)
+    points = frontier.plan_points(6, [2], [2.0], {}, seeds=3)
+    frontier.run_frontier(job, points, seeds=3, trainer=fake_train)  # reports rewritten after every run
+    report = json.loads((tmp_path / "out" / frontier.FRONTIER_JSON).read_text())
+    assert report["metric"] == "pearson_spearman_mean"
+    static = next(p for p in report["points"] if p["kind"] == "static")
+    assert static["scores"][1] is None and static["undefined"] == ["seed43"] and static["seeds"] == 3
+    assert static["mean"] == pytest.approx(83.0) and static["std"] == pytest.approx(np.std([82.0, 84.0], ddof=1))
+    hashee_point = next(p for p in report["points"] if p["kind"] == "hashee")
+    assert hashee_point["gain_over_static"] is not None and not hashee_point["undefined"]
+    text = (tmp_path / "out" / frontier.FRONTIER_MD).read_text()
+    assert "(2 of 3 defined)" in text and "`static-L2` seed43" in text and "over the defined scores only" in text
+    # every run undefined: the point has no mean and no gain, and the reports still come out
+    for run in (tmp_path / "out" / "runs").glob(f"*/seed*/{frontier.RUN_META}"):
+        record = json.loads(run.read_text())
+        record["dev_metrics"] = {key: None for key in record["dev_metrics"]}
+        run.write_text(json.dumps(record))
+    frontier.write_reports(tmp_path / "out")
+    report = json.loads((tmp_path / "out" / frontier.FRONTIER_JSON).read_text())
+    assert all(p["mean"] is None and p["std"] is None for p in report["points"])
+    assert all(p.get("gain_over_static") is None for p in report["points"] if p["kind"] == "hashee")
+    assert "| undefined |" in (tmp_path / "out" / frontier.FRONTIER_MD).read_text()

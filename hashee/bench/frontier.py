@@ -305,28 +305,62 @@ def finished(run_dir: Path, point: FrontierPoint) -> bool:
 
 # ------------------------------------------------------------------------------------- reports
 
+def _metric_of(record: dict[str, Any]) -> str:
+    """The frontier's metric for a run record: accuracy, or the Pearson/Spearman mean for regression."""
+    return "pearson_spearman_mean" if record.get("task") == "regression" else "accuracy"
+
+
+def _score(value: Any) -> float | None:
+    """A run's score in percent, or None when its metric is undefined (null/NaN: e.g. a regression run
+    whose predictions or labels are constant, so its correlation is NaN) or missing."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return 100.0 * float(value)
+
+
+def _runs(folder: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(``seed<S>``, record) of the finished runs of one point folder, by seed."""
+    runs = []
+    for path in sorted(folder.glob(f"seed*/{RUN_META}"), key=lambda p: int(p.parent.name[4:])):
+        try:
+            runs.append((path.parent.name, json.loads(path.read_text())))
+        except json.JSONDecodeError:
+            continue  # cut short while writing: not finished
+    return runs
+
+
+def _point_entry(meta: dict[str, Any], runs: list[tuple[str, dict[str, Any]]], metric: str) -> dict[str, Any]:
+    """One point of ``frontier.json``: one score per finished seed (None where undefined); mean and std
+    over the defined scores only."""
+    scores = [_score((record.get("dev_metrics") or {}).get(metric)) for _, record in runs]
+    defined = [s for s in scores if s is not None]
+    reductions = [float((record.get("flops") or {}).get("reduction") or 1.0) for _, record in runs]
+    return {"name": meta["name"], "kind": meta["kind"], "layers": meta["layers"],
+            "flops_reduction": float(np.mean(reductions)), "recipe": meta["recipe"],
+            "scores": scores, "mean": float(np.mean(defined)) if defined else None,
+            "std": (float(np.std(defined, ddof=1)) if len(defined) > 1 else 0.0) if defined else None,
+            "seeds": len(scores), "runs": [name for name, _ in runs],
+            "undefined": [name for (name, _), s in zip(runs, scores) if s is None],
+            "target_speedup": meta.get("target_speedup"), "command": meta["command"]}
+
+
 def collect(output_dir: Path) -> dict[str, Any]:
-    """``frontier.json``'s content from every finished run under ``output_dir/runs``."""
+    """``frontier.json``'s content from every finished run under ``output_dir/runs``.
+
+    A run whose metric is undefined (saved as null, e.g. a NaN correlation) stays in its point's
+    ``scores`` as None and is named in its ``undefined`` list; ``mean`` and ``std`` are over the defined
+    scores (None when there is none).
+    """
     points, task, metric, backbone = [], None, None, None
     for folder in sorted((output_dir / "runs").glob(f"*/{POINT_META}")):
         meta = json.loads(folder.read_text())
-        scores, reductions = [], []
-        for run in sorted(folder.parent.glob(f"seed*/{RUN_META}"), key=lambda p: int(p.parent.name[4:])):
-            record = json.loads(run.read_text())
-            metrics = record.get("dev_metrics") or {}
-            metric = metric or ("accuracy" if "accuracy" in metrics else "pearson_spearman_mean")
-            if metric not in metrics:
-                continue
-            task, backbone = task or record.get("task"), backbone or record.get("backbone")
-            scores.append(100.0 * float(metrics[metric]))
-            reductions.append(float((record.get("flops") or {}).get("reduction") or 1.0))
-        if not scores:
+        runs = _runs(folder.parent)
+        if not runs:
             continue
-        points.append({"name": meta["name"], "kind": meta["kind"], "layers": meta["layers"],
-                       "flops_reduction": float(np.mean(reductions)), "recipe": meta["recipe"],
-                       "scores": scores, "mean": float(np.mean(scores)),
-                       "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
-                       "seeds": len(scores), "command": meta["command"]})
+        first = runs[0][1]
+        task, metric = task or first.get("task"), metric or _metric_of(first)
+        backbone = backbone or first.get("backbone")
+        points.append(_point_entry(meta, runs, metric))
     _add_gains(points)
     return {"task": task, "metric": metric, "backbone": backbone, "points": points}
 
@@ -341,7 +375,7 @@ def _members(points: list[dict[str, Any]], recipe: dict[str, Any]) -> list[dict[
 def static_curve(points: list[dict[str, Any]], recipe: dict[str, Any]) -> list[tuple[float, float]]:
     """(FLOPs reduction, mean) of the dense and static points of one recipe, by reduction."""
     return sorted((p["flops_reduction"], p["mean"]) for p in _members(points, recipe)
-                  if p["kind"] in ("dense", "static"))
+                  if p["kind"] in ("dense", "static") and p["mean"] is not None)
 
 
 def _recipes(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -380,7 +414,7 @@ def _add_gains(points: list[dict[str, Any]]) -> None:
         curve = static_curve(points, point["recipe"])
         at, extrapolated = interpolate(curve, point["flops_reduction"])
         point["static_at_same_flops"] = at
-        point["gain_over_static"] = None if at is None else point["mean"] - at
+        point["gain_over_static"] = None if at is None or point["mean"] is None else point["mean"] - at
         point["static_extrapolated"] = extrapolated
 
 
@@ -404,12 +438,33 @@ def format_markdown(report: dict[str, Any]) -> str:
             gain_text = "" if p["kind"] != "hashee" else (
                 "n/a" if gain is None else f"{gain:+.2f}{'*' if p.get('static_extrapolated') else ''}")
             lines.append(f"| {p['name']} | {p['kind']} | {p['layers']} | {p['flops_reduction']:.2f}x | "
-                         f"{p['mean']:.2f} +/- {p['std']:.2f} | {p['seeds']} | {gain_text} |")
+                         f"{_mean_text(p)} | {p['seeds']} | {gain_text} |")
         lines.append("")
+    lines += _undefined_lines(points, metric)
     lines += ["Commands (one seed each; `hashee frontier` runs them all):", ""]
     lines += [f"- `{p['name']}`: `{p['command']}`" for p in points]
     lines += ["", f"Plot: `{FRONTIER_PNG}`.", ""]
     return "\n".join(lines)
+
+
+def _mean_text(point: dict[str, Any]) -> str:
+    """``mean +/- std``, over the defined scores (``(2 of 3 defined)`` where some are not)."""
+    if point["mean"] is None:
+        return "undefined"
+    text = f"{point['mean']:.2f} +/- {point['std']:.2f}"
+    undefined = len(point.get("undefined") or ())
+    return f"{text} ({point['seeds'] - undefined} of {point['seeds']} defined)" if undefined else text
+
+
+def _undefined_lines(points: list[dict[str, Any]], metric: str) -> list[str]:
+    """The runs whose metric is undefined, named, and how the means treat them."""
+    named = [f"`{p['name']}` {', '.join(p['undefined'])}" for p in points if p.get("undefined")]
+    if not named:
+        return []
+    count = sum(len(p["undefined"]) for p in points)
+    return [f"Undefined scores: {count} run(s) have no defined dev {metric} (saved as null: e.g. a correlation "
+            f"of constant predictions): {'; '.join(named)}. Means and stds are over the defined scores only; "
+            f"a point with none has no mean and no gain.", ""]
 
 
 def plot(report: dict[str, Any], path: Path) -> Path | None:
@@ -429,7 +484,7 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
         if curve:
             axes.plot([x for x, _ in curve], [y for _, y in curve], "o--", label=f"dense/static ({label})")
         ours = sorted((p["flops_reduction"], p["mean"], p["std"]) for p in _members(points, recipe)
-                      if p["kind"] == "hashee")
+                      if p["kind"] == "hashee" and p["mean"] is not None)
         if ours:
             axes.errorbar([x for x, _, _ in ours], [y for _, y, _ in ours], yerr=[s for _, _, s in ours],
                           fmt="s-", capsize=3, label=f"HashEE ({label})")
@@ -437,7 +492,8 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     axes.set_xlabel("FLOPs reduction vs full-depth dense (log)")
     axes.set_ylabel(f"dev {report.get('metric') or 'score'} (%)")
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
