@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -26,6 +27,16 @@ def _head(path, rows, dst):
     lines = path.read_text(encoding="utf-8-sig").splitlines()
     dst.write_text("\n".join(lines[: rows + 1]) + "\n")
     return dst
+
+
+def _record(backbone, kwargs, task, metrics, reduction, **extra):
+    """A run record as hashee.training.train writes it (the parts the frontier reads)."""
+    columns = {key: kwargs.get(f"{key}_column") for key in ("text", "pair", "label")}
+    data = {"train_file": str(kwargs["train_file"]), "dev_file": str(kwargs["dev_file"]), "column_flags": columns,
+            "columns": {"text": columns["text"] or "sentence", "pair": columns["pair"],
+                        "label": columns["label"] or "label"}}
+    return {"task": task, "backbone": str(backbone), "data": data, "dev_metrics": metrics,
+            "flops": {"reduction": reduction}, **extra}
 
 
 def test_points_are_named_by_kind_size_and_recipe():
@@ -74,10 +85,10 @@ def test_distilled_points_learn_from_the_dense_run_of_their_seed(tmp_path):
         recipe = {k: kwargs.get(k, frontier.SEED_RECIPE[k]) for k in frontier.SEED_RECIPE}
         recipe["teacher"] = str(recipe["teacher"]) if recipe["teacher"] else None
         (out / frontier.RUN_META).write_text(json.dumps(
-            {"task": "classification", "backbone": "tiny", "recipe": recipe,
-             "dev_metrics": {"accuracy": score}, "flops": {"reduction": reduction}}))
+            _record(backbone, kwargs, "classification", {"accuracy": score}, reduction, recipe=recipe)))
 
-    job = frontier.FrontierJob(tmp_path / "a.tsv", tmp_path / "b.tsv", tmp_path / "out", progress=False)
+    job = frontier.FrontierJob(tmp_path / "a.tsv", tmp_path / "b.tsv", tmp_path / "out", backbone=tmp_path / "bb",
+                               progress=False)
     points = frontier.plan_points(6, [2, 3], [2.5], {"teacher": "dense", "distill_alpha": 0.9, "init": "dense"},
                                   seeds=2)
     assert [p.name for p in points][1:] == ["static-L3+kd_a0.9_init", "static-L2+kd_a0.9_init",
@@ -167,8 +178,6 @@ def test_frontier_runs_unchanged_on_sentence_pairs(backbone, elue_dir, tmp_path)
     assert all(0 <= p["mean"] <= 100 for p in report["points"])
 
 
-def _record(task, metrics, reduction, **extra):
-    return {"task": task, "backbone": "tiny", "dev_metrics": metrics, "flops": {"reduction": reduction}, **extra}
 
 
 def test_a_run_whose_metric_is_undefined_is_reported_not_a_crash(tmp_path):
@@ -179,9 +188,10 @@ def test_a_run_whose_metric_is_undefined_is_reported_not_a_crash(tmp_path):
         value = None if static and kwargs["seed"] == 43 else 0.5 + 0.01 * kwargs["seed"] - (0.1 if static else 0)
         metrics = {"pearson": value, "spearman": value, "pearson_spearman_mean": value, "main": value}
         reduction = kwargs.get("target_speedup") or (3.0 if static else 1.0)
-        (out / frontier.RUN_META).write_text(json.dumps(_record("regression", metrics, reduction)))
+        (out / frontier.RUN_META).write_text(json.dumps(_record(backbone, kwargs, "regression", metrics, reduction)))
 
-    job = frontier.FrontierJob(tmp_path / "a.tsv", tmp_path / "b.tsv", tmp_path / "out", progress=False)
+    job = frontier.FrontierJob(tmp_path / "a.tsv", tmp_path / "b.tsv", tmp_path / "out", backbone=tmp_path / "bb",
+                               progress=False)
     points = frontier.plan_points(6, [2], [2.0], {}, seeds=3)
     frontier.run_frontier(job, points, seeds=3, trainer=fake_train)  # reports rewritten after every run
     report = json.loads((tmp_path / "out" / frontier.FRONTIER_JSON).read_text())
@@ -203,3 +213,34 @@ def test_a_run_whose_metric_is_undefined_is_reported_not_a_crash(tmp_path):
     assert all(p["mean"] is None and p["std"] is None for p in report["points"])
     assert all(p.get("gain_over_static") is None for p in report["points"] if p["kind"] == "hashee")
     assert "| undefined |" in (tmp_path / "out" / frontier.FRONTIER_MD).read_text()
+
+
+def test_resume_refuses_runs_of_other_data_or_backbone(tmp_path, monkeypatch):
+    def fake_train(backbone, **kwargs):
+        kwargs["output_dir"].mkdir(parents=True)
+        record = _record(backbone, kwargs, "classification", {"accuracy": 0.8}, kwargs.get("target_speedup") or 1.0)
+        (kwargs["output_dir"] / frontier.RUN_META).write_text(json.dumps(record))
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    points = frontier.plan_points(3, [1], [1.5], {"init": "dense"}, seeds=1)
+    job = frontier.FrontierJob(frontier.Path("data/a.tsv"), tmp_path / "data" / "b.tsv", tmp_path / "out",
+                               backbone=tmp_path / "bb", progress=False)
+    assert len(frontier.run_frontier(job, points, seeds=1, trainer=fake_train).trained) == 3
+    # the same files spelt otherwise (absolute, or through ..) resume
+    same = frontier.FrontierJob(tmp_path / "data" / "a.tsv", frontier.Path("data/../data/b.tsv"), tmp_path / "out",
+                                backbone=frontier.Path("bb"), progress=False)
+    assert len(frontier.run_frontier(same, points, seeds=1, trainer=fake_train).skipped) == 3
+    # the static and HashEE runs started from the dense run: their recorded backbone is that run, not bb
+    record = json.loads((tmp_path / "out" / "runs" / "static-L1+init" / "seed42" / frontier.RUN_META).read_text())
+    assert frontier.Path(record["backbone"]).resolve() == (tmp_path / "out" / "runs" / "dense-L3" / "seed42")
+    changes = {"--train": {"train_file": tmp_path / "other.tsv"}, "--dev": {"dev_file": tmp_path / "a.tsv"},
+               "backbone": {"backbone": tmp_path / "other-bb"}, "--text-column": {"columns": {"text_column": "text"}},
+               "--label-column": {"columns": {"label_column": 1}}}
+    for flag, change in changes.items():
+        other = dataclasses.replace(same, **change)
+        with pytest.raises(TrainConfigError, match=rf"dense-L3/seed42 was trained with {flag} .*move .*out away"):
+            frontier.run_frontier(other, points, seeds=1, trainer=fake_train)
+    # a column given now that the first runs found by themselves is the same column
+    named = dataclasses.replace(same, columns={"text_column": "sentence", "label_column": "label"})
+    assert len(frontier.run_frontier(named, points, seeds=1, trainer=fake_train).skipped) == 3

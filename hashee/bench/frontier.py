@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hashee.errors import TrainConfigError
+from hashee.errors import BackboneError, TrainConfigError
 
 FRONTIER_JSON, FRONTIER_MD, FRONTIER_PNG = "frontier.json", "frontier.md", "frontier.png"
 POINT_META = "point.json"
@@ -174,7 +174,8 @@ def train_kwargs(job: FrontierJob, point: FrontierPoint, seed: int) -> dict[str,
     """The :func:`hashee.training.train` arguments of one run."""
     recipe = dict(point.recipe)
     teacher, init = recipe.pop("teacher"), recipe.pop("init")
-    kwargs: dict[str, Any] = {"train_file": job.train_file, "dev_file": job.dev_file,
+    # absolute data paths: the run record says which files it was trained on, whatever the current folder
+    kwargs: dict[str, Any] = {"train_file": _resolved(job.train_file), "dev_file": _resolved(job.dev_file),
                               "output_dir": job.run_dir(point, seed), "seed": seed, **job.columns, **recipe}
     if init is not None:  # start from a fine-tuned model: the frontier's dense run of this seed, or a folder
         kwargs["backbone"] = job.run_dir(point.teacher(), seed) if init == "dense" else Path(init)
@@ -262,7 +263,7 @@ def run_frontier(job: FrontierJob, points: Sequence[FrontierPoint], seeds: int =
     for seed, point in bar:
         run_dir = job.run_dir(point, seed)
         _write_point(job, point)
-        if finished(run_dir, point):
+        if finished(run_dir, point, job):
             skipped.append(run_dir)
             continue
         bar.set_postfix_str(f"{point.name} seed {seed}")
@@ -285,8 +286,13 @@ def _write_point(job: FrontierJob, point: FrontierPoint) -> None:
         path.write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def finished(run_dir: Path, point: FrontierPoint) -> bool:
-    """True when ``run_dir`` holds a finished run of ``point``; a run of another recipe is an error."""
+def finished(run_dir: Path, point: FrontierPoint, job: FrontierJob) -> bool:
+    """True when ``run_dir`` holds a finished run of ``point`` for ``job``.
+
+    A finished run of another recipe, or on other data (train or dev file, text/pair/label columns) or
+    from another backbone than ``job`` asks for, is a :class:`TrainConfigError` naming the folder: it is
+    never silently reused.  Paths are compared resolved (relative ones against the current folder).
+    """
     meta_path = run_dir / RUN_META
     if not meta_path.is_file():
         return False
@@ -300,7 +306,74 @@ def finished(run_dir: Path, point: FrontierPoint) -> bool:
         if recipe.get(key, SEED_RECIPE[key]) != point.recipe[key]:
             raise TrainConfigError(f"{run_dir} was trained with {key}={recipe.get(key)!r}, not "
                                    f"{point.recipe[key]!r}; move it away or use another output folder")
+    mismatch = _data_mismatch(meta, job, point, run_dir)
+    if mismatch is not None:
+        raise TrainConfigError(f"{run_dir} was trained with {mismatch}; its runs are not this frontier's: move "
+                               f"{job.output_dir} away or use another output folder (-o)")
     return True
+
+
+def point_from_meta(meta: dict[str, Any]) -> FrontierPoint:
+    """The :class:`FrontierPoint` a point folder's ``point.json`` describes (options it lacks: the seed recipe's)."""
+    return FrontierPoint(meta["kind"], meta["layers"], meta.get("target_speedup"), {**SEED_RECIPE, **meta["recipe"]},
+                         meta.get("backbone_layers", meta["layers"]))
+
+
+def check_runs(job: FrontierJob) -> list[tuple[Path, str | None]]:
+    """Read-only: each finished run under ``job.output_dir/runs`` with None when resuming ``job`` would reuse
+    it, else why not (a refusal, or a folder whose point would be named otherwise now)."""
+    checked = []
+    for path in sorted((job.output_dir / "runs").glob(f"*/{POINT_META}")):
+        point = point_from_meta(json.loads(path.read_text()))
+        for run in sorted(path.parent.glob(f"seed*/{RUN_META}")):
+            problem = None if point.name == path.parent.name else f"its point is now named {point.name}"
+            try:
+                if problem is None and not finished(run.parent, point, job):
+                    problem = f"{RUN_META} is not valid JSON"
+            except TrainConfigError as exc:
+                problem = str(exc)
+            checked.append((run.parent, problem))
+    return checked
+
+
+def run_backbone(job: FrontierJob, point: FrontierPoint, run_dir: Path) -> Path | None:
+    """The model folder a run of ``point`` starts from: its init (the seed's dense run, or a folder), the
+    job's backbone, or None for the default backbone."""
+    init = point.recipe.get("init")
+    if init == "dense":
+        return job.run_dir(point.teacher(), 0).parent / run_dir.name
+    return Path(init) if init is not None else job.backbone
+
+
+def _resolved(path: Any) -> Path | None:
+    return None if path is None else Path(path).expanduser().resolve()
+
+
+def _data_mismatch(meta: dict[str, Any], job: FrontierJob, point: FrontierPoint, run_dir: Path) -> str | None:
+    """What a run record says about its data and backbone that differs from ``job`` (``--train A (this
+    frontier: B)``), or None."""
+    data = meta.get("data") or {}
+    for key, flag, wanted in (("train_file", "--train", job.train_file), ("dev_file", "--dev", job.dev_file)):
+        if _resolved(data.get(key)) != _resolved(wanted):
+            return f"{flag} {data.get(key)} (this frontier: {wanted})"
+    backbone = run_backbone(job, point, run_dir)
+    if backbone is None:
+        from hashee.training import default_backbone
+
+        try:
+            backbone = default_backbone()
+        except BackboneError:
+            backbone = None  # cannot train here either: training says so
+    if backbone is not None and _resolved(meta.get("backbone")) != _resolved(backbone):
+        return f"backbone {meta.get('backbone')} (this frontier: {backbone})"
+    flags, detected = data.get("column_flags") or {}, data.get("columns") or {}
+    for key in ("text", "pair", "label"):
+        wanted, given = job.columns.get(f"{key}_column"), flags.get(key)
+        if wanted == given or (wanted is not None and str(wanted) == str(detected.get(key))):
+            continue
+        given_text = repr(given) if given is not None else f"not given (found {detected.get(key)!r})"
+        return f"--{key}-column {given_text} (this frontier: {'not given' if wanted is None else repr(wanted)})"
+    return None
 
 
 # ------------------------------------------------------------------------------------- reports
