@@ -244,3 +244,20 @@ def test_resume_refuses_runs_of_other_data_or_backbone(tmp_path, monkeypatch):
     # a column given now that the first runs found by themselves is the same column
     named = dataclasses.replace(same, columns={"text_column": "sentence", "label_column": "label"})
     assert len(frontier.run_frontier(named, points, seeds=1, trainer=fake_train).skipped) == 3
+
+
+def test_teachers_of_the_same_folder_name_name_different_points(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    names = {}
+    for teacher in ("a/seed42", "b/seed42", str(tmp_path / "a" / "seed42"), "dense"):
+        points = frontier.plan_points(6, [2], [2.0], {"teacher": teacher, "init": teacher}, seeds=1)
+        names[teacher] = [p.name for p in points[1:]]
+    assert names["a/seed42"] != names["b/seed42"]
+    assert names["a/seed42"] == names[str(tmp_path / "a" / "seed42")]  # one folder, however it is spelt
+    assert all("kd-seed42-" in name and "init-seed42-" in name for name in names["a/seed42"])
+    assert names["dense"] == ["static-L2+kd_init", "hashee-2x+kd_init"]  # the frontier's own dense run: unchanged
+    monkeypatch.chdir(tmp_path / "..")  # the recipe keeps the absolute folder: the name does not move with the cwd
+    point = frontier.plan_points(6, [2], [2.0], {"teacher": str(tmp_path / "a" / "seed42")}, seeds=1)[2]
+    assert point.recipe["teacher"] == str(tmp_path / "a" / "seed42")
+    assert frontier.point_from_meta({"kind": "hashee", "layers": 6, "target_speedup": 2.0,
+                                     "recipe": point.recipe}).name == point.name

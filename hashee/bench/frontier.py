@@ -23,6 +23,7 @@ frontier is finished before the next seed starts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shlex
@@ -91,7 +92,8 @@ class FrontierPoint:
 
 
 def recipe_tag(recipe: dict[str, Any]) -> str:
-    """``lr0.0001_kd_a0.9``: the options that differ from the seed recipe, in a fixed order."""
+    """``lr0.0001_kd_a0.9``: the options that differ from the seed recipe, in a fixed order (a teacher or init
+    folder as its name and a digest of its path: ``kd-seed42-1a2b3c``; the frontier's own dense run: ``kd``)."""
     parts = []
     for key in _SHORT:
         if key not in recipe or recipe[key] == SEED_RECIPE[key]:
@@ -104,9 +106,16 @@ def recipe_tag(recipe: dict[str, Any]) -> str:
             continue
         value = recipe[key]
         if key in ("teacher", "init"):
-            value = "" if value == "dense" else "-" + Path(str(value)).name
+            value = "" if value == "dense" else _path_tag(value)
         parts.append(f"{_SHORT[key]}{value:g}" if isinstance(value, float) else f"{_SHORT[key]}{value}")
     return "_".join(parts)
+
+
+def _path_tag(path: Any) -> str:
+    """``-seed42-1a2b3c``: a teacher or init folder's name and a digest of its resolved path, so that two
+    folders of the same name (``a/seed42``, ``b/seed42``) name different points."""
+    resolved = str(Path(str(path)).expanduser().resolve())
+    return f"-{Path(resolved).name}-{hashlib.sha256(resolved.encode()).hexdigest()[:6]}"
 
 
 def undistilled(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -120,11 +129,16 @@ def without_table(recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
-    """The seed recipe updated with ``recipe``; unknown options are a :class:`TrainConfigError`."""
+    """The seed recipe updated with ``recipe`` (teacher and init folders made absolute); unknown options
+    are a :class:`TrainConfigError`."""
     unknown = sorted(set(recipe) - set(SEED_RECIPE))
     if unknown:
         raise TrainConfigError(f"unknown recipe options {unknown}; a frontier recipe takes {sorted(SEED_RECIPE)}")
-    return {**SEED_RECIPE, **recipe}
+    recipe = {**SEED_RECIPE, **recipe}
+    for key in ("teacher", "init"):  # a folder, as its absolute path: the same whatever the current folder
+        if recipe[key] not in (None, "dense"):
+            recipe[key] = str(Path(str(recipe[key])).expanduser().resolve())
+    return recipe
 
 
 def _check_grid(depth: int, depths: Sequence[int], speedups: Sequence[float], seeds: int) -> None:
