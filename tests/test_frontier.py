@@ -14,6 +14,7 @@ import pytest
 
 from hashee.bench import frontier
 from hashee.errors import TrainConfigError
+from hashee.samples import SST2_DEV, SST2_TRAIN, sample_texts
 
 torch = pytest.importorskip("torch")
 STEPS = {"max_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.0}
@@ -126,9 +127,9 @@ def test_interpolation_extrapolates_and_says_so():
     assert frontier.interpolate(curve[:1], 2.0) == (None, False)
 
 
-def test_frontier_end_to_end_on_a_tiny_model_resumes(backbone, elue_dir, tmp_path):
-    train = _head(elue_dir / "SST-2" / "train.tsv", 40, tmp_path / "train.tsv")
-    dev = _head(elue_dir / "SST-2" / "dev.tsv", 40, tmp_path / "dev.tsv")
+def test_frontier_end_to_end_on_a_tiny_model_resumes(backbone, tmp_path):
+    train = _head(SST2_TRAIN, 40, tmp_path / "train.tsv")  # the bundled SST-2 sample: runs on a fresh clone
+    dev = _head(SST2_DEV, 40, tmp_path / "dev.tsv")
     out = tmp_path / "frontier"
     args = [sys.executable, "-m", "hashee.cli", "frontier", "--train", str(train), "--dev", str(dev),
             "--backbone", str(backbone), "--depths", "1,2", "--speedups", "1.3", "--seeds", "2", "--quiet",
@@ -165,19 +166,59 @@ def test_frontier_end_to_end_on_a_tiny_model_resumes(backbone, elue_dir, tmp_pat
     meta.write_text(json.dumps(record))
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 1 and "max_steps=3" in done.stderr and "Traceback" not in done.stderr
+    record["recipe"]["max_steps"] = 2
+    meta.write_text(json.dumps(record))
+    # the same folder with another training file: the records hashee train wrote say which file, refused
+    other = _head(SST2_TRAIN, 30, tmp_path / "other.tsv")
+    done = subprocess.run([*args[:5], str(other), *args[6:]], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert f"train.tsv (this frontier: {other})" in done.stderr and "use another output folder" in done.stderr
+    assert "was trained with --train" in done.stderr
 
 
-def test_frontier_runs_unchanged_on_sentence_pairs(backbone, elue_dir, tmp_path):
-    rows = (elue_dir / "SNLI" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[:31]
-    data = tmp_path / "snli.tsv"
-    data.write_text("\n".join(rows) + "\n")
+def test_frontier_runs_unchanged_on_sentence_pairs(backbone, tmp_path):
+    texts = sample_texts(60)
+    classes = ("entailment", "neutral", "contradiction")
+    data = tmp_path / "pairs.tsv"
+    data.write_text("sentence1\tsentence2\tlabel\n" + "".join(
+        f"{texts[i]}\t{texts[i + 30]}\t{classes[i % 3]}\n" for i in range(30)))
     job = frontier.FrontierJob(data, data, tmp_path / "out", backbone=backbone, progress=False)
     points = frontier.plan_points(3, [1], [1.3], STEPS, seeds=1)
     frontier.run_frontier(job, points, seeds=1)
     report = frontier.collect(tmp_path / "out")
     assert {p["kind"] for p in report["points"]} == {"dense", "static", "hashee"}
-    assert all(0 <= p["mean"] <= 100 for p in report["points"])
+    assert all(0 <= p["mean"] <= 100 and not p["undefined"] for p in report["points"])
+    record = json.loads(next((tmp_path / "out" / "runs").glob(f"hashee-*/seed42/{frontier.RUN_META}")).read_text())
+    assert record["data"]["columns"]["pair"] == "sentence2" and set(record["labels"]) == set(classes)
+    assert "--seeds 1" in report["command"][0] and "--depths 1 --speedups 1.3" in report["command"][0]
 
+
+def _regression_file(path, rows, label):
+    texts = sample_texts(rows)
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{label(t)}\n" for t in texts))
+    return path
+
+
+def test_a_regression_frontier_reports_correlations_and_undefined_runs(backbone, tmp_path):
+    """Float labels: scored by the Pearson/Spearman mean; a dev file whose labels are constant makes every
+    correlation undefined (NaN, saved as null): reported, never a crash."""
+    train = _regression_file(tmp_path / "train.tsv", 40, lambda t: f"{len(t.split()) / 40:.3f}")
+    dev = _regression_file(tmp_path / "dev.tsv", 40, lambda t: f"{len(t) / 200:.3f}")
+    points = frontier.plan_points(3, [1], [1.3], STEPS, seeds=1)
+    job = frontier.FrontierJob(train, dev, tmp_path / "out", backbone=backbone, progress=False)
+    frontier.run_frontier(job, points, seeds=1)
+    report = json.loads((tmp_path / "out" / frontier.FRONTIER_JSON).read_text())
+    assert report["task"] == "regression" and report["metric"] == "pearson_spearman_mean"
+    assert {p["kind"] for p in report["points"]} == {"dense", "static", "hashee"}
+    for point in report["points"]:  # the tiny model's predictions vary: every correlation is defined
+        assert not point["undefined"] and -100 <= point["mean"] <= 100 and point["scores"] == [point["mean"]]
+    flat = _regression_file(tmp_path / "flat.tsv", 20, lambda t: "0.5")
+    job = frontier.FrontierJob(train, flat, tmp_path / "flat", backbone=backbone, progress=False)
+    frontier.run_frontier(job, points, seeds=1)
+    report = json.loads((tmp_path / "flat" / frontier.FRONTIER_JSON).read_text())
+    assert len(report["points"]) == 3
+    assert all(p["scores"] == [None] and p["mean"] is None and p["undefined"] == ["seed42"] for p in report["points"])
+    assert "Undefined scores: 3 run(s)" in (tmp_path / "flat" / frontier.FRONTIER_MD).read_text()
 
 
 
