@@ -283,6 +283,10 @@ def test_resume_refuses_runs_of_other_data_or_backbone(tmp_path, monkeypatch):
         other = dataclasses.replace(same, **change)
         with pytest.raises(TrainConfigError, match=rf"dense-L3/seed42 was trained with {flag} .*move .*out away"):
             frontier.run_frontier(other, points, seeds=1, trainer=fake_train)
+    # the read-only check of benchmarks/frontier_check.py: every run, and why it would be refused
+    assert [problem for _, problem in frontier.check_runs(same)] == [None] * 3
+    refused = frontier.check_runs(dataclasses.replace(same, dev_file=tmp_path / "a.tsv"))
+    assert len(refused) == 3 and all("was trained with --dev" in problem for _, problem in refused)
     # a column given now that the first runs found by themselves is the same column
     named = dataclasses.replace(same, columns={"text_column": "sentence", "label_column": "label"})
     assert len(frontier.run_frontier(named, points, seeds=1, trainer=fake_train).skipped) == 3

@@ -5,7 +5,8 @@ same backbone cut to its first K layers (a static-depth model).  :func:`run_fron
 recipe, the dense model, each static depth and HashEE at each calibrated FLOPs reduction, each over
 several seeds, with :func:`hashee.training.train`.  Runs land in ``DIR/runs/<point>/seed<S>``; a run
 whose ``hashee_train.json`` exists is finished and skipped, so an interrupted frontier resumes where
-it stopped.  After every run the reports are rewritten from whatever is finished:
+it stopped (a finished run of another recipe, train or dev file, backbone or columns is refused, never
+reused).  After every run the reports are rewritten from whatever is finished:
 
 * ``frontier.json``: ``{"task", "metric", "backbone", "points": [{"name", "kind", "layers",
   "flops_reduction", "recipe", "scores", "mean", "std", "command", ...}]}``;
@@ -13,8 +14,12 @@ it stopped.  After every run the reports are rewritten from whatever is finished
   static curve of the same recipe, interpolated (in log FLOPs) at the point's FLOPs reduction;
 * ``frontier.png``: the Pareto plot.
 
+A run whose metric is undefined (null in its record: a NaN correlation) keeps a None score and is named;
+means and stds are over the defined scores.  ``frontier.json``'s ``command`` holds the ``hashee frontier``
+lines that rebuild the grid; :func:`portable` rewrites the reports' paths for a committed copy.
+
 A recipe is the training options that differ from the seed recipe; they name the points (``static-L3``
-with the seed recipe, ``static-L3+kd-a0.9`` with distillation), so several recipes share one folder
+with the seed recipe, ``static-L3+kd_a0.9`` with distillation), so several recipes share one folder
 and each is compared with static models trained the same way.  ``teacher="dense"`` distils every
 static and HashEE run from the frontier's own dense run of the same seed; ``init="dense"`` starts them
 from it (its first K layers for a static point).  Runs go seed by seed, so one seed of the whole
@@ -727,5 +732,5 @@ def backbone_depth(backbone: Path | None) -> int:
     return EncoderDims.from_config(_load_config(_resolve_backbone(backbone))).num_layers
 
 
-__all__ = ["FrontierJob", "FrontierPoint", "FrontierResult", "collect", "interpolate", "plan_points",
-           "run_frontier", "write_reports"]
+__all__ = ["FrontierJob", "FrontierPoint", "FrontierResult", "check_runs", "collect", "finished", "grid_commands",
+           "interpolate", "plan_points", "point_from_meta", "portable", "recipe_tag", "run_frontier", "write_reports"]
