@@ -9,6 +9,7 @@ ends the command with status 1 and a one-line message; anything else is a bug an
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -614,8 +615,8 @@ def add_frontier_parser(sub: argparse._SubParsersAction) -> None:
                                 "HashEE at calibrated FLOPs reductions, each over several seeds, with one recipe; "
                                 "finished runs are skipped, so an interrupted frontier resumes. Writes "
                                 "frontier.json, frontier.md and frontier.png into the output folder.")
-    p.add_argument("--train", required=True, help="training data (.tsv/.csv/.jsonl)")
-    p.add_argument("--dev", required=True, help="development data the points are scored on")
+    p.add_argument("--train", help="training data (.tsv/.csv/.jsonl; required unless --report-only)")
+    p.add_argument("--dev", help="development data the points are scored on (required unless --report-only)")
     p.add_argument("--backbone", help="Hugging Face model folder (default: the offline all-MiniLM-L6-v2)")
     p.add_argument("--depths", type=_numbers(int, "--depths"), default=[2, 3, 4],
                    help="static depths K (the backbone's first K layers; default 2,3,4)")
@@ -625,6 +626,12 @@ def add_frontier_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=42, help="first seed (default 42)")
     p.add_argument("--no-dense", action="store_true", help="skip the full-depth dense point")
     p.add_argument("--report-only", action="store_true", help="rewrite the reports from finished runs; train nothing")
+    p.add_argument("--report-to", metavar="OUTDIR",
+                   help="with --report-only: write portable reports into OUTDIR (the frontier folder's path becomes "
+                        "FRONTIER, the default backbone's its package name; see --path-alias)")
+    p.add_argument("--path-alias", action="append", default=[], metavar="/ABS/PREFIX=NAME",
+                   help="with --report-only: write paths under /ABS/PREFIX as NAME/... in the reports (repeatable; "
+                        "e.g. /work/shared/data/elue=../shared/data/elue)")
     recipe = p.add_argument_group("recipe (defaults: the seed recipe; what differs names the points)")
     recipe.add_argument("--teacher", help="'dense' (each seed's own dense run) or a run directory to distil from")
     _add_recipe(recipe)
@@ -640,30 +647,74 @@ def add_frontier_parser(sub: argparse._SubParsersAction) -> None:
     _add_columns(p)
 
 
-def cmd_frontier(args: argparse.Namespace) -> int:
+def _frontier_recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The frontier recipe of ``hashee frontier``'s options."""
+    return {"learning_rate": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
+            "warmup_ratio": args.warmup_ratio, "weight_decay": args.weight_decay,
+            "max_length": args.max_length, "max_steps": args.max_steps, "teacher": args.teacher,
+            "distill_alpha": args.distill_alpha, "distill_temperature": args.distill_temperature,
+            "distill_hidden": args.distill_hidden,
+            "init": args.init, "hash_kind": args.hash, "min_exit_layer": args.min_exit_layer,
+            "bucket_scheme": args.bucket_scheme, "importance_order": args.importance_order,
+            "pooling": args.pooling, "adapt_steps": args.adapt_steps, "adapt_learning_rate": args.adapt_lr,
+            "curriculum": args.curriculum}
+
+
+def _path_aliases(values: Sequence[str]) -> list[tuple[str, str]]:
+    from hashee.errors import TrainConfigError
+
+    aliases = []
+    for value in values:
+        prefix, equals, name = value.partition("=")
+        if not equals or not prefix.startswith("/") or not name:
+            raise TrainConfigError(f"--path-alias takes /ABSOLUTE/PREFIX=NAME (e.g. /work/shared/data/elue="
+                                   f"../shared/data/elue), got {value!r}")
+        aliases.append((prefix, name))
+    return aliases
+
+
+def _frontier_reports(args: argparse.Namespace) -> list:
+    """``--report-only``: the reports rewritten from the finished runs (portable with --report-to/--path-alias)."""
     from pathlib import Path
 
     from hashee.bench import frontier
 
-    job = frontier.FrontierJob(
-        train_file=Path(args.train), dev_file=Path(args.dev), output_dir=Path(args.output),
-        backbone=Path(args.backbone) if args.backbone else None, base_seed=args.seed, progress=not args.quiet,
-        columns={"text_column": _column(args.text_column), "pair_column": _column(args.pair_column),
-                 "label_column": _column(args.label_column)})
+    output = Path(args.output)
+    if not (output / "runs").is_dir():
+        from hashee.errors import TrainConfigError
+
+        raise TrainConfigError(f"{output} holds no frontier runs (no {output / 'runs'}); pass the -o of a frontier")
+    portable = bool(args.report_to or args.path_alias)
+    files = frontier.write_reports(output, Path(args.report_to) if args.report_to else None,
+                                   _path_aliases(args.path_alias) if portable else None)
+    if portable:
+        left = json.loads(files[0].read_text()).get("portable_leftovers")
+        if left:
+            print(f"note: {len(left)} absolute path(s) left in the reports (add a --path-alias): {', '.join(left)}",
+                  file=sys.stderr)
+    return files
+
+
+def cmd_frontier(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hashee.bench import frontier
+    from hashee.errors import TrainConfigError
+
     if args.report_only:
-        files = frontier.write_reports(job.output_dir)
+        files = _frontier_reports(args)
     else:
-        recipe = {"learning_rate": args.lr, "batch_size": args.batch_size, "epochs": args.epochs,
-                  "warmup_ratio": args.warmup_ratio, "weight_decay": args.weight_decay,
-                  "max_length": args.max_length, "max_steps": args.max_steps, "teacher": args.teacher,
-                  "distill_alpha": args.distill_alpha, "distill_temperature": args.distill_temperature,
-                  "distill_hidden": args.distill_hidden,
-                  "init": args.init, "hash_kind": args.hash, "min_exit_layer": args.min_exit_layer,
-                  "bucket_scheme": args.bucket_scheme, "importance_order": args.importance_order,
-                  "pooling": args.pooling, "adapt_steps": args.adapt_steps, "adapt_learning_rate": args.adapt_lr,
-                  "curriculum": args.curriculum}
-        points = frontier.plan_points(frontier.backbone_depth(job.backbone), args.depths, args.speedups, recipe,
-                                      seeds=args.seeds, dense=not args.no_dense)
+        if args.train is None or args.dev is None:
+            raise TrainConfigError("--train and --dev are required (unless --report-only, which trains nothing)")
+        if args.report_to or args.path_alias:
+            raise TrainConfigError("--report-to and --path-alias go with --report-only")
+        job = frontier.FrontierJob(
+            train_file=Path(args.train), dev_file=Path(args.dev), output_dir=Path(args.output),
+            backbone=Path(args.backbone) if args.backbone else None, base_seed=args.seed, progress=not args.quiet,
+            columns={"text_column": _column(args.text_column), "pair_column": _column(args.pair_column),
+                     "label_column": _column(args.label_column)})
+        points = frontier.plan_points(frontier.backbone_depth(job.backbone), args.depths, args.speedups,
+                                      _frontier_recipe(args), seeds=args.seeds, dense=not args.no_dense)
         result = frontier.run_frontier(job, points, seeds=args.seeds)
         print(f"trained {len(result.trained)} runs, {len(result.skipped)} already finished")
         files = result.files

