@@ -24,7 +24,7 @@ import numpy as np
 from hashee.data import Examples, TokenizedDataset, label_mapping, load_examples, tokenize_examples
 from hashee.errors import BackboneError, DataError, HashConfigError, TrainConfigError
 from hashee.evaluation import (TRAIN_META, _check_number, _import_modeling, _load_tokenizer, _max_length_limit,
-                               predict_dataset, score_lines)
+                               _model_kind, predict_dataset, score_lines)
 from hashee.exit_table import ExitTable
 from hashee.flops import EncoderDims, FlopsReport
 from hashee.metrics import compute_metrics, trainer_metrics
@@ -76,12 +76,17 @@ def _resolve_backbone(backbone: str | Path | None) -> Path:
 
 
 def _load_config(path: Path) -> Any:
+    """The backbone's Hugging Face config; for a HashEE run (e.g. a mean-pooled dense run), its wrapped model's."""
     from transformers import AutoConfig
 
+    hashee_run = _model_kind(path) == "hashee"
+    if hashee_run:
+        _import_modeling()  # registers the hashee config type
     try:
-        return AutoConfig.from_pretrained(str(path))
+        config = AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError, KeyError) as exc:
         raise BackboneError(f"cannot read the model config in {path}: {exc}") from exc
+    return config.backbone_config() if hashee_run else config
 
 
 def _json_safe(value: Any) -> Any:
@@ -292,7 +297,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
                                                      regression, max_length)
 
     # ---- model: the dense classifier, wrapped with an exit table built on the training data
-    model = _load_classifier(backbone_path, task, seed, progress)
+    model = _load_classifier(backbone_path, task, seed, progress, pooling)
     reference = depth if layers < depth else None
     full_depth = copy.deepcopy(model) if adapt_steps else None  # adaptation's frozen target
     if reference is not None:
@@ -402,12 +407,19 @@ def _load_data(backbone: Path, config: Any, train_file: str | Path, dev_file: st
 
 # ---------------------------------------------------------------------------------- train: the model
 
-def _load_classifier(backbone: Path, task: _Task, seed: int, progress: bool) -> Any:
-    """The backbone with a freshly initialised classification head for ``task`` (seeded)."""
+def _load_classifier(backbone: Path, task: _Task, seed: int, progress: bool, pooling: str = "cls") -> Any:
+    """The backbone with a freshly initialised classification head for ``task`` (seeded).
+
+    A fine-tuned run keeps its head; a HashEE run (a mean-pooled dense run is one) is unwrapped to its
+    dense classifier (:func:`hashee.modeling.unwrap.dense_classifier`), which must have been trained
+    with this run's ``pooling`` and labels.
+    """
     import transformers
     from transformers import AutoModelForSequenceClassification
 
     transformers.set_seed(seed)
+    if _model_kind(backbone) == "hashee":
+        return _unwrapped_classifier(backbone, task, pooling)
     verbosity = transformers.logging.get_verbosity()
     if not progress:  # quiet: the "newly initialized classifier" notice is expected when fine-tuning
         transformers.logging.set_verbosity_error()
@@ -419,6 +431,24 @@ def _load_classifier(backbone: Path, task: _Task, seed: int, progress: bool) -> 
         raise BackboneError(f"cannot load {backbone} as a sequence classifier: {exc}") from exc
     finally:
         transformers.logging.set_verbosity(verbosity)
+
+
+def _unwrapped_classifier(run: Path, task: _Task, pooling: str) -> Any:
+    """The dense classifier inside a HashEE run folder, checked against the task and the pooling."""
+    from hashee.modeling.unwrap import dense_classifier
+
+    model, trained_pooling = dense_classifier(run)
+    if trained_pooling != pooling:
+        raise HashConfigError(f"{run} was trained with {trained_pooling} pooling (its head reads "
+                              f"{'the mean of the token states' if trained_pooling == 'mean' else '[CLS]'}); "
+                              f"pass --pooling {trained_pooling} to start from it")
+    theirs = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
+    regression = model.config.problem_type == "regression" or int(model.config.num_labels) == 1
+    if regression != task.regression or (not task.regression and theirs != {str(k): int(v) for k, v in task.label2id.items()}):
+        raise BackboneError(f"{run} was trained for {'regression' if regression else f'labels {theirs}'}, but the "
+                            f"training data has {'regression scores' if task.regression else f'labels {task.label2id}'}; "
+                            f"start from a run trained on the same task")
+    return model
 
 
 def _run_table(model: Any, tokenizer: Any, task: _Task, options: _TableOptions, dense: bool, pooling: str,
@@ -486,7 +516,8 @@ def _run_record(kind: str, backbone: Path, task: _Task, train_file: str | Path, 
         "depth": {"layers": layers, "backbone_layers": depth},
         "exit_table": ({"hash_kind": table.kind, "num_layers": layers, "num_buckets": buckets,
                         "min_exit_layer": options.min_exit_layer, "bucket_scheme": options.bucket_scheme,
-                        "importance": ({"model": str(options.importance_model), "order": options.importance_order}
+                        "importance": ({"model": str(options.importance_model), "order": options.importance_order,
+                                        "pooling": _importance_pooling(options.importance_model)}
                                        if options.importance_model is not None else None),
                         "histogram": table.histogram(), **table.to_meta()} if table is not None and kind == "hashee"
                        else None),
@@ -581,11 +612,19 @@ class _TableOptions:
                                 num_buckets=buckets, embeddings=embeddings, seed=seed, lowest_layer=self.min_exit_layer)
 
     def _importance_ranking(self, tokenizer: Any, texts: list, max_length: int, progress: bool) -> np.ndarray:
-        from hashee.calibration.importance import cls_attention_importance, importance_ranking, load_importance_model
+        from hashee.calibration.importance import (cls_attention_importance, importance_pooling, importance_ranking,
+                                                   load_importance_model)
 
         scorer = load_importance_model(self.importance_model, len(tokenizer))
-        importance, counts = cls_attention_importance(scorer, tokenizer, texts, max_length, progress=progress)
+        importance, counts = cls_attention_importance(scorer, tokenizer, texts, max_length, progress=progress,
+                                                      pooling=importance_pooling(self.importance_model))
         return importance_ranking(importance, counts, self.importance_order)
+
+
+def _importance_pooling(run: str | Path) -> str:
+    from hashee.calibration.importance import importance_pooling
+
+    return importance_pooling(run)
 
 
 def _depth_hint(backbone: Path) -> int:
