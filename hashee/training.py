@@ -377,8 +377,20 @@ def _check_table_options(options: _TableOptions, dense: bool, num_layers: int | 
     if not dense:
         options.check()
         if options.exit_table is not None:
-            return options.exit_table.num_layers, options.given_buckets()
+            return _given_table_size(options, num_layers, num_buckets)
     return num_layers, num_buckets
+
+
+def _given_table_size(options: _TableOptions, num_layers: int | None, num_buckets: int | None) -> tuple[int, int]:
+    """L and B of a given exit table; a --layers or --buckets that differs from the table's is an error."""
+    layers, buckets = options.exit_table.num_layers, options.given_buckets()
+    for flag, asked, has in (("--layers", num_layers, layers), ("--buckets", num_buckets, buckets)):
+        if asked is not None and asked != has:
+            raise HashConfigError(f"{flag} {asked} differs from the exit table's {has} "
+                                  f"{'layers' if flag == '--layers' else 'buckets'}: the table sets the depth and "
+                                  f"buckets of the run; drop {flag}, or build a table with {flag} {asked} "
+                                  f"(hashee hash ... {flag} {asked})")
+    return layers, buckets
 
 
 def _check_paths(train_file: str | Path, dev_file: str | Path | None, output_dir: str | Path) -> Path:
