@@ -88,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         min_exit_layer=args.min_exit_layer,
         bucket_scheme=args.bucket_scheme, importance_model=args.importance_model,
         importance_order=args.importance_order, pooling=args.pooling, adapt_steps=args.adapt_steps,
-        adapt_learning_rate=args.adapt_lr, curriculum=args.curriculum,
+        adapt_learning_rate=args.adapt_lr, curriculum=args.curriculum, exit_shares=args.exit_shares,
     )
     print(format_train_report(result))
     return 0
@@ -281,6 +281,7 @@ def add_train(sub: Any) -> None:
                    help="exit-table kind (importance: ranked by a fine-tuned dense run's attention from [CLS], "
                         "with --importance-model and --target-speedup)")
     _add_table_levers(p)
+    _add_exit_shares(p)
     _add_pooling(p)
     _add_adaptation(p)
     p.add_argument("--layers", type=int, help="K: train the backbone's first K layers (default: all of them); "
@@ -593,6 +594,13 @@ def _add_table_levers(p: argparse.ArgumentParser) -> None:
                    help="--hash importance: unimportant tokens exit first (default) or important ones")
     p.add_argument("--curriculum", type=float, default=0.0,
                    help="share of the steps over which tokens move from the last layer to their exits (default 0)")
+
+
+def _add_exit_shares(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exit-shares", metavar="S1,...,SL",
+                   help="with --target-speedup: budgets per layer, the relative token mass leaving at layers 1..L "
+                        "(e.g. 4,3,2,1; 0 below --min-exit-layer), mixed with the all-last-layer table (slower) or "
+                        "the all-at-the-lowest-layer table (faster) to meet the target")
 
 
 def _numbers(kind: type, what: str) -> Callable[[str], list]:

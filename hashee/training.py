@@ -220,7 +220,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
           distill_temperature: float = 2.0, min_exit_layer: int = 1, bucket_scheme: str = "types",
           importance_model: str | Path | None = None, importance_order: str = "low-first",
           pooling: str = "cls", adapt_steps: int = 0, adapt_learning_rate: float = 1e-4,
-          distill_hidden: float = 0.0, curriculum: float = 0.0) -> TrainResult:
+          distill_hidden: float = 0.0, curriculum: float = 0.0, exit_shares: Any = None) -> TrainResult:
     """Fine-tune a HashEE (or, with ``dense=True``, a plain) sequence classifier and save the run.
 
     Args:
@@ -251,6 +251,11 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
             buckets (default: one per layer from there) spread over ``min_exit_layer..L``.
         bucket_scheme: with ``target_speedup``, what bucket boundaries are fractions of: ``types``
             (the seed: distinct token types) or ``mass`` (token occurrences).
+        exit_shares: budgets per layer: ``L`` non-negative numbers (or ``"s_1,...,s_L"``), the relative
+            token mass leaving at layers ``1..L`` (zero below ``min_exit_layer``), calibrated to
+            ``target_speedup`` by mixing them with the all-last-layer table (slower) or the
+            all-at-the-lowest-layer table (faster) (:func:`hashee.calibration.calibrate_budget`); for the
+            frequency and importance orders, one bucket per exit layer.
         importance_model: with ``hash_kind="importance"``, a fine-tuned dense run whose attention from
             [CLS] ranks the vocabulary (:mod:`hashee.calibration.importance`); the table is calibrated
             to ``target_speedup``.  ``importance_order``: ``low-first`` (unimportant tokens exit
@@ -282,7 +287,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     _check_recipe(recipe)
     teacher_path = _check_teacher(recipe, teacher, distill_alpha, distill_temperature, distill_hidden)
     table_options = _TableOptions(hash_kind, exit_table, target_speedup, min_exit_layer, bucket_scheme,
-                                  importance_model, importance_order)
+                                  importance_model, importance_order, exit_shares)
     _check_model_options(recipe, backbone_path, dense, num_layers, pooling, adapt_steps, adapt_learning_rate,
                          curriculum)
     num_layers, num_buckets = _check_table_options(table_options, dense, num_layers, num_buckets)
@@ -292,6 +297,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     depth = EncoderDims.from_config(config).num_layers
     layers, buckets = _table_size(depth, num_layers, num_buckets, backbone_path,
                                   1 if dense or exit_table is not None else min_exit_layer)
+    table_options.check_shares(layers, buckets)
     columns = (text_column, pair_column, label_column)
     task, tokenizer, train_set, dev_set = _load_data(backbone_path, config, train_file, dev_file, columns,
                                                      regression, max_length)
@@ -528,6 +534,7 @@ def _run_record(kind: str, backbone: Path, task: _Task, train_file: str | Path, 
         "depth": {"layers": layers, "backbone_layers": depth},
         "exit_table": ({"hash_kind": table.kind, "num_layers": layers, "num_buckets": buckets,
                         "min_exit_layer": options.min_exit_layer, "bucket_scheme": options.bucket_scheme,
+                        "exit_shares": options.shares,
                         "importance": ({"model": str(options.importance_model), "order": options.importance_order,
                                         "pooling": _importance_pooling(options.importance_model)}
                                        if options.importance_model is not None else None),
@@ -562,10 +569,20 @@ class _TableOptions:
     bucket_scheme: str
     importance_model: str | Path | None
     importance_order: str
+    exit_shares: Any = None
+    shares: list[float] | None = None  # the checked exit shares, normalised (check_shares)
 
     def any_given(self) -> bool:
         return (self.exit_table is not None or self.target_speedup is not None or self.min_exit_layer != 1
-                or self.bucket_scheme != "types" or self.importance_model is not None)
+                or self.bucket_scheme != "types" or self.importance_model is not None
+                or self.exit_shares is not None)
+
+    def check_shares(self, layers: int, buckets: int) -> None:
+        """The exit shares against the run's depth and buckets (HashConfigError), kept normalised."""
+        if self.exit_shares is not None and self.exit_table is None:
+            from hashee.calibration.budget import check_shares
+
+            self.shares = [float(x) for x in check_shares(self.exit_shares, layers, self.min_exit_layer, buckets)]
 
     def check(self) -> None:
         """Every inconsistency as a :class:`HashConfigError`, before anything heavy loads."""
@@ -575,9 +592,9 @@ class _TableOptions:
 
         kinds = (*HASH_KINDS, "importance")
         if self.exit_table is not None and (self.target_speedup is not None or self.min_exit_layer != 1
-                                            or self.bucket_scheme != "types"):
+                                            or self.bucket_scheme != "types" or self.exit_shares is not None):
             raise HashConfigError("pass either an exit table or the options that build one (a target speed-up, "
-                                  "a lowest exit layer, a bucket scheme), not both")
+                                  "a lowest exit layer, a bucket scheme, exit shares), not both")
         if self.exit_table is None and self.hash_kind not in kinds:
             raise HashConfigError(f"unknown hash kind {self.hash_kind!r}; valid kinds are {', '.join(kinds)}")
         calibrated = ("frequency", "importance")
@@ -588,6 +605,12 @@ class _TableOptions:
             raise HashConfigError(f"unknown bucket scheme {self.bucket_scheme!r}; use one of {', '.join(BUCKET_SCHEMES)}")
         if self.bucket_scheme != "types" and self.target_speedup is None:
             raise HashConfigError("a bucket scheme applies to calibrated tables: pass a target speed-up too")
+        if self.exit_shares is not None and self.target_speedup is None:
+            raise HashConfigError("exit shares are calibrated to a FLOPs budget: pass --target-speedup too")
+        if self.exit_shares is not None:
+            from hashee.calibration.budget import parse_shares
+
+            parse_shares(self.exit_shares)  # the form now; the count once the depth is known
         if self.hash_kind == "importance" and (self.importance_model is None or self.target_speedup is None):
             raise HashConfigError("the importance hash needs a fine-tuned dense run to measure importance on "
                                   "(--importance-model RUN) and a FLOPs budget (--target-speedup X)")
@@ -617,7 +640,7 @@ class _TableOptions:
                 ranking, kind = self._importance_ranking(tokenizer, texts, max_length, progress), "importance"
             return calibrate_budget(tokenizer, texts, self.target_speedup, layers, buckets, dims=dims,
                                     max_length=max_length, lowest_layer=self.min_exit_layer,
-                                    scheme=self.bucket_scheme, ranking=ranking, ranking_kind=kind)
+                                    scheme=self.bucket_scheme, ranking=ranking, ranking_kind=kind, shares=self.shares)
         embeddings = model.get_input_embeddings().weight.detach().cpu().numpy() if self.hash_kind == "cluster" else None
         labels = task.train.label_ids(task.label_map) if self.hash_kind == "mi" else None
         return build_exit_table(self.hash_kind, tokenizer, texts=texts, labels=labels, num_layers=layers,

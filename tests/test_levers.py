@@ -360,3 +360,85 @@ def test_a_mean_pooled_run_is_never_exported_as_a_cls_dense_baseline(tiny_classi
     with pytest.raises(ExportError, match="packed layout"):
         export(tmp_path / "run", tmp_path / "prefix", layout="prefix", progress=False)
     assert not (tmp_path / "dense").exists() or not any((tmp_path / "dense").iterdir())
+
+
+def _layer_mass(table, counts, num_layers):
+    return np.array([counts[table.layers == layer].sum() for layer in range(1, num_layers + 1)]) / counts.sum()
+
+
+@pytest.mark.parametrize("order", ["frequency", "rare-first"])
+def test_exit_shares_meet_the_target_and_keep_their_order(minilm_tokenizer, texts, order):
+    from hashee.calibration.exit_tables import frequency_ranking
+
+    dims = EncoderDims(4, 384, 1536)
+    ids, _ = encode_for_counting(minilm_tokenizer, [(t, None) for t in texts], len(minilm_tokenizer))
+    ranking = None if order == "frequency" else \
+        frequency_ranking(ids, len(minilm_tokenizer), np.asarray(minilm_tokenizer.all_special_ids))[::-1]
+    counts = _seen(None, minilm_tokenizer, texts)
+    biggest = counts.max() / counts.sum()  # a layer's edge falls between two types
+    shares = [4, 3, 2, 1]  # the shares alone give about 1.6x here
+    for target, kept in ((1.3, slice(0, 3)), (1.9, slice(1, 4))):  # slower than the shares / faster
+        table = calibrate_budget(minilm_tokenizer, texts, target, 4, 4, dims=dims, shares=shares, ranking=ranking)
+        calibration = table.metadata["calibration"]
+        assert abs(calibration["achieved_speedup"] / target - 1) <= calibration["tolerance"]
+        assert calibration["scheme"] == "shares"
+        np.testing.assert_allclose(calibration["shares"], np.array(shares) / 10)
+        mass = _layer_mass(table, counts, 4)
+        np.testing.assert_allclose(mass, calibration["effective_shares"], atol=biggest + 1e-9)
+        assert np.all(np.diff(mass[kept]) < 0), mass  # the shares' order (4 > 3 > 2 > 1) holds
+        assert (calibration["mix"] < 1) == (target == 1.3)
+    # the lowest exit layer: no seen token leaves at layer 1, the shares fill layers 2..4
+    lifted = calibrate_budget(minilm_tokenizer, texts, 1.3, 4, 3, dims=dims, shares=[0, 2, 1, 1],
+                              lowest_layer=2, ranking=ranking)
+    assert lifted.layers[counts > 0].min() == 2
+    assert abs(lifted.metadata["calibration"]["achieved_speedup"] / 1.3 - 1) <= 0.05
+    for bad, buckets, low, message in (([1, 1, 1], 4, 1, "one number per layer"), ([1, -1, 1, 1], 4, 1,
+                                       "non-negative"), ([1, 1, 1, 1], 3, 2, "below the lowest exit layer"),
+                                       ([1, 1, 1, 1], 2, 1, "one bucket on each exit layer")):
+        with pytest.raises(HashConfigError, match=message):
+            calibrate_budget(minilm_tokenizer, texts, 1.3, 4, buckets, dims=dims, shares=bad, lowest_layer=low)
+
+
+def test_exit_shares_go_from_the_command_line_to_the_table(tiny_classifier, sst2_sentences, tmp_path, capsys):
+    import json
+
+    from hashee.bench import frontier
+    from hashee.cli import main
+    from hashee.modeling import HashEEForSequenceClassification
+
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in sst2_sentences[:60]))
+    base = ["train", "--backbone", str(tiny_classifier), "--train", str(data), "--target-speedup", "1.3",
+            "--max-steps", "1", "--batch-size", "8", "--quiet"]
+    assert main([*base, "--exit-shares", "3,2,1", "-o", str(tmp_path / "run")]) == 0
+    table = HashEEForSequenceClassification.from_pretrained(str(tmp_path / "run")).exit_table
+    calibration = table.metadata["calibration"]
+    assert calibration["scheme"] == "shares" and calibration["shares"] == pytest.approx([3 / 6, 2 / 6, 1 / 6])
+    assert abs(calibration["achieved_speedup"] / 1.3 - 1) <= 0.05
+    counts = _seen(None, tiny_classifier_tokenizer(tiny_classifier), [t for t, _ in sst2_sentences[:60]])
+    np.testing.assert_allclose(_layer_mass(table, counts, 3), calibration["effective_shares"],
+                               atol=counts.max() / counts.sum() + 1e-9)
+    record = json.loads((tmp_path / "run" / "hashee_train.json").read_text())
+    assert record["exit_table"]["exit_shares"] == pytest.approx([3 / 6, 2 / 6, 1 / 6])
+    capsys.readouterr()
+    for shares, message in (("3,2", "one number per layer"), ("3,x,1", "comma-separated numbers")):
+        assert main([*base, "--exit-shares", shares, "-o", str(tmp_path / "bad")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    untargeted = [a for i, a in enumerate(base) if "--target-speedup" not in base[max(i - 1, 0):i + 1]]
+    assert main([*untargeted, "--exit-shares", "3,2,1", "-o", str(tmp_path / "bad")]) == 1
+    assert "--target-speedup" in capsys.readouterr().err
+    # the frontier passes the recipe key to HashEE points only (static points share their runs)
+    job = frontier.FrontierJob(data, data, tmp_path / "frontier", backbone=tiny_classifier, progress=False)
+    points = frontier.plan_points(3, [2], [1.3], {"exit_shares": "3,2,1"}, seeds=1)
+    kinds = {p.kind: frontier.train_kwargs(job, p, 42) for p in points}
+    assert kinds["hashee"]["exit_shares"] == "3,2,1"
+    assert "exit_shares" not in kinds["static"] and "exit_shares" not in kinds["dense"]
+    assert "--exit-shares 3,2,1" in frontier.train_command(job, points[-1])
+    assert points[-1].name == "hashee-1.3x+shares3,2,1" and points[1].name == "static-L2"
+
+
+def tiny_classifier_tokenizer(folder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
