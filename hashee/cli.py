@@ -89,6 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         bucket_scheme=args.bucket_scheme, importance_model=args.importance_model,
         importance_order=args.importance_order, pooling=args.pooling, adapt_steps=args.adapt_steps,
         adapt_learning_rate=args.adapt_lr, curriculum=args.curriculum, exit_shares=args.exit_shares,
+        lr_scheduler=args.lr_scheduler,
     )
     print(format_train_report(result))
     return 0
@@ -294,6 +295,7 @@ def add_train(sub: Any) -> None:
     p.add_argument("--importance-model", help="--hash importance: the fine-tuned dense run that ranks the vocabulary")
     p.add_argument("--teacher", help="a run directory (e.g. a --dense run on the same task) to distil from")
     _add_recipe(p)
+    _add_schedule(p)
     p.add_argument("--seed", type=int, default=42)
     _add_quiet(p, "bars")
     p.add_argument("-o", "--output", required=True, help="run directory to write")
@@ -570,6 +572,16 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--max-steps", type=int, help="stop (each run) after this many optimiser steps")
+
+
+LR_SCHEDULERS_HELP = "linear, cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup, inverse_sqrt"
+
+
+def _add_schedule(p: argparse.ArgumentParser) -> None:
+    # checked by train() (a wrong name is a one-line error, exit 1), not by argparse choices
+    p.add_argument("--lr-scheduler", default="linear",
+                   help=f"learning-rate schedule after the warm-up (Hugging Face lr_scheduler_type): "
+                        f"{LR_SCHEDULERS_HELP} (default linear, the seed's)")
 
 
 def _add_adaptation(p: argparse.ArgumentParser) -> None:

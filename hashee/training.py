@@ -30,6 +30,9 @@ from hashee.flops import EncoderDims, FlopsReport
 from hashee.metrics import compute_metrics, trainer_metrics
 META_VERSION = 1
 RESUME_META = "hashee_resume.json"  # an unfinished run's settings (beside its checkpoints)
+# Hugging Face ``lr_scheduler_type`` values that run without extra scheduler arguments
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt")
 
 
 @dataclass
@@ -191,6 +194,9 @@ def _check_recipe(recipe: dict[str, Any]) -> None:
             ("seed", 0, None, True, True), ("max_steps", 1, None, True, True)):
         if recipe[name] is not None or name != "max_steps":
             _check_number(name, recipe[name], low, high, integer, inclusive)
+    if recipe["scheduler"] not in LR_SCHEDULERS:
+        raise TrainConfigError(f"unknown learning-rate scheduler {recipe['scheduler']!r}; use one of "
+                               f"{', '.join(LR_SCHEDULERS)}")
 
 
 def _table_size(depth: int, num_layers: Any, num_buckets: Any, backbone: Path, lowest: int = 1) -> tuple[int, int]:
@@ -220,7 +226,8 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
           distill_temperature: float = 2.0, min_exit_layer: int = 1, bucket_scheme: str = "types",
           importance_model: str | Path | None = None, importance_order: str = "low-first",
           pooling: str = "cls", adapt_steps: int = 0, adapt_learning_rate: float = 1e-4,
-          distill_hidden: float = 0.0, curriculum: float = 0.0, exit_shares: Any = None) -> TrainResult:
+          distill_hidden: float = 0.0, curriculum: float = 0.0, exit_shares: Any = None,
+          lr_scheduler: str = "linear") -> TrainResult:
     """Fine-tune a HashEE (or, with ``dense=True``, a plain) sequence classifier and save the run.
 
     Args:
@@ -236,7 +243,9 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
             reported against the full-depth dense model.
         num_buckets: B (default L), ``1 <= B <= L``.
         dense: train the backbone without early exit, with the same recipe.
-        learning_rate, batch_size, epochs, warmup_ratio, weight_decay: the recipe (linear decay, AdamW).
+        learning_rate, batch_size, epochs, warmup_ratio, weight_decay: the recipe (AdamW).
+        lr_scheduler: the learning-rate schedule after the warm-up, a Hugging Face ``lr_scheduler_type``
+            (:data:`LR_SCHEDULERS`: ``linear`` decay, the seed's, ``cosine``, ``constant_with_warmup``, ...).
         max_length: tokens per example (longer inputs are truncated).
         max_steps: stop after this many optimiser steps (overrides ``epochs``).
         text_column, pair_column, label_column: column names (or 0-based indices) when the header
@@ -283,7 +292,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     backbone_path = _resolve_backbone(backbone)
     recipe = {"learning_rate": learning_rate, "batch_size": batch_size, "epochs": epochs,
               "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_length": max_length, "seed": seed,
-              "max_steps": max_steps, "optimizer": "adamw_torch", "scheduler": "linear"}
+              "max_steps": max_steps, "optimizer": "adamw_torch", "scheduler": lr_scheduler}
     _check_recipe(recipe)
     teacher_path = _check_teacher(recipe, teacher, distill_alpha, distill_temperature, distill_hidden)
     table_options = _TableOptions(hash_kind, exit_table, target_speedup, min_exit_layer, bucket_scheme,
@@ -292,7 +301,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
                          curriculum)
     num_layers, num_buckets = _check_table_options(table_options, dense, num_layers, num_buckets)
     output_dir = _check_paths(train_file, dev_file, output_dir)
-    resume = Checkpoints(output_dir, call)
+    resume = Checkpoints(output_dir, call, _train_defaults())
     config = _load_config(backbone_path)
     depth = EncoderDims.from_config(config).num_layers
     layers, buckets = _table_size(depth, num_layers, num_buckets, backbone_path,
@@ -344,6 +353,14 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
 
 
 # ---------------------------------------------------------------------------------- train: checking the options
+
+def _train_defaults() -> dict[str, Any]:
+    """:func:`train`'s keyword defaults (what a run recorded before an option existed was trained with)."""
+    import inspect
+
+    return {name: p.default for name, p in inspect.signature(train).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
 
 def _check_teacher(recipe: dict[str, Any], teacher: str | Path | None, alpha: float, temperature: float,
                    hidden: float) -> Path | None:
@@ -692,9 +709,11 @@ class Checkpoints:
     checkpoints once the run is saved.
     """
 
-    def __init__(self, output_dir: Path, call: dict[str, Any]) -> None:
+    def __init__(self, output_dir: Path, call: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
         self.folder, self.meta_path = output_dir, output_dir / RESUME_META
         self.settings = json.loads(json.dumps(_json_safe(call), default=repr))
+        # an option a run's record lacks was added later: that run was trained with its default
+        self.defaults = json.loads(json.dumps(_json_safe(defaults or {}), default=repr))
         self.meta: dict[str, Any] = {"settings": self.settings, "notes": {}}
         self.resuming = False
 
@@ -709,7 +728,7 @@ class Checkpoints:
         if last is not None:
             saved = json.loads(self.meta_path.read_text())
             differ = sorted(k for k in set(saved["settings"]) | set(self.settings)
-                            if saved["settings"].get(k) != self.settings.get(k))
+                            if saved["settings"].get(k, self.defaults.get(k)) != self.settings.get(k))
             if differ:
                 raise TrainConfigError(f"{self.folder} holds an unfinished run ({last.name}) trained with other "
                                        f"settings ({', '.join(differ)}); rerun that command to resume it, or "
@@ -756,7 +775,7 @@ def _make_trainer(model: Any, tokenizer: Any, train_set: TokenizedDataset, dev_s
         per_device_eval_batch_size=max(batch_size, 64), num_train_epochs=recipe["epochs"],
         max_steps=max_steps if max_steps is not None else -1, warmup_ratio=recipe["warmup_ratio"],
         weight_decay=recipe["weight_decay"], seed=recipe["seed"], data_seed=recipe["seed"],
-        lr_scheduler_type="linear", eval_strategy="epoch" if dev_set is not None else "no", save_strategy="epoch",
+        lr_scheduler_type=recipe["scheduler"], eval_strategy="epoch" if dev_set is not None else "no", save_strategy="epoch",
         save_total_limit=1,
         report_to="none", logging_strategy="steps", logging_steps=max(1, min(50, total_steps // 10)),
         logging_first_step=True, disable_tqdm=not progress, use_cpu=not cuda, dataloader_pin_memory=cuda,

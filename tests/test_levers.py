@@ -442,3 +442,90 @@ def tiny_classifier_tokenizer(folder):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(folder))
+
+
+@pytest.fixture
+def trainers(monkeypatch):
+    """The real trainers train() builds, kept for inspection (a spy around _make_trainer, nothing replaced)."""
+    import hashee.training as training
+
+    made, real = [], training._make_trainer
+
+    def spy(model, *args, **kwargs):
+        made.append({"trainer": real(model, *args, **kwargs),
+                     "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}})
+        return made[-1]["trainer"]
+
+    monkeypatch.setattr(training, "_make_trainer", spy)
+    return made
+
+
+def _train_file(tmp_path, sst2_sentences, rows=40):
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in sst2_sentences[:rows]))
+    return data
+
+
+def test_the_lr_scheduler_reaches_training_arguments(tiny_classifier, sst2_sentences, tmp_path, trainers, capsys):
+    import json
+
+    from transformers import get_scheduler
+    from transformers.trainer_utils import SchedulerType
+
+    from hashee.cli import LR_SCHEDULERS_HELP, main
+    from hashee.training import LR_SCHEDULERS, train
+
+    assert set(LR_SCHEDULERS) <= {t.value for t in SchedulerType} and LR_SCHEDULERS_HELP == ", ".join(LR_SCHEDULERS)
+    data = _train_file(tmp_path, sst2_sentences)
+    logged = {}
+    for name in ("linear", "cosine"):
+        run = train(tiny_classifier, train_file=data, lr_scheduler=name, max_steps=6, batch_size=4, learning_rate=1e-3,
+                    warmup_ratio=0.0, progress=False, output_dir=tmp_path / name)
+        assert trainers[-1]["trainer"].args.lr_scheduler_type == SchedulerType(name)
+        assert json.loads((tmp_path / name / "hashee_train.json").read_text())["recipe"]["scheduler"] == name
+        logged[name] = [entry["learning_rate"] for entry in run.log_history if "learning_rate" in entry]
+        # reference: the Hugging Face schedule itself on a one-parameter optimiser, the rate of steps 1..6
+        optimiser = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        schedule = get_scheduler(name, optimiser, num_warmup_steps=0, num_training_steps=6)
+        want = []
+        for _ in range(6):
+            want.append(schedule.get_last_lr()[0])
+            optimiser.step()
+            schedule.step()
+        assert logged[name] == pytest.approx(want[:len(logged[name])], rel=1e-6) and len(logged[name]) >= 5
+    assert logged["linear"] != pytest.approx(logged["cosine"])
+    capsys.readouterr()
+    status = main(["train", "--backbone", str(tiny_classifier), "--train", str(data), "--lr-scheduler", "cosine_annealing",
+                   "-o", str(tmp_path / "bad")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(err) == 1 and "unknown learning-rate scheduler 'cosine_annealing'" in err[0], err
+    assert "constant_with_warmup" in err[0] and not (tmp_path / "bad").exists()
+
+
+def test_the_frontier_gives_every_point_the_lr_scheduler(tmp_path):
+    from hashee.bench import frontier
+
+    job = frontier.FrontierJob(tmp_path / "t.tsv", tmp_path / "d.tsv", tmp_path / "out", progress=False)
+    points = frontier.plan_points(3, [2], [1.5], {"lr_scheduler": "cosine"}, seeds=1)
+    for point in points:  # like the learning rate: dense, static and HashEE points alike
+        assert frontier.train_kwargs(job, point, 42)["lr_scheduler"] == "cosine"
+        assert "--lr-scheduler cosine" in frontier.train_command(job, point)
+        assert point.name.endswith("+sched-cosine")
+    seed = frontier.plan_points(3, [2], [1.5], {}, seeds=1)
+    assert [p.name for p in seed] == ["dense-L3", "static-L2", "hashee-1.5x"]  # existing run folders keep their names
+    assert all(frontier.train_kwargs(job, p, 42)["lr_scheduler"] == "linear" for p in seed)
+
+
+def test_a_run_recorded_before_an_option_existed_resumes_with_its_default(tmp_path):
+    import json
+
+    from hashee.errors import TrainConfigError
+    from hashee.training import RESUME_META, Checkpoints, _train_defaults
+
+    (tmp_path / "checkpoint-3").mkdir()
+    old = {"learning_rate": 5e-5, "pooling": "cls"}  # written before lr_scheduler and exit_shares existed
+    (tmp_path / RESUME_META).write_text(json.dumps({"settings": old, "notes": {}}))
+    now = {**old, "lr_scheduler": "linear", "exit_shares": None}
+    assert Checkpoints(tmp_path, now, _train_defaults()).find() == tmp_path / "checkpoint-3"
+    with pytest.raises(TrainConfigError, match="lr_scheduler"):
+        Checkpoints(tmp_path, {**now, "lr_scheduler": "cosine"}, _train_defaults()).find()
