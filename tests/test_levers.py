@@ -529,3 +529,107 @@ def test_a_run_recorded_before_an_option_existed_resumes_with_its_default(tmp_pa
     assert Checkpoints(tmp_path, now, _train_defaults()).find() == tmp_path / "checkpoint-3"
     with pytest.raises(TrainConfigError, match="lr_scheduler"):
         Checkpoints(tmp_path, {**now, "lr_scheduler": "cosine"}, _train_defaults()).find()
+
+
+# ------------------------------------------------------------------ train(): no lever is dropped on the way
+
+
+def test_bucket_scheme_mass_reaches_the_saved_table(tiny_classifier, sst2_sentences, tmp_path):
+    import json
+
+    from hashee.modeling import HashEEForSequenceClassification
+    from hashee.training import train
+
+    data = _train_file(tmp_path, sst2_sentences, 60)
+    tables = {}
+    for scheme in ("types", "mass"):
+        train(tiny_classifier, train_file=data, target_speedup=1.3, bucket_scheme=scheme, max_steps=1, batch_size=8,
+              progress=False, output_dir=tmp_path / scheme)
+        tables[scheme] = HashEEForSequenceClassification.from_pretrained(str(tmp_path / scheme)).exit_table
+        assert tables[scheme].metadata["calibration"]["scheme"] == scheme
+        record = json.loads((tmp_path / scheme / "hashee_train.json").read_text())
+        assert record["exit_table"]["bucket_scheme"] == scheme == record["exit_table"]["metadata"]["calibration"]["scheme"]
+    assert not np.array_equal(tables["types"].layers, tables["mass"].layers)
+
+
+def test_distill_hidden_reaches_the_trainer(tiny_classifier, sst2_sentences, tmp_path, trainers):
+    import json
+
+    from hashee.distill import DistillationTrainer
+    from hashee.training import train
+
+    data = _train_file(tmp_path, sst2_sentences, 24)
+    steps = dict(max_steps=1, batch_size=8, progress=False)
+    train(tiny_classifier, train_file=data, dense=True, output_dir=tmp_path / "teacher", **steps)
+    train(tiny_classifier, train_file=data, teacher=tmp_path / "teacher", distill_alpha=0.7, distill_hidden=0.35,
+          output_dir=tmp_path / "student", **steps)
+    trainer = trainers[-1]["trainer"]
+    assert isinstance(trainer, DistillationTrainer)
+    assert (trainer.hidden, trainer.alpha) == (0.35, 0.7)
+    assert json.loads((tmp_path / "student" / "hashee_train.json").read_text())["recipe"]["distillation"]["hidden"] == 0.35
+
+
+def test_adapt_steps_change_the_weights_before_task_training(tiny_classifier, sst2_sentences, tmp_path, trainers):
+    from hashee.training import train
+
+    data = _train_file(tmp_path, sst2_sentences, 24)
+    steps = dict(max_steps=1, batch_size=8, seed=3, progress=False)
+    train(tiny_classifier, train_file=data, output_dir=tmp_path / "plain", **steps)
+    train(tiny_classifier, train_file=data, adapt_steps=3, adapt_learning_rate=1e-3, output_dir=tmp_path / "adapted",
+          **steps)
+    plain, adapted = trainers[0]["weights"], trainers[1]["weights"]  # what task training starts from
+    assert plain.keys() == adapted.keys()
+    moved = [k for k in plain if not torch.equal(plain[k], adapted[k])]
+    assert any("encoder.layer" in k for k in moved), moved
+    from transformers import AutoModelForSequenceClassification
+
+    backbone = AutoModelForSequenceClassification.from_pretrained(tiny_classifier).state_dict()
+    assert all(torch.equal(plain[f"dense.{k}"], v) for k, v in backbone.items())  # without it: the backbone as is
+
+
+class _Called(Exception):
+    pass
+
+
+def test_every_lever_flag_reaches_train(monkeypatch, tmp_path):
+    import inspect
+
+    import hashee.training as training
+    from hashee.cli import main
+
+    seen = {}
+
+    def record(backbone, **kwargs):
+        seen.update(kwargs, backbone=backbone)
+        raise _Called
+
+    signature = {k: p.default for k, p in inspect.signature(training.train).parameters.items()}
+    monkeypatch.setattr(training, "train", record)  # the CLI's call is what is tested: it stops there
+    base = ["train", "--train", "t.tsv", "-o", str(tmp_path / "run")]
+    with pytest.raises(_Called):
+        main(base)
+    assert set(signature) - set(seen) == {"regression"}  # every other train() option has a flag
+    for name, default in signature.items():  # no flag given: train()'s own defaults
+        if name not in ("train_file", "output_dir", "progress", "regression"):
+            assert seen[name] == default, name
+    levers = {"--pooling": ("mean", "pooling", "mean"), "--bucket-scheme": ("mass", "bucket_scheme", "mass"),
+              "--min-exit-layer": ("2", "min_exit_layer", 2), "--hash": ("importance", "hash_kind", "importance"),
+              "--importance-order": ("high-first", "importance_order", "high-first"),
+              "--importance-model": ("dense-run", "importance_model", "dense-run"),
+              "--adapt-steps": ("7", "adapt_steps", 7), "--adapt-lr": ("0.002", "adapt_learning_rate", 0.002),
+              "--teacher": ("teacher-run", "teacher", "teacher-run"), "--distill-alpha": ("0.9", "distill_alpha", 0.9),
+              "--distill-temperature": ("3", "distill_temperature", 3.0),
+              "--distill-hidden": ("0.3", "distill_hidden", 0.3), "--curriculum": ("0.25", "curriculum", 0.25),
+              "--exit-shares": ("3,2,1", "exit_shares", "3,2,1"), "--lr-scheduler": ("cosine", "lr_scheduler", "cosine"),
+              "--target-speedup": ("2", "target_speedup", 2.0), "--layers": ("2", "num_layers", 2),
+              "--buckets": ("2", "num_buckets", 2), "--lr": ("1e-4", "learning_rate", 1e-4),
+              "--warmup-ratio": ("0.2", "warmup_ratio", 0.2), "--max-steps": ("9", "max_steps", 9),
+              "--dense": (None, "dense", True), "--exit-table": ("table", "exit_table", "table")}
+    argv = [*base]
+    for flag, (value, _, _) in levers.items():
+        argv += [flag] if value is None else [flag, value]
+    seen.clear()
+    with pytest.raises(_Called):
+        main(argv)
+    for flag, (_, name, want) in levers.items():
+        assert seen[name] == want and seen[name] != signature[name], flag
