@@ -143,3 +143,19 @@ def test_frontier_with_mean_pooling_init_dense_and_the_importance_hash(task_file
     hashee = json.loads((job.run_dir(points[-1], 42) / "hashee_train.json").read_text())
     assert hashee["recipe"]["pooling"] == "mean" and hashee["exit_table"]["hash_kind"] == "importance"
     assert hashee["backbone"] == str(job.run_dir(points[0], 42))  # started from the dense run of its seed
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_exit_shares_and_the_lr_scheduler_run_on_every_task(task, task_files, tiny_bert_backbone, tmp_path):
+    from hashee.training import train
+
+    data = task_files[task]
+    run = train(tiny_bert_backbone, train_file=data, dev_file=data, target_speedup=1.3, exit_shares="0,2,1",
+                min_exit_layer=2, lr_scheduler="cosine", output_dir=tmp_path / "run", **STEPS)
+    calibration = run.exit_table.metadata["calibration"]
+    assert calibration["scheme"] == "shares" and calibration["shares"] == pytest.approx([0, 2 / 3, 1 / 3])
+    assert abs(calibration["achieved_speedup"] / 1.3 - 1) <= 0.05
+    assert run.exit_table.layers.min() == 2 and run.metrics is not None
+    record = json.loads((tmp_path / "run" / "hashee_train.json").read_text())
+    assert record["recipe"]["scheduler"] == "cosine" and record["task"] == ("regression" if task == "regression"
+                                                                            else "classification")
