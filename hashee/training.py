@@ -775,7 +775,7 @@ def _make_trainer(model: Any, tokenizer: Any, train_set: TokenizedDataset, dev_s
         per_device_eval_batch_size=max(batch_size, 64), num_train_epochs=recipe["epochs"],
         max_steps=max_steps if max_steps is not None else -1, warmup_ratio=recipe["warmup_ratio"],
         weight_decay=recipe["weight_decay"], seed=recipe["seed"], data_seed=recipe["seed"],
-        lr_scheduler_type=recipe["scheduler"], eval_strategy="epoch" if dev_set is not None else "no", save_strategy="epoch",
+        lr_scheduler_type=recipe.get("scheduler", "linear"), eval_strategy="epoch" if dev_set is not None else "no", save_strategy="epoch",
         save_total_limit=1,
         report_to="none", logging_strategy="steps", logging_steps=max(1, min(50, total_steps // 10)),
         logging_first_step=True, disable_tqdm=not progress, use_cpu=not cuda, dataloader_pin_memory=cuda,
