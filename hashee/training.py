@@ -478,11 +478,13 @@ def _unwrapped_classifier(run: Path, task: _Task, pooling: str) -> Any:
                               f"{'the mean of the token states' if trained_pooling == 'mean' else '[CLS]'}); "
                               f"pass --pooling {trained_pooling} to start from it")
     theirs = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
+    ours = {str(k): int(v) for k, v in task.label2id.items()}
     regression = model.config.problem_type == "regression" or int(model.config.num_labels) == 1
-    if regression != task.regression or (not task.regression and theirs != {str(k): int(v) for k, v in task.label2id.items()}):
-        raise BackboneError(f"{run} was trained for {'regression' if regression else f'labels {theirs}'}, but the "
-                            f"training data has {'regression scores' if task.regression else f'labels {task.label2id}'}; "
-                            f"start from a run trained on the same task")
+    if regression != task.regression or (not regression and theirs != ours):
+        trained = "regression" if regression else f"labels {theirs}"
+        wanted = "regression scores" if task.regression else f"labels {ours}"
+        raise BackboneError(f"{run} was trained for {trained}, but the training data has {wanted}; start from a "
+                            f"run trained on the same task")
     return model
 
 
@@ -775,7 +777,8 @@ def _make_trainer(model: Any, tokenizer: Any, train_set: TokenizedDataset, dev_s
         per_device_eval_batch_size=max(batch_size, 64), num_train_epochs=recipe["epochs"],
         max_steps=max_steps if max_steps is not None else -1, warmup_ratio=recipe["warmup_ratio"],
         weight_decay=recipe["weight_decay"], seed=recipe["seed"], data_seed=recipe["seed"],
-        lr_scheduler_type=recipe.get("scheduler", "linear"), eval_strategy="epoch" if dev_set is not None else "no", save_strategy="epoch",
+        lr_scheduler_type=recipe.get("scheduler", "linear"),  # a recipe without one: the seed's
+        eval_strategy="epoch" if dev_set is not None else "no", save_strategy="epoch",
         save_total_limit=1,
         report_to="none", logging_strategy="steps", logging_steps=max(1, min(50, total_steps // 10)),
         logging_first_step=True, disable_tqdm=not progress, use_cpu=not cuda, dataloader_pin_memory=cuda,

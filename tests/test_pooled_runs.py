@@ -159,3 +159,15 @@ def test_exit_shares_and_the_lr_scheduler_run_on_every_task(task, task_files, ti
     record = json.loads((tmp_path / "run" / "hashee_train.json").read_text())
     assert record["recipe"]["scheduler"] == "cosine" and record["task"] == ("regression" if task == "regression"
                                                                             else "classification")
+
+
+def test_a_run_starts_only_from_a_dense_run_of_the_same_task(task_files, mean_dense_runs, tmp_path):
+    from hashee.errors import BackboneError
+    from hashee.training import train
+
+    for start, data, message in (("classification", "pairs", "trained for labels"),
+                                 ("regression", "classification", "trained for regression"),
+                                 ("classification", "regression", "has regression scores")):
+        with pytest.raises(BackboneError, match=message):
+            train(mean_dense_runs[start], train_file=task_files[data], pooling="mean", output_dir=tmp_path / data,
+                  **STEPS)

@@ -256,10 +256,11 @@ def parse_shares(shares: Any) -> np.ndarray:
         except ValueError:
             raise HashConfigError(f"exit shares must be comma-separated numbers, e.g. 4,3,2,1; got {shares!r}") from None
     try:
-        values = np.asarray(list(shares), dtype=np.float64).reshape(-1)
+        items = list(shares)
+        values = np.asarray(items, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
         raise HashConfigError(f"exit shares must be a sequence of numbers, got {shares!r}") from None
-    if values.size and any(isinstance(x, bool) for x in shares):
+    if any(isinstance(x, bool) for x in items):
         raise HashConfigError(f"exit shares must be numbers, got {shares!r}")
     return values
 
