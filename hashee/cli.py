@@ -89,7 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         min_exit_layer=args.min_exit_layer,
         bucket_scheme=args.bucket_scheme, importance_model=args.importance_model,
         importance_order=args.importance_order, pooling=args.pooling, adapt_steps=args.adapt_steps,
-        adapt_learning_rate=args.adapt_lr, curriculum=args.curriculum,
+        adapt_learning_rate=args.adapt_lr, curriculum=args.curriculum, exit_shares=args.exit_shares,
+        lr_scheduler=args.lr_scheduler,
     )
     print(format_train_report(result))
     return 0
@@ -282,6 +283,7 @@ def add_train(sub: Any) -> None:
                    help="exit-table kind (importance: ranked by a fine-tuned dense run's attention from [CLS], "
                         "with --importance-model and --target-speedup)")
     _add_table_levers(p)
+    _add_exit_shares(p)
     _add_pooling(p)
     _add_adaptation(p)
     p.add_argument("--layers", type=int, help="K: train the backbone's first K layers (default: all of them); "
@@ -294,6 +296,7 @@ def add_train(sub: Any) -> None:
     p.add_argument("--importance-model", help="--hash importance: the fine-tuned dense run that ranks the vocabulary")
     p.add_argument("--teacher", help="a run directory (e.g. a --dense run on the same task) to distil from")
     _add_recipe(p)
+    _add_schedule(p)
     p.add_argument("--seed", type=int, default=42)
     _add_quiet(p, "bars")
     p.add_argument("-o", "--output", required=True, help="run directory to write")
@@ -572,6 +575,16 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="stop (each run) after this many optimiser steps")
 
 
+LR_SCHEDULERS_HELP = "linear, cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup, inverse_sqrt"
+
+
+def _add_schedule(p: argparse.ArgumentParser) -> None:
+    # checked by train() (a wrong name is a one-line error, exit 1), not by argparse choices
+    p.add_argument("--lr-scheduler", default="linear",
+                   help=f"learning-rate schedule after the warm-up (Hugging Face lr_scheduler_type): "
+                        f"{LR_SCHEDULERS_HELP} (default linear, the seed's)")
+
+
 def _add_adaptation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapt-steps", type=int, default=0,
                    help="exit-aware adaptation before fine-tuning: steps teaching the HashEE (or cut) model to "
@@ -594,6 +607,13 @@ def _add_table_levers(p: argparse.ArgumentParser) -> None:
                    help="--hash importance: unimportant tokens exit first (default) or important ones")
     p.add_argument("--curriculum", type=float, default=0.0,
                    help="share of the steps over which tokens move from the last layer to their exits (default 0)")
+
+
+def _add_exit_shares(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exit-shares", metavar="S1,...,SL",
+                   help="with --target-speedup: budgets per layer, the relative token mass leaving at layers 1..L "
+                        "(e.g. 4,3,2,1; 0 below --min-exit-layer), mixed with the all-last-layer table (slower) or "
+                        "the all-at-the-lowest-layer table (faster) to meet the target")
 
 
 def _numbers(kind: type, what: str) -> Callable[[str], list]:
@@ -638,8 +658,10 @@ def add_frontier_parser(sub: argparse._SubParsersAction) -> None:
     recipe.add_argument("--hash", choices=("frequency", "importance"), default="frequency",
                         help="HashEE points' table: frequency, or importance measured on each seed's dense run")
     _add_table_levers(recipe)
+    _add_exit_shares(recipe)
     _add_pooling(recipe)
     _add_adaptation(recipe)
+    _add_schedule(recipe)
     recipe.add_argument("--init", help="'dense' (start static and HashEE runs from each seed's fine-tuned dense run) "
                                        "or a model folder")
     _add_quiet(p, "bars")
@@ -657,7 +679,7 @@ def _frontier_recipe(args: argparse.Namespace) -> dict[str, Any]:
             "init": args.init, "hash_kind": args.hash, "min_exit_layer": args.min_exit_layer,
             "bucket_scheme": args.bucket_scheme, "importance_order": args.importance_order,
             "pooling": args.pooling, "adapt_steps": args.adapt_steps, "adapt_learning_rate": args.adapt_lr,
-            "curriculum": args.curriculum}
+            "curriculum": args.curriculum, "exit_shares": args.exit_shares, "lr_scheduler": args.lr_scheduler}
 
 
 def _path_aliases(values: Sequence[str]) -> list[tuple[str, str]]:

@@ -24,12 +24,15 @@ import numpy as np
 from hashee.data import Examples, TokenizedDataset, label_mapping, load_examples, tokenize_examples
 from hashee.errors import BackboneError, DataError, HashConfigError, TrainConfigError
 from hashee.evaluation import (TRAIN_META, _check_number, _import_modeling, _load_tokenizer, _max_length_limit,
-                               predict_dataset, score_lines)
+                               _model_kind, predict_dataset, score_lines)
 from hashee.exit_table import ExitTable
 from hashee.flops import EncoderDims, FlopsReport
 from hashee.metrics import compute_metrics, trainer_metrics
 META_VERSION = 1
 RESUME_META = "hashee_resume.json"  # an unfinished run's settings (beside its checkpoints)
+# Hugging Face ``lr_scheduler_type`` values that run without extra scheduler arguments
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt")
 
 
 @dataclass
@@ -76,12 +79,17 @@ def _resolve_backbone(backbone: str | Path | None) -> Path:
 
 
 def _load_config(path: Path) -> Any:
+    """The backbone's Hugging Face config; for a HashEE run (e.g. a mean-pooled dense run), its wrapped model's."""
     from transformers import AutoConfig
 
+    hashee_run = _model_kind(path) == "hashee"
+    if hashee_run:
+        _import_modeling()  # registers the hashee config type
     try:
-        return AutoConfig.from_pretrained(str(path))
+        config = AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError, KeyError) as exc:
         raise BackboneError(f"cannot read the model config in {path}: {exc}") from exc
+    return config.backbone_config() if hashee_run else config
 
 
 def _json_safe(value: Any) -> Any:
@@ -186,6 +194,9 @@ def _check_recipe(recipe: dict[str, Any]) -> None:
             ("seed", 0, None, True, True), ("max_steps", 1, None, True, True)):
         if recipe[name] is not None or name != "max_steps":
             _check_number(name, recipe[name], low, high, integer, inclusive)
+    if recipe["scheduler"] not in LR_SCHEDULERS:
+        raise TrainConfigError(f"unknown learning-rate scheduler {recipe['scheduler']!r}; use one of "
+                               f"{', '.join(LR_SCHEDULERS)}")
 
 
 def _table_size(depth: int, num_layers: Any, num_buckets: Any, backbone: Path, lowest: int = 1) -> tuple[int, int]:
@@ -215,7 +226,8 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
           distill_temperature: float = 2.0, min_exit_layer: int = 1, bucket_scheme: str = "types",
           importance_model: str | Path | None = None, importance_order: str = "low-first",
           pooling: str = "cls", adapt_steps: int = 0, adapt_learning_rate: float = 1e-4,
-          distill_hidden: float = 0.0, curriculum: float = 0.0) -> TrainResult:
+          distill_hidden: float = 0.0, curriculum: float = 0.0, exit_shares: Any = None,
+          lr_scheduler: str = "linear") -> TrainResult:
     """Fine-tune a HashEE (or, with ``dense=True``, a plain) sequence classifier and save the run.
 
     Args:
@@ -231,7 +243,9 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
             reported against the full-depth dense model.
         num_buckets: B (default L), ``1 <= B <= L``.
         dense: train the backbone without early exit, with the same recipe.
-        learning_rate, batch_size, epochs, warmup_ratio, weight_decay: the recipe (linear decay, AdamW).
+        learning_rate, batch_size, epochs, warmup_ratio, weight_decay: the recipe (AdamW).
+        lr_scheduler: the learning-rate schedule after the warm-up, a Hugging Face ``lr_scheduler_type``
+            (:data:`LR_SCHEDULERS`: ``linear`` decay, the seed's, ``cosine``, ``constant_with_warmup``, ...).
         max_length: tokens per example (longer inputs are truncated).
         max_steps: stop after this many optimiser steps (overrides ``epochs``).
         text_column, pair_column, label_column: column names (or 0-based indices) when the header
@@ -246,6 +260,11 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
             buckets (default: one per layer from there) spread over ``min_exit_layer..L``.
         bucket_scheme: with ``target_speedup``, what bucket boundaries are fractions of: ``types``
             (the seed: distinct token types) or ``mass`` (token occurrences).
+        exit_shares: budgets per layer: ``L`` non-negative numbers (or ``"s_1,...,s_L"``), the relative
+            token mass leaving at layers ``1..L`` (zero below ``min_exit_layer``), calibrated to
+            ``target_speedup`` by mixing them with the all-last-layer table (slower) or the
+            all-at-the-lowest-layer table (faster) (:func:`hashee.calibration.calibrate_budget`); for the
+            frequency and importance orders, one bucket per exit layer.
         importance_model: with ``hash_kind="importance"``, a fine-tuned dense run whose attention from
             [CLS] ranks the vocabulary (:mod:`hashee.calibration.importance`); the table is calibrated
             to ``target_speedup``.  ``importance_order``: ``low-first`` (unimportant tokens exit
@@ -273,26 +292,27 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     backbone_path = _resolve_backbone(backbone)
     recipe = {"learning_rate": learning_rate, "batch_size": batch_size, "epochs": epochs,
               "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_length": max_length, "seed": seed,
-              "max_steps": max_steps, "optimizer": "adamw_torch", "scheduler": "linear"}
+              "max_steps": max_steps, "optimizer": "adamw_torch", "scheduler": lr_scheduler}
     _check_recipe(recipe)
     teacher_path = _check_teacher(recipe, teacher, distill_alpha, distill_temperature, distill_hidden)
     table_options = _TableOptions(hash_kind, exit_table, target_speedup, min_exit_layer, bucket_scheme,
-                                  importance_model, importance_order)
+                                  importance_model, importance_order, exit_shares)
     _check_model_options(recipe, backbone_path, dense, num_layers, pooling, adapt_steps, adapt_learning_rate,
                          curriculum)
     num_layers, num_buckets = _check_table_options(table_options, dense, num_layers, num_buckets)
     output_dir = _check_paths(train_file, dev_file, output_dir)
-    resume = Checkpoints(output_dir, call)
+    resume = Checkpoints(output_dir, call, _train_defaults())
     config = _load_config(backbone_path)
     depth = EncoderDims.from_config(config).num_layers
     layers, buckets = _table_size(depth, num_layers, num_buckets, backbone_path,
                                   1 if dense or exit_table is not None else min_exit_layer)
+    table_options.check_shares(layers, buckets)
     columns = (text_column, pair_column, label_column)
     task, tokenizer, train_set, dev_set = _load_data(backbone_path, config, train_file, dev_file, columns,
                                                      regression, max_length)
 
     # ---- model: the dense classifier, wrapped with an exit table built on the training data
-    model = _load_classifier(backbone_path, task, seed, progress)
+    model = _load_classifier(backbone_path, task, seed, progress, pooling)
     reference = depth if layers < depth else None
     full_depth = copy.deepcopy(model) if adapt_steps else None  # adaptation's frozen target
     if reference is not None:
@@ -334,6 +354,14 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
 
 # ---------------------------------------------------------------------------------- train: checking the options
 
+def _train_defaults() -> dict[str, Any]:
+    """:func:`train`'s keyword defaults (what a run recorded before an option existed was trained with)."""
+    import inspect
+
+    return {name: p.default for name, p in inspect.signature(train).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def _check_teacher(recipe: dict[str, Any], teacher: str | Path | None, alpha: float, temperature: float,
                    hidden: float) -> Path | None:
     """The teacher run of a distilled run (its weights joined to ``recipe``), or None; errors on a bad one."""
@@ -372,8 +400,20 @@ def _check_table_options(options: _TableOptions, dense: bool, num_layers: int | 
     if not dense:
         options.check()
         if options.exit_table is not None:
-            return options.exit_table.num_layers, options.given_buckets()
+            return _given_table_size(options, num_layers, num_buckets)
     return num_layers, num_buckets
+
+
+def _given_table_size(options: _TableOptions, num_layers: int | None, num_buckets: int | None) -> tuple[int, int]:
+    """L and B of a given exit table; a --layers or --buckets that differs from the table's is an error."""
+    layers, buckets = options.exit_table.num_layers, options.given_buckets()
+    for flag, asked, has in (("--layers", num_layers, layers), ("--buckets", num_buckets, buckets)):
+        if asked is not None and asked != has:
+            raise HashConfigError(f"{flag} {asked} differs from the exit table's {has} "
+                                  f"{'layers' if flag == '--layers' else 'buckets'}: the table sets the depth and "
+                                  f"buckets of the run; drop {flag}, or build a table with {flag} {asked} "
+                                  f"(hashee hash ... {flag} {asked})")
+    return layers, buckets
 
 
 def _check_paths(train_file: str | Path, dev_file: str | Path | None, output_dir: str | Path) -> Path:
@@ -402,12 +442,19 @@ def _load_data(backbone: Path, config: Any, train_file: str | Path, dev_file: st
 
 # ---------------------------------------------------------------------------------- train: the model
 
-def _load_classifier(backbone: Path, task: _Task, seed: int, progress: bool) -> Any:
-    """The backbone with a freshly initialised classification head for ``task`` (seeded)."""
+def _load_classifier(backbone: Path, task: _Task, seed: int, progress: bool, pooling: str = "cls") -> Any:
+    """The backbone with a freshly initialised classification head for ``task`` (seeded).
+
+    A fine-tuned run keeps its head; a HashEE run (a mean-pooled dense run is one) is unwrapped to its
+    dense classifier (:func:`hashee.modeling.unwrap.dense_classifier`), which must have been trained
+    with this run's ``pooling`` and labels.
+    """
     import transformers
     from transformers import AutoModelForSequenceClassification
 
     transformers.set_seed(seed)
+    if _model_kind(backbone) == "hashee":
+        return _unwrapped_classifier(backbone, task, pooling)
     verbosity = transformers.logging.get_verbosity()
     if not progress:  # quiet: the "newly initialized classifier" notice is expected when fine-tuning
         transformers.logging.set_verbosity_error()
@@ -419,6 +466,26 @@ def _load_classifier(backbone: Path, task: _Task, seed: int, progress: bool) -> 
         raise BackboneError(f"cannot load {backbone} as a sequence classifier: {exc}") from exc
     finally:
         transformers.logging.set_verbosity(verbosity)
+
+
+def _unwrapped_classifier(run: Path, task: _Task, pooling: str) -> Any:
+    """The dense classifier inside a HashEE run folder, checked against the task and the pooling."""
+    from hashee.modeling.unwrap import dense_classifier
+
+    model, trained_pooling = dense_classifier(run)
+    if trained_pooling != pooling:
+        raise HashConfigError(f"{run} was trained with {trained_pooling} pooling (its head reads "
+                              f"{'the mean of the token states' if trained_pooling == 'mean' else '[CLS]'}); "
+                              f"pass --pooling {trained_pooling} to start from it")
+    theirs = {str(k): int(v) for k, v in (model.config.label2id or {}).items()}
+    ours = {str(k): int(v) for k, v in task.label2id.items()}
+    regression = model.config.problem_type == "regression" or int(model.config.num_labels) == 1
+    if regression != task.regression or (not regression and theirs != ours):
+        trained = "regression" if regression else f"labels {theirs}"
+        wanted = "regression scores" if task.regression else f"labels {ours}"
+        raise BackboneError(f"{run} was trained for {trained}, but the training data has {wanted}; start from a "
+                            f"run trained on the same task")
+    return model
 
 
 def _run_table(model: Any, tokenizer: Any, task: _Task, options: _TableOptions, dense: bool, pooling: str,
@@ -486,7 +553,9 @@ def _run_record(kind: str, backbone: Path, task: _Task, train_file: str | Path, 
         "depth": {"layers": layers, "backbone_layers": depth},
         "exit_table": ({"hash_kind": table.kind, "num_layers": layers, "num_buckets": buckets,
                         "min_exit_layer": options.min_exit_layer, "bucket_scheme": options.bucket_scheme,
-                        "importance": ({"model": str(options.importance_model), "order": options.importance_order}
+                        "exit_shares": options.shares,
+                        "importance": ({"model": str(options.importance_model), "order": options.importance_order,
+                                        "pooling": _importance_pooling(options.importance_model)}
                                        if options.importance_model is not None else None),
                         "histogram": table.histogram(), **table.to_meta()} if table is not None and kind == "hashee"
                        else None),
@@ -519,10 +588,20 @@ class _TableOptions:
     bucket_scheme: str
     importance_model: str | Path | None
     importance_order: str
+    exit_shares: Any = None
+    shares: list[float] | None = None  # the checked exit shares, normalised (check_shares)
 
     def any_given(self) -> bool:
         return (self.exit_table is not None or self.target_speedup is not None or self.min_exit_layer != 1
-                or self.bucket_scheme != "types" or self.importance_model is not None)
+                or self.bucket_scheme != "types" or self.importance_model is not None
+                or self.exit_shares is not None)
+
+    def check_shares(self, layers: int, buckets: int) -> None:
+        """The exit shares against the run's depth and buckets (HashConfigError), kept normalised."""
+        if self.exit_shares is not None and self.exit_table is None:
+            from hashee.calibration.budget import check_shares
+
+            self.shares = [float(x) for x in check_shares(self.exit_shares, layers, self.min_exit_layer, buckets)]
 
     def check(self) -> None:
         """Every inconsistency as a :class:`HashConfigError`, before anything heavy loads."""
@@ -532,9 +611,9 @@ class _TableOptions:
 
         kinds = (*HASH_KINDS, "importance")
         if self.exit_table is not None and (self.target_speedup is not None or self.min_exit_layer != 1
-                                            or self.bucket_scheme != "types"):
+                                            or self.bucket_scheme != "types" or self.exit_shares is not None):
             raise HashConfigError("pass either an exit table or the options that build one (a target speed-up, "
-                                  "a lowest exit layer, a bucket scheme), not both")
+                                  "a lowest exit layer, a bucket scheme, exit shares), not both")
         if self.exit_table is None and self.hash_kind not in kinds:
             raise HashConfigError(f"unknown hash kind {self.hash_kind!r}; valid kinds are {', '.join(kinds)}")
         calibrated = ("frequency", "importance")
@@ -545,6 +624,12 @@ class _TableOptions:
             raise HashConfigError(f"unknown bucket scheme {self.bucket_scheme!r}; use one of {', '.join(BUCKET_SCHEMES)}")
         if self.bucket_scheme != "types" and self.target_speedup is None:
             raise HashConfigError("a bucket scheme applies to calibrated tables: pass a target speed-up too")
+        if self.exit_shares is not None and self.target_speedup is None:
+            raise HashConfigError("exit shares are calibrated to a FLOPs budget: pass --target-speedup too")
+        if self.exit_shares is not None:
+            from hashee.calibration.budget import parse_shares
+
+            parse_shares(self.exit_shares)  # the form now; the count once the depth is known
         if self.hash_kind == "importance" and (self.importance_model is None or self.target_speedup is None):
             raise HashConfigError("the importance hash needs a fine-tuned dense run to measure importance on "
                                   "(--importance-model RUN) and a FLOPs budget (--target-speedup X)")
@@ -574,18 +659,26 @@ class _TableOptions:
                 ranking, kind = self._importance_ranking(tokenizer, texts, max_length, progress), "importance"
             return calibrate_budget(tokenizer, texts, self.target_speedup, layers, buckets, dims=dims,
                                     max_length=max_length, lowest_layer=self.min_exit_layer,
-                                    scheme=self.bucket_scheme, ranking=ranking, ranking_kind=kind)
+                                    scheme=self.bucket_scheme, ranking=ranking, ranking_kind=kind, shares=self.shares)
         embeddings = model.get_input_embeddings().weight.detach().cpu().numpy() if self.hash_kind == "cluster" else None
         labels = task.train.label_ids(task.label_map) if self.hash_kind == "mi" else None
         return build_exit_table(self.hash_kind, tokenizer, texts=texts, labels=labels, num_layers=layers,
                                 num_buckets=buckets, embeddings=embeddings, seed=seed, lowest_layer=self.min_exit_layer)
 
     def _importance_ranking(self, tokenizer: Any, texts: list, max_length: int, progress: bool) -> np.ndarray:
-        from hashee.calibration.importance import cls_attention_importance, importance_ranking, load_importance_model
+        from hashee.calibration.importance import (cls_attention_importance, importance_pooling, importance_ranking,
+                                                   load_importance_model)
 
         scorer = load_importance_model(self.importance_model, len(tokenizer))
-        importance, counts = cls_attention_importance(scorer, tokenizer, texts, max_length, progress=progress)
+        importance, counts = cls_attention_importance(scorer, tokenizer, texts, max_length, progress=progress,
+                                                      pooling=importance_pooling(self.importance_model))
         return importance_ranking(importance, counts, self.importance_order)
+
+
+def _importance_pooling(run: str | Path) -> str:
+    from hashee.calibration.importance import importance_pooling
+
+    return importance_pooling(run)
 
 
 def _depth_hint(backbone: Path) -> int:
@@ -618,9 +711,11 @@ class Checkpoints:
     checkpoints once the run is saved.
     """
 
-    def __init__(self, output_dir: Path, call: dict[str, Any]) -> None:
+    def __init__(self, output_dir: Path, call: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
         self.folder, self.meta_path = output_dir, output_dir / RESUME_META
         self.settings = json.loads(json.dumps(_json_safe(call), default=repr))
+        # an option a run's record lacks was added later: that run was trained with its default
+        self.defaults = json.loads(json.dumps(_json_safe(defaults or {}), default=repr))
         self.meta: dict[str, Any] = {"settings": self.settings, "notes": {}}
         self.resuming = False
 
@@ -635,7 +730,7 @@ class Checkpoints:
         if last is not None:
             saved = json.loads(self.meta_path.read_text())
             differ = sorted(k for k in set(saved["settings"]) | set(self.settings)
-                            if saved["settings"].get(k) != self.settings.get(k))
+                            if saved["settings"].get(k, self.defaults.get(k)) != self.settings.get(k))
             if differ:
                 raise TrainConfigError(f"{self.folder} holds an unfinished run ({last.name}) trained with other "
                                        f"settings ({', '.join(differ)}); rerun that command to resume it, or "
@@ -682,7 +777,8 @@ def _make_trainer(model: Any, tokenizer: Any, train_set: TokenizedDataset, dev_s
         per_device_eval_batch_size=max(batch_size, 64), num_train_epochs=recipe["epochs"],
         max_steps=max_steps if max_steps is not None else -1, warmup_ratio=recipe["warmup_ratio"],
         weight_decay=recipe["weight_decay"], seed=recipe["seed"], data_seed=recipe["seed"],
-        lr_scheduler_type="linear", eval_strategy="epoch" if dev_set is not None else "no", save_strategy="epoch",
+        lr_scheduler_type=recipe.get("scheduler", "linear"),  # a recipe without one: the seed's
+        eval_strategy="epoch" if dev_set is not None else "no", save_strategy="epoch",
         save_total_limit=1,
         report_to="none", logging_strategy="steps", logging_steps=max(1, min(50, total_steps // 10)),
         logging_first_step=True, disable_tqdm=not progress, use_cpu=not cuda, dataloader_pin_memory=cuda,

