@@ -196,3 +196,53 @@ def test_cost_model_choices_on_constructed_cases():
     flops = model.plan_flops(2, 10, [10] * 6)
     d, f = 384, 1536
     assert flops == pytest.approx(2 * 2 * 6 * (2 * 10 * d * d + 2 * 10 * d * d + 2 * 10 * 10 * d + 2 * 10 * d * f))
+
+
+# ------------------------------------------------------------------ what a forward launches
+SYNCING_OPS = {"aten.nonzero", "aten.masked_select", "aten._local_scalar_dense", "aten.unique_consecutive",
+               "aten._unique2", "aten.unique_dim", "aten.repeat_interleave", "aten.index(bool mask)"}  # shapes from values
+
+
+def _dispatched_ops(forward):
+    """The non-view aten ops one call of ``forward`` dispatches (about the kernels it launches on a GPU)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view:
+                name = str(func.overloadpacket)
+                masks = [i for i in (args[1] if name == "aten.index" else ()) if i is not None and i.dtype == torch.bool]
+                self.ops.append("aten.index(bool mask)" if masks else name)  # x[mask]: a shape from values
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad():
+        forward()  # warm: lazy initialisation is not the forward
+        record = Record()
+        with record:
+            forward()
+    return record.ops
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefix_forward_launches_about_as_many_ops_as_dense_and_never_reads_values_for_shapes(family):
+    """Item 4: the prefix mode's forward dispatches no more ops than the Hugging Face dense forward (+10 %)
+    and none whose output shape comes from tensor values (no device synchronisation); the recorder does
+    see such ops where they are (so the check can fail)."""
+    dense = tiny_dense(family, vocab_size=VOCAB, num_layers=LAYERS, init_std=INIT_STD)
+    model = wrap(dense, random_table())
+    ids, mask, _ = padded_batch(batch=8, seq=16)
+    table = model.exit_table_layers.numpy()
+    plan = plan_prefix(ids.numpy(), mask.numpy(), table[ids.numpy()], LAYERS)
+    assert min(plan.widths[1:]) < plan.widths[0]  # some layers really run narrower
+    inputs = [torch.as_tensor(a) for a in (plan.input_ids, plan.attention_mask, plan.position_ids)]
+    prefix = _dispatched_ops(lambda: prefix_encode(model, *inputs, [torch.as_tensor(m) for m in plan.exit_masks]))
+    reference = _dispatched_ops(lambda: dense(ids, attention_mask=mask))
+    assert len(prefix) <= 1.1 * len(reference), (len(prefix), len(reference))
+    assert not SYNCING_OPS & set(prefix), sorted(SYNCING_OPS & set(prefix))
+    values = torch.tensor([0.0, 1.0, 2.0])
+    for syncing in (lambda: values.nonzero(), lambda: values[values > 0], lambda: values.sum().item()):
+        assert SYNCING_OPS & set(_dispatched_ops(syncing))
