@@ -67,11 +67,13 @@ def grid_macs(feeds: list[dict[str, np.ndarray]], prefix: bool, hidden: int, int
 
 def encoder_work(batch: int, seq: int, widths: np.ndarray, rows: np.ndarray, hidden: int, intermediate: int) -> float:
     """Multiply-adds of the encoder layers on a ``[batch, seq]`` grid with query widths ``widths``
-    (per layer) of which ``rows`` slots compute queries, attention output and FFN."""
-    per_row = 2 * hidden * hidden + 2 * hidden * intermediate  # query, attention output, FFN
-    keys_values = 2 * batch * seq * hidden * hidden
-    attention = 2 * batch * widths * seq * hidden  # scores and context on the [B, Q_l] query grid
-    return float((rows * per_row + keys_values + attention).sum())
+    (per layer) of which ``rows`` slots compute queries, attention output and FFN: the full query grid's
+    (:func:`hashee.flops.layer_macs` per row of the batch) less the slots left idle."""
+    from hashee.flops import layer_macs
+
+    grid = batch * layer_macs(widths, np.full_like(widths, seq), hidden, intermediate)
+    idle = (batch * widths - rows) * (2 * hidden * hidden + 2 * hidden * intermediate)  # query, output, FFN
+    return float((grid - idle).sum())
 
 
 def measure(sessions: dict[str, Any], feeds: list[dict[str, np.ndarray]], repeats: int) -> dict[str, float]:
