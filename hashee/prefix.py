@@ -112,7 +112,7 @@ def exit_layers_from_masks(exit_masks: np.ndarray) -> np.ndarray:
 
 def plan_prefix(input_ids: np.ndarray, attention_mask: np.ndarray, exit_layers: np.ndarray, num_layers: int,
                 token_type_ids: np.ndarray | None = None, bucket: bool = False, max_length: int | None = None,
-                pad_id: int = 0) -> PrefixBatch:
+                pad_id: int = 0, pad_rows: bool = True) -> PrefixBatch:
     """Sort a right-padded batch by exit layer and build the per-layer masks (see the module doc).
 
     Args:
@@ -123,6 +123,8 @@ def plan_prefix(input_ids: np.ndarray, attention_mask: np.ndarray, exit_layers: 
         bucket: pad the batch to a power of two and round the sequence and every ``W_l`` up to a
             multiple of 8 (the sequence at most to ``max_length``).
         pad_id: the token id written into bucket padding columns.
+        pad_rows: with ``bucket``, also pad the batch to a power of two (False: only the widths are
+            rounded, e.g. when the caller splits the rows again, as Triton's tokenizer does).
     """
     ids = np.asarray(input_ids, dtype=np.int64)
     mask = np.asarray(attention_mask)
@@ -137,7 +139,7 @@ def plan_prefix(input_ids: np.ndarray, attention_mask: np.ndarray, exit_layers: 
     types = None if token_type_ids is None else np.asarray(token_type_ids, dtype=np.int64)
     batch, seq = rows, length
     if bucket:
-        batch = _next_power_of_two(rows)
+        batch = _next_power_of_two(rows) if pad_rows else rows
         seq = _round_up(length, SEQ_MULTIPLE, max(length, max_length or length))
     if seq > length:  # padding columns: never keys, never active
         extra = seq - length

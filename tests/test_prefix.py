@@ -246,3 +246,13 @@ def test_prefix_forward_launches_about_as_many_ops_as_dense_and_never_reads_valu
     values = torch.tensor([0.0, 1.0, 2.0])
     for syncing in (lambda: values.nonzero(), lambda: values[values > 0], lambda: values.sum().item()):
         assert SYNCING_OPS & set(_dispatched_ops(syncing))
+
+
+def test_bucketed_plan_without_row_padding_keeps_the_rows_and_rounds_the_widths():
+    ids, mask, _ = padded_batch(batch=5, seq=12)
+    exits = random_table().layers[ids.numpy()]
+    padded = plan_prefix(ids.numpy(), mask.numpy(), exits, LAYERS, bucket=True, max_length=64)
+    rows_kept = plan_prefix(ids.numpy(), mask.numpy(), exits, LAYERS, bucket=True, max_length=64, pad_rows=False)
+    assert padded.shape[0] == 8 and rows_kept.shape[0] == 5 and rows_kept.shape[1:] == padded.shape[1:]
+    np.testing.assert_array_equal(rows_kept.input_ids, padded.input_ids[:5])
+    assert all(w % 8 == 0 or w == rows_kept.shape[1] for w in rows_kept.widths)

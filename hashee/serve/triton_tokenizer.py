@@ -26,7 +26,7 @@ of ``hashee/prefix.py`` that export-triton ships next to this file (``prefix_pla
 never mixes widths), so the widths are chosen to let requests batch: all requests of one ``execute``
 call (the tokenizer's own dynamic batch) that share a sequence bucket are planned together, so they
 get the same ``W_l`` (the widest row's), rounded up to a multiple of 8 (the runtime's bucket rule,
-``plan_prefix(bucket=True)`` at the request's bucket width).  Rows of other requests only widen the
+``plan_prefix(bucket=True, pad_rows=False)`` at the request's bucket width).  Rows of other requests only widen the
 masks with false slots, which changes no answer; the model then batches them as one call.
 """
 
@@ -184,7 +184,7 @@ class TritonPythonModel:
             ids = joined["input_ids"].astype(np.int64)
             plan = self.prefix.plan_prefix(ids, joined["attention_mask"], self.table[ids], self.num_layers,
                                            joined.get("token_type_ids"), bucket=True, max_length=width,
-                                           pad_id=self.pad_id)
+                                           pad_id=self.pad_id, pad_rows=False)
             feed = plan.feed()
             start = 0
             for index in members:
