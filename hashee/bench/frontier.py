@@ -689,6 +689,36 @@ def write_reports(output_dir: Path, report_dir: Path | None = None,
     return files
 
 
+#: what format_markdown and plot read of each point of a frontier.json
+REPORT_POINT_KEYS = ("name", "kind", "layers", "flops_reduction", "recipe", "scores", "mean", "std", "seeds",
+                     "command")
+
+
+def write_reports_from(report_json: Path, report_dir: Path) -> list[Path]:
+    """Write ``frontier.md`` and ``frontier.png`` into ``report_dir`` from a ``frontier.json`` alone (the curated
+    one in benchmarks/, say), without the runs it was collected from; returns their paths."""
+    try:
+        report = json.loads(report_json.read_text())
+    except FileNotFoundError:
+        raise TrainConfigError(f"{report_json} does not exist; pass the frontier.json that `hashee frontier` "
+                               f"wrote") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TrainConfigError(f"{report_json} is not JSON ({exc}); pass a frontier.json") from None
+    points = report.get("points") if isinstance(report, dict) else None
+    if not isinstance(points, list):
+        raise TrainConfigError(f"{report_json} has no 'points' list: it is not a frontier.json")
+    for index, point in enumerate(points):
+        missing = [key for key in REPORT_POINT_KEYS if not isinstance(point, dict) or key not in point]
+        if missing:
+            raise TrainConfigError(f"{report_json}: point {index} has no {', '.join(missing)}; pass a frontier.json "
+                                   f"that `hashee frontier` wrote")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    files = [report_dir / FRONTIER_MD]
+    files[0].write_text(format_markdown(report))
+    png = plot(report, report_dir / FRONTIER_PNG) if points else None
+    return files + ([png] if png is not None else [])
+
+
 def portable(report: dict[str, Any], output_dir: Path, aliases: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """``report`` with every path that starts with an alias's prefix rewritten to start with its name, in the
     commands, the backbone, the data and the recipes' folders; the frontier folder becomes ``FRONTIER`` and
@@ -738,4 +768,5 @@ def backbone_depth(backbone: Path | None) -> int:
 
 
 __all__ = ["FrontierJob", "FrontierPoint", "FrontierResult", "check_runs", "collect", "finished", "grid_commands",
-           "interpolate", "plan_points", "point_from_meta", "portable", "recipe_tag", "run_frontier", "write_reports"]
+           "interpolate", "plan_points", "point_from_meta", "portable", "recipe_tag", "run_frontier", "write_reports",
+           "write_reports_from"]
