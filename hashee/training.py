@@ -11,6 +11,7 @@ afterwards is :func:`hashee.evaluation.evaluate`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import warnings
@@ -317,7 +318,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     full_depth = copy.deepcopy(model) if adapt_steps else None  # adaptation's frozen target
     if reference is not None:
         _truncate(model, layers)
-    dims = EncoderDims.from_config(model.config).against(reference)
+    dims = _run_dims(model.config, layers, depth, int(model.config.num_labels))
     table = _run_table(model, tokenizer, task, table_options, dense, pooling, layers, buckets, dims, max_length,
                        seed, progress)
     if table is not None:
@@ -350,6 +351,37 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
     return TrainResult(output_dir=output_dir, kind=kind, metrics=metrics, flops=flops,
                        train_loss=output.training_loss, global_step=output.global_step,
                        log_history=list(trainer.state.log_history), exit_table=table, model=model)
+
+
+def preview_exit_table(backbone: str | Path | None = None, *, train_file: str | Path, target_speedup: float,
+                       num_layers: int | None = None, num_buckets: int | None = None, min_exit_layer: int = 1,
+                       bucket_scheme: str = "types", exit_shares: Any = None, max_length: int = 128,
+                       text_column: str | int | None = None, pair_column: str | int | None = None,
+                       label_column: str | int | None = None, regression: bool | None = None) -> ExitTable:
+    """The frequency table :func:`train` would calibrate with these options, built without training
+    (seconds: the tokenizer and the training texts, no model weights).
+
+    ``hashee frontier`` calls it for every calibrated HashEE point before its first run, so a target out of
+    reach is the same :class:`HashConfigError` ``train`` would raise, before hours of other runs.
+    """
+    backbone_path = _resolve_backbone(backbone)
+    options = _TableOptions("frequency", None, target_speedup, min_exit_layer, bucket_scheme, None, "low-first",
+                            exit_shares)
+    options.check()
+    config = _load_config(backbone_path)
+    depth = EncoderDims.from_config(config).num_layers
+    layers, buckets = _table_size(depth, num_layers, num_buckets, backbone_path, min_exit_layer)
+    options.check_shares(layers, buckets)
+    task = _load_task(Path(train_file), None, (text_column, pair_column, label_column), regression)
+    tokenizer = _load_tokenizer(backbone_path)
+    dims = _run_dims(config, layers, depth, task.num_labels)
+    return options.build(None, tokenizer, task, layers, buckets, dims, max_length, 0, False)
+
+
+def _run_dims(config: Any, layers: int, depth: int, num_labels: int) -> EncoderDims:
+    """The FLOPs sizes of a run of the backbone's first ``layers`` layers, counted against its full ``depth``."""
+    dims = dataclasses.replace(EncoderDims.from_config(config), num_layers=layers, num_labels=num_labels)
+    return dims.against(depth if layers < depth else None)
 
 
 # ---------------------------------------------------------------------------------- train: checking the options

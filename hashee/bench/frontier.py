@@ -267,13 +267,18 @@ class FrontierResult:
 
 
 def run_frontier(job: FrontierJob, points: Sequence[FrontierPoint], seeds: int = 3,
-                 trainer: Callable[..., Any] | None = None) -> FrontierResult:
+                 trainer: Callable[..., Any] | None = None, check_targets: bool | None = None) -> FrontierResult:
     """Train every (point, seed) not yet finished, in order, rewriting the reports after each run.
 
-    ``trainer`` defaults to :func:`hashee.training.train` (tests pass it too, to count calls).
+    ``trainer`` defaults to :func:`hashee.training.train` (tests pass it too, to count calls).  With
+    ``check_targets`` (default: when ``trainer`` is the real one) every calibrated frequency-table HashEE
+    point's table is built first (:func:`check_targets_reach`), so a target out of reach stops the frontier
+    before its first run, not hours later.
     """
     from tqdm.auto import tqdm
 
+    if check_targets or (check_targets is None and trainer is None):
+        check_targets_reach(job, points)
     if trainer is None:
         from hashee.training import train as trainer
     # seed by seed: a whole first frontier early, then its error bars; a seed's dense run comes first
@@ -294,6 +299,23 @@ def run_frontier(job: FrontierJob, points: Sequence[FrontierPoint], seeds: int =
         write_reports(job.output_dir)
     files = write_reports(job.output_dir)
     return FrontierResult(trained, skipped, collect(job.output_dir), files)
+
+
+def check_targets_reach(job: FrontierJob, points: Sequence[FrontierPoint]) -> None:
+    """Calibrate the table of every HashEE point with a frequency table (seconds each, no training); a target
+    it cannot reach raises the :class:`~hashee.errors.HashConfigError` its run would.  Importance tables are
+    measured on each seed's dense run, so they are checked when their run starts."""
+    import inspect
+
+    from hashee.training import preview_exit_table
+
+    accepted = set(inspect.signature(preview_exit_table).parameters)
+    for point in points:
+        if point.kind != "hashee" or point.recipe.get("hash_kind", "frequency") != "frequency":
+            continue
+        kwargs = train_kwargs(job, point, job.base_seed)
+        preview_exit_table(job.backbone, **{key: value for key, value in kwargs.items()
+                                            if key in accepted and key != "backbone"})
 
 
 def _write_point(job: FrontierJob, point: FrontierPoint) -> None:
@@ -767,6 +789,6 @@ def backbone_depth(backbone: Path | None) -> int:
     return EncoderDims.from_config(_load_config(_resolve_backbone(backbone))).num_layers
 
 
-__all__ = ["FrontierJob", "FrontierPoint", "FrontierResult", "check_runs", "collect", "finished", "grid_commands",
+__all__ = ["FrontierJob", "FrontierPoint", "FrontierResult", "check_runs", "check_targets_reach", "collect", "finished", "grid_commands",
            "interpolate", "plan_points", "point_from_meta", "portable", "recipe_tag", "run_frontier", "write_reports",
            "write_reports_from"]
