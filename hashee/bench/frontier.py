@@ -789,6 +789,6 @@ def backbone_depth(backbone: Path | None) -> int:
     return EncoderDims.from_config(_load_config(_resolve_backbone(backbone))).num_layers
 
 
-__all__ = ["FrontierJob", "FrontierPoint", "FrontierResult", "check_runs", "check_targets_reach", "collect", "finished", "grid_commands",
-           "interpolate", "plan_points", "point_from_meta", "portable", "recipe_tag", "run_frontier", "write_reports",
-           "write_reports_from"]
+__all__ = ["FrontierJob", "FrontierPoint", "FrontierResult", "check_runs", "check_targets_reach", "collect",
+           "finished", "grid_commands", "interpolate", "plan_points", "point_from_meta", "portable", "recipe_tag",
+           "run_frontier", "write_reports", "write_reports_from"]
