@@ -67,7 +67,6 @@ def test_the_grid_names_the_points_the_issue_asks_for():
 #: what the grid lacked when this JSON was curated (re-curating it complete makes the strict xfail fail: remove both)
 INCOMPLETE = ("grid incomplete at the end of session 5 (2026-12-01): "
               "static-L2+kd_a0.9_init: seeds 42, 44; "
-              "hashee-1.5x+kd_a0.9_init_min2: seeds 42, 44; "
               "hashee-2.5x: seeds 42; "
               "remove this mark when the curated JSON has them")
 
