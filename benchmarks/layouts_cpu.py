@@ -72,7 +72,7 @@ def encoder_work(batch: int, seq: int, widths: np.ndarray, rows: np.ndarray, hid
     from hashee.flops import layer_macs
 
     grid = batch * layer_macs(widths, np.full_like(widths, seq), hidden, intermediate)
-    idle = (batch * widths - rows) * (2 * hidden * hidden + 2 * hidden * intermediate)  # query, output, FFN
+    idle = layer_macs(batch * widths - rows, 0, hidden, intermediate)  # idle slots' query, output and FFN
     return float((grid - idle).sum())
 
 
