@@ -176,10 +176,11 @@ def test_frontier_end_to_end_on_a_tiny_model_resumes(backbone, tmp_path):
     assert "was trained with --train" in done.stderr
 
 
-def test_a_target_out_of_reach_stops_the_frontier_before_its_first_run(backbone, tmp_path):
+def test_a_target_out_of_reach_stops_the_frontier_before_its_first_run(backbone, tmp_path, monkeypatch):
     from safetensors.numpy import load_file
 
     from hashee.errors import HashConfigError
+    from hashee.training import preview_exit_table
 
     train = _head(SST2_TRAIN, 40, tmp_path / "train.tsv")
     job = frontier.FrontierJob(train, train, tmp_path / "out", backbone=backbone, progress=False)
@@ -190,16 +191,14 @@ def test_a_target_out_of_reach_stops_the_frontier_before_its_first_run(backbone,
     # the previewed table is the one the run trains with (one rule): same layers for every id
     frontier.run_frontier(job, frontier.plan_points(3, [], [1.2], reachable, seeds=1), seeds=1)
     run = next((tmp_path / "out" / "runs").glob("hashee-1.2x*/seed42"))
-    preview = frontier_preview(backbone, train, 1.2, min_exit_layer=2)
+    preview = preview_exit_table(backbone, train_file=train, target_speedup=1.2, min_exit_layer=2)
     trained = load_file(run / "model.safetensors")["exit_table_layers"]
     assert np.array_equal(preview.layers, trained) and preview.layers.min() == 2
     assert len(np.unique(preview.layers)) > 1
-
-
-def frontier_preview(backbone, train, target, **options):
-    from hashee.training import preview_exit_table
-
-    return preview_exit_table(backbone, train_file=train, target_speedup=target, **options)
+    # resumed with every run finished: nothing is calibrated again (no re-tokenising of the training texts)
+    monkeypatch.setattr("hashee.training.preview_exit_table", lambda *a, **k: pytest.fail("calibrated again"))
+    again = frontier.run_frontier(job, frontier.plan_points(3, [], [1.2], reachable, seeds=1), seeds=1)
+    assert not again.trained and len(again.skipped) == 2
 
 
 def test_frontier_runs_unchanged_on_sentence_pairs(backbone, tmp_path):

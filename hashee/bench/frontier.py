@@ -278,7 +278,8 @@ def run_frontier(job: FrontierJob, points: Sequence[FrontierPoint], seeds: int =
     from tqdm.auto import tqdm
 
     if check_targets or (check_targets is None and trainer is None):
-        check_targets_reach(job, points)
+        check_targets_reach(job, [point for point in points  # a resumed frontier's finished points: no check
+                                  if not all(finished(job.run_dir(point, seed), point, job) for seed in job.seeds(seeds))])
     if trainer is None:
         from hashee.training import train as trainer
     # seed by seed: a whole first frontier early, then its error bars; a seed's dense run comes first
@@ -701,14 +702,15 @@ def write_reports(output_dir: Path, report_dir: Path | None = None,
     if aliases is not None:
         report = portable(report, output_dir, aliases)
     report_dir.mkdir(parents=True, exist_ok=True)
-    files = [report_dir / FRONTIER_JSON, report_dir / FRONTIER_MD]
-    files[0].write_text(json.dumps(report, indent=2) + "\n")
-    files[1].write_text(format_markdown(report))
-    if report["points"]:
-        png = plot(report, report_dir / FRONTIER_PNG)
-        if png is not None:
-            files.append(png)
-    return files
+    (report_dir / FRONTIER_JSON).write_text(json.dumps(report, indent=2) + "\n")
+    return [report_dir / FRONTIER_JSON, *_write_markdown_and_plot(report, report_dir)]
+
+
+def _write_markdown_and_plot(report: dict[str, Any], report_dir: Path) -> list[Path]:
+    """``frontier.md`` and (with points and matplotlib) ``frontier.png`` of ``report`` in ``report_dir``."""
+    (report_dir / FRONTIER_MD).write_text(format_markdown(report))
+    png = plot(report, report_dir / FRONTIER_PNG) if report["points"] else None
+    return [report_dir / FRONTIER_MD] + ([png] if png is not None else [])
 
 
 #: what format_markdown and plot read of each point of a frontier.json
@@ -735,10 +737,7 @@ def write_reports_from(report_json: Path, report_dir: Path) -> list[Path]:
             raise TrainConfigError(f"{report_json}: point {index} has no {', '.join(missing)}; pass a frontier.json "
                                    f"that `hashee frontier` wrote")
     report_dir.mkdir(parents=True, exist_ok=True)
-    files = [report_dir / FRONTIER_MD]
-    files[0].write_text(format_markdown(report))
-    png = plot(report, report_dir / FRONTIER_PNG) if points else None
-    return files + ([png] if png is not None else [])
+    return _write_markdown_and_plot(report, report_dir)
 
 
 def portable(report: dict[str, Any], output_dir: Path, aliases: Sequence[tuple[str, str]]) -> dict[str, Any]:
