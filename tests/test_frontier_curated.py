@@ -64,14 +64,6 @@ def test_the_grid_names_the_points_the_issue_asks_for():
     assert frontier.recipe_tag(by_name["hashee-2.5x"]["recipe"]) == ""  # the seed recipe
 
 
-#: what the grid lacked when this JSON was curated (re-curating it complete makes the strict xfail fail: remove both)
-INCOMPLETE = ("grid incomplete at the end of session 5 (2026-12-01): "
-              "static-L2+kd_a0.9_init: seeds 42, 44; "
-              "hashee-2.5x: seeds 42; "
-              "remove this mark when the curated JSON has them")
-
-
-@pytest.mark.xfail(strict=True, reason=INCOMPLETE)
 def test_every_grid_point_has_three_seeds():
     by_name = {p["name"]: p for p in REPORT["points"]}
     short = {name: by_name[name]["seeds"] for name in GRID if by_name[name]["seeds"] < GRID_SEEDS}
