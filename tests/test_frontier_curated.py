@@ -16,6 +16,7 @@ from hashee.bench import frontier
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 REPORT = json.loads((BENCHMARKS / frontier.FRONTIER_JSON).read_text())
+BY_NAME = {point["name"]: point for point in REPORT["points"]}
 GRID_SEEDS = 3
 
 
@@ -54,17 +55,15 @@ GRID = ("dense-L6", "static-L2+kd_a0.9_init", "static-L3+kd_a0.9_init", "static-
 
 
 def test_the_grid_names_the_points_the_issue_asks_for():
-    by_name = {p["name"]: p for p in REPORT["points"]}
-    assert set(GRID) <= set(by_name)
-    kinds = {(by_name[n]["kind"], by_name[n]["layers"]) for n in GRID}
+    assert set(GRID) <= set(BY_NAME)
+    kinds = {(BY_NAME[n]["kind"], BY_NAME[n]["layers"]) for n in GRID}
     assert {("dense", 6), ("static", 2), ("static", 3), ("static", 4)} <= kinds
-    best = [by_name[n] for n in GRID if by_name[n]["kind"] == "hashee" and by_name[n]["recipe"].get("teacher")]
+    best = [BY_NAME[n] for n in GRID if BY_NAME[n]["kind"] == "hashee" and BY_NAME[n]["recipe"].get("teacher")]
     assert len({round(p["flops_reduction"], 1) for p in best}) >= 3 and max(p["flops_reduction"] for p in best) >= 2.3
-    assert all(by_name[n]["recipe"].get("teacher") for n in GRID[1:4])  # the static baselines get the recipe too
-    assert frontier.recipe_tag(by_name["hashee-2.5x"]["recipe"]) == ""  # the seed recipe
+    assert all(BY_NAME[n]["recipe"].get("teacher") for n in GRID[1:4])  # the static baselines get the recipe too
+    assert frontier.recipe_tag(BY_NAME["hashee-2.5x"]["recipe"]) == ""  # the seed recipe
 
 
 def test_every_grid_point_has_three_seeds():
-    by_name = {p["name"]: p for p in REPORT["points"]}
-    short = {name: by_name[name]["seeds"] for name in GRID if by_name[name]["seeds"] < GRID_SEEDS}
+    short = {name: BY_NAME[name]["seeds"] for name in GRID if BY_NAME[name]["seeds"] < GRID_SEEDS}
     assert short == {}
