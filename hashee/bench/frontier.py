@@ -453,15 +453,22 @@ def _point_entry(meta: dict[str, Any], runs: list[tuple[str, dict[str, Any]]], m
     """One point of ``frontier.json``: one score per finished seed (None where undefined); mean and std
     over the defined scores only."""
     scores = [_score((record.get("dev_metrics") or {}).get(metric)) for _, record in runs]
-    defined = [s for s in scores if s is not None]
     reductions = [float((record.get("flops") or {}).get("reduction") or 1.0) for _, record in runs]
-    return {"name": meta["name"], "kind": meta["kind"], "layers": meta["layers"],
-            "flops_reduction": float(np.mean(reductions)), "recipe": meta["recipe"],
-            "scores": scores, "mean": float(np.mean(defined)) if defined else None,
+    entry = {"name": meta["name"], "kind": meta["kind"], "layers": meta["layers"],
+             "flops_reduction": float(np.mean(reductions)), "recipe": meta["recipe"], "scores": scores,
+             "runs": [name for name, _ in runs], "target_speedup": meta.get("target_speedup"),
+             "command": meta["command"]}
+    return _with_statistics(entry)
+
+
+def _with_statistics(point: dict[str, Any]) -> dict[str, Any]:
+    """``point`` with ``mean``, ``std`` (sample), ``seeds`` and ``undefined`` recomputed from its ``scores`` and
+    ``runs``; mean and std over the defined scores only."""
+    scores = point["scores"]
+    defined = [s for s in scores if s is not None]
+    return {**point, "mean": float(np.mean(defined)) if defined else None,
             "std": (float(np.std(defined, ddof=1)) if len(defined) > 1 else 0.0) if defined else None,
-            "seeds": len(scores), "runs": [name for name, _ in runs],
-            "undefined": [name for (name, _), s in zip(runs, scores) if s is None],
-            "target_speedup": meta.get("target_speedup"), "command": meta["command"]}
+            "seeds": len(scores), "undefined": [run for run, s in zip(point["runs"], scores) if s is None]}
 
 
 def collect(output_dir: Path) -> dict[str, Any]:
@@ -509,7 +516,7 @@ def grid_commands(report: dict[str, Any], output_dir: Path) -> list[str]:
     data, default = report.get("data") or {}, _default_backbone()
     head = ["hashee", "frontier", "--train", str(data.get("train_file")), "--dev", str(data.get("dev_file"))]
     backbone = report.get("backbone")
-    if backbone is not None and (default is None or _resolved(backbone) != _resolved(default)):
+    if backbone not in (None, DEFAULT_BACKBONE_NAME) and (default is None or _resolved(backbone) != _resolved(default)):
         head += ["--backbone", str(backbone)]
     tail = [word for key, value in (data.get("columns") or {}).items() if value is not None
             for word in (f"--{key}-column", str(value))] + ["-o", str(output_dir)]
@@ -718,9 +725,8 @@ REPORT_POINT_KEYS = ("name", "kind", "layers", "flops_reduction", "recipe", "sco
                      "command")
 
 
-def write_reports_from(report_json: Path, report_dir: Path) -> list[Path]:
-    """Write ``frontier.md`` and ``frontier.png`` into ``report_dir`` from a ``frontier.json`` alone (the curated
-    one in benchmarks/, say), without the runs it was collected from; returns their paths."""
+def read_report(report_json: Path) -> dict[str, Any]:
+    """A ``frontier.json`` read and checked for what the reports need of each point (a typed error otherwise)."""
     try:
         report = json.loads(report_json.read_text())
     except FileNotFoundError:
@@ -736,8 +742,86 @@ def write_reports_from(report_json: Path, report_dir: Path) -> list[Path]:
         if missing:
             raise TrainConfigError(f"{report_json}: point {index} has no {', '.join(missing)}; pass a frontier.json "
                                    f"that `hashee frontier` wrote")
+    return report
+
+
+def write_reports_from(report_jsons: Sequence[Path], report_dir: Path) -> list[Path]:
+    """Write ``frontier.md`` and ``frontier.png`` into ``report_dir`` from ``frontier.json`` files alone (the curated
+    one in benchmarks/, say), without the runs they were collected from; returns their paths.
+
+    One file is reported as it is.  Several (the same frontier's seeds trained in different folders or on
+    different machines) are merged first (:func:`merge_reports`) and the merged ``frontier.json`` is written
+    into ``report_dir`` too, after every input has been read (it may replace one of them).
+    """
+    if not report_jsons:
+        raise TrainConfigError("pass at least one frontier.json to report from")
+    reports = [(str(path), read_report(path)) for path in report_jsons]
+    written = []
+    if len(reports) == 1:
+        report = reports[0][1]
+    else:
+        again = (f"hashee frontier --report-only --from-report {report_dir / FRONTIER_JSON} "
+                 f"--report-to {report_dir}")
+        report = merge_reports(reports, again)
     report_dir.mkdir(parents=True, exist_ok=True)
-    return _write_markdown_and_plot(report, report_dir)
+    if len(reports) > 1:
+        (report_dir / FRONTIER_JSON).write_text(json.dumps(report, indent=2) + "\n")
+        written.append(report_dir / FRONTIER_JSON)
+    return written + _write_markdown_and_plot(report, report_dir)
+
+
+#: what must agree between frontier reports that merge into one
+MERGE_SAME = ("task", "metric", "backbone", "data")
+
+
+def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]], report_command: str) -> dict[str, Any]:
+    """One frontier report of several ``(label, report)``: the points of the same name pool their runs (a
+    seed may be in one report only), means, stds and gains are recomputed from the pooled scores, and the
+    grid commands are rewritten for the pooled seeds with the frontier folder as ``FRONTIER``.
+
+    The reports must share task, metric, backbone and data (write them portable with the same
+    ``--path-alias``es), and points of one name the same kind, depth and recipe.
+    """
+    (first_label, first) = reports[0]
+    for label, report in reports[1:]:
+        for key in MERGE_SAME:
+            if report.get(key) != first.get(key):
+                raise TrainConfigError(f"{label} and {first_label} differ in {key} ({report.get(key)!r} against "
+                                       f"{first.get(key)!r}): only reports of one task, data and backbone merge "
+                                       f"(write them with the same --path-alias options)")
+    pooled: dict[str, dict[str, Any]] = {}
+    for label, report in reports:
+        for point in report["points"]:
+            if not isinstance(point.get("runs"), list) or len(point["runs"]) != len(point["scores"]):
+                raise TrainConfigError(f"{label}: point {point['name']} does not name one run per score; merging "
+                                       f"needs the 'runs' that `hashee frontier` writes")
+            have = pooled.get(point["name"])
+            pooled[point["name"]] = dict(point) if have is None else _pool_runs(have, point, label)
+    points = [_with_statistics(pooled[name]) for name in sorted(pooled)]
+    _add_gains(points)
+    merged = {key: first.get(key) for key in MERGE_SAME} | {"points": points}
+    merged["command"] = grid_commands(merged, Path(FRONTIER_ALIAS))
+    merged["report_command"] = report_command
+    merged["portable_leftovers"] = sorted({path for _, report in reports
+                                           for path in report.get("portable_leftovers") or ()})
+    return merged
+
+
+def _pool_runs(have: dict[str, Any], point: dict[str, Any], label: str) -> dict[str, Any]:
+    """``have`` with ``point``'s runs added (by seed); a typed error if they are not the same point's runs."""
+    for key in ("kind", "layers", "recipe"):
+        if have[key] != point[key]:
+            raise TrainConfigError(f"{label}: point {point['name']} has another {key} ({point[key]!r} against "
+                                   f"{have[key]!r}) than in the reports before it; they are not the same point")
+    both = sorted(set(have["runs"]) & set(point["runs"]))
+    if both:
+        raise TrainConfigError(f"{label}: {point['name']} {', '.join(both)} is in an earlier report too; each seed's "
+                               f"run may be merged once (leave the report that repeats it out)")
+    runs = sorted(zip(have["runs"] + point["runs"], have["scores"] + point["scores"]), key=lambda r: int(r[0][4:]))
+    count = len(have["runs"]) + len(point["runs"])
+    reduction = (have["flops_reduction"] * len(have["runs"]) + point["flops_reduction"] * len(point["runs"])) / count
+    return {**have, "runs": [run for run, _ in runs], "scores": [score for _, score in runs],
+            "flops_reduction": reduction}
 
 
 def portable(report: dict[str, Any], output_dir: Path, aliases: Sequence[tuple[str, str]]) -> dict[str, Any]:
@@ -789,5 +873,5 @@ def backbone_depth(backbone: Path | None) -> int:
 
 
 __all__ = ["FrontierJob", "FrontierPoint", "FrontierResult", "check_runs", "check_targets_reach", "collect",
-           "finished", "grid_commands", "interpolate", "plan_points", "point_from_meta", "portable", "recipe_tag",
-           "run_frontier", "write_reports", "write_reports_from"]
+           "finished", "grid_commands", "interpolate", "merge_reports", "plan_points", "point_from_meta", "portable",
+           "read_report", "recipe_tag", "run_frontier", "write_reports", "write_reports_from"]
