@@ -475,10 +475,13 @@ def test_reports_of_seeds_trained_apart_merge_into_the_report_of_one_frontier(tm
     (tmp_path / "changed.json").write_text(json.dumps(changed))
     del changed["points"][0]["runs"]
     (tmp_path / "no-runs.json").write_text(json.dumps(changed))
+    changed["points"][0]["runs"] = ["first", "second"]
+    (tmp_path / "odd-runs.json").write_text(json.dumps(changed))
     capsys.readouterr()
     for other, message in ((merged_dir / frontier.FRONTIER_JSON, "seed42 is in an earlier report too"),
                            (elsewhere, "differ in data"), (tmp_path / "changed.json", "has another recipe"),
-                           (tmp_path / "no-runs.json", "does not name one run per score")):
+                           (tmp_path / "no-runs.json", "does not name one run (seed<S>) per score"),
+                           (tmp_path / "odd-runs.json", "does not name one run (seed<S>) per score")):
         assert main(["frontier", "--report-only", "--from-report", str(first), "--from-report", str(other),
                      "--report-to", str(tmp_path / "refused")]) == 1
         err = capsys.readouterr().err

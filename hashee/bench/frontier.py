@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -792,9 +793,11 @@ def merge_reports(reports: Sequence[tuple[str, dict[str, Any]]], report_command:
     pooled: dict[str, dict[str, Any]] = {}
     for label, report in reports:
         for point in report["points"]:
-            if not isinstance(point.get("runs"), list) or len(point["runs"]) != len(point["scores"]):
-                raise TrainConfigError(f"{label}: point {point['name']} does not name one run per score; merging "
-                                       f"needs the 'runs' that `hashee frontier` writes")
+            runs = point.get("runs")
+            if not isinstance(runs, list) or len(runs) != len(point["scores"]) or \
+                    not all(isinstance(run, str) and re.fullmatch(r"seed\d+", run) for run in runs):
+                raise TrainConfigError(f"{label}: point {point['name']} does not name one run (seed<S>) per score; "
+                                       f"merging needs the 'runs' that `hashee frontier` writes")
             have = pooled.get(point["name"])
             pooled[point["name"]] = dict(point) if have is None else _pool_runs(have, point, label)
     points = [_with_statistics(pooled[name]) for name in sorted(pooled)]
