@@ -757,18 +757,14 @@ def write_reports_from(report_jsons: Sequence[Path], report_dir: Path) -> list[P
     if not report_jsons:
         raise TrainConfigError("pass at least one frontier.json to report from")
     reports = [(str(path), read_report(path)) for path in report_jsons]
-    written = []
     if len(reports) == 1:
-        report = reports[0][1]
-    else:
-        again = (f"hashee frontier --report-only --from-report {report_dir / FRONTIER_JSON} "
-                 f"--report-to {report_dir}")
-        report = merge_reports(reports, again)
+        report_dir.mkdir(parents=True, exist_ok=True)
+        return _write_markdown_and_plot(reports[0][1], report_dir)
+    again = f"hashee frontier --report-only --from-report {report_dir / FRONTIER_JSON} --report-to {report_dir}"
+    report = merge_reports(reports, again)
     report_dir.mkdir(parents=True, exist_ok=True)
-    if len(reports) > 1:
-        (report_dir / FRONTIER_JSON).write_text(json.dumps(report, indent=2) + "\n")
-        written.append(report_dir / FRONTIER_JSON)
-    return written + _write_markdown_and_plot(report, report_dir)
+    (report_dir / FRONTIER_JSON).write_text(json.dumps(report, indent=2) + "\n")
+    return [report_dir / FRONTIER_JSON, *_write_markdown_and_plot(report, report_dir)]
 
 
 #: what must agree between frontier reports that merge into one
