@@ -90,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         bucket_scheme=args.bucket_scheme, importance_model=args.importance_model,
         importance_order=args.importance_order, pooling=args.pooling, adapt_steps=args.adapt_steps,
         adapt_learning_rate=args.adapt_lr, curriculum=args.curriculum, exit_shares=args.exit_shares,
-        lr_scheduler=args.lr_scheduler,
+        lr_scheduler=args.lr_scheduler, state_target=args.state_target,
     )
     print(format_train_report(result))
     return 0
@@ -566,6 +566,10 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-temperature", type=float, default=2.0, help="softmax temperature (default 2)")
     p.add_argument("--distill-hidden", type=float, default=0.0,
                    help="weight of a hidden-state term: final token states against the teacher's (default 0)")
+    # checked by train() (a wrong name is a one-line error, exit 1), not by argparse choices
+    p.add_argument("--state-target", default="last",
+                   help="what --adapt-steps and --distill-hidden match a token's final state to: the dense model's "
+                        "last hidden state (last, default) or its state after the token's own exit layer (exit)")
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=float, default=3.0)
@@ -684,7 +688,8 @@ def _frontier_recipe(args: argparse.Namespace) -> dict[str, Any]:
             "init": args.init, "hash_kind": args.hash, "min_exit_layer": args.min_exit_layer,
             "bucket_scheme": args.bucket_scheme, "importance_order": args.importance_order,
             "pooling": args.pooling, "adapt_steps": args.adapt_steps, "adapt_learning_rate": args.adapt_lr,
-            "curriculum": args.curriculum, "exit_shares": args.exit_shares, "lr_scheduler": args.lr_scheduler}
+            "curriculum": args.curriculum, "exit_shares": args.exit_shares, "lr_scheduler": args.lr_scheduler,
+            "state_target": args.state_target}
 
 
 def _path_aliases(values: Sequence[str]) -> list[tuple[str, str]]:

@@ -8,7 +8,8 @@ usual mix (Hinton et al., 2015)::
 
 and, for regression, ``(1 - alpha) * MSE(student, label) + alpha * MSE(student, teacher)``.  With
 ``hidden > 0`` a hidden-state term is added: ``hidden * state_loss(student states, teacher states)``,
-every real token's final state (at its exit layer for HashEE) against the teacher's last hidden state
+every real token's final state (at its exit layer for HashEE) against the teacher's last hidden state,
+or with ``state_target="exit"`` against the teacher's state after that same exit layer
 (:func:`hashee.adapt.state_loss`; the teacher must then be a dense model of the same hidden size).  The
 teacher runs frozen, in eval mode, on exactly the student's batches (same tokenizer ids); it can be any
 run directory with the task's labels (dense or HashEE).  Imported only when a teacher is given.
@@ -27,7 +28,8 @@ from transformers import Trainer
 from hashee.errors import BackboneError, TrainConfigError
 
 
-def check_distillation(teacher: str | Path, alpha: float, temperature: float, hidden: float = 0.0) -> Path:
+def check_distillation(teacher: str | Path, alpha: float, temperature: float, hidden: float = 0.0,
+                       state_target: str = "last") -> Path:
     """Validate the options before anything heavy loads; returns the teacher folder."""
     for name, value in (("distill_alpha", alpha), ("distill_temperature", temperature), ("distill_hidden", hidden)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
@@ -42,6 +44,10 @@ def check_distillation(teacher: str | Path, alpha: float, temperature: float, hi
     if not (path / "config.json").is_file():
         raise BackboneError(f"teacher {path} is not a run directory (no config.json); pass a folder written by "
                             f"`hashee train` (e.g. a --dense run on the same task)")
+    if hidden and state_target == "exit" and json.loads((path / "config.json").read_text()).get("model_type") == "hashee":
+        raise TrainConfigError(f"state_target 'exit' matches each token to the teacher's state after the student's "
+                               f"exit layer, and teacher {path} is a HashEE run (its tokens stop early too): pass a "
+                               f"--dense run as the teacher, or --state-target last")
     return path
 
 
@@ -94,10 +100,11 @@ class DistillationTrainer(Trainer):
     """A Hugging Face ``Trainer`` whose training loss mixes the labels with a frozen teacher's logits."""
 
     def __init__(self, *args: Any, teacher: Any, alpha: float, temperature: float, regression: bool,
-                 hidden: float = 0.0, **kwargs: Any) -> None:
+                 hidden: float = 0.0, state_target: str = "last", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.teacher = teacher.to(self.args.device)
         self.alpha, self.temperature, self.regression, self.hidden = alpha, temperature, regression, hidden
+        self.state_target = state_target
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -114,11 +121,13 @@ class DistillationTrainer(Trainer):
 
     def _with_hidden(self, model: Any, features: dict[str, Any], labels: Any, return_outputs: bool) -> Any:
         """Logit and hidden-state terms from one forward of each model."""
-        from hashee.adapt import state_loss
+        from hashee.adapt import state_loss, states_after
 
-        states, outputs = _states_and_logits(model, features)
+        states, layers, outputs = _states_and_logits(model, features)
         with torch.no_grad():
-            teacher_states, teacher = _states_and_logits(self.teacher, _teacher_inputs(features))
+            teacher_states, _, teacher = _states_and_logits(self.teacher, _teacher_inputs(features))
+            if self.state_target == "exit":
+                teacher_states = states_after(teacher.hidden_states, layers)
         loss = distillation_loss(outputs.logits, teacher.logits, labels, self.alpha, self.temperature, self.regression)
         loss = loss + self.hidden * state_loss(states, teacher_states, features["attention_mask"])
         return (loss, outputs) if return_outputs else loss
@@ -129,10 +138,13 @@ def _teacher_inputs(features: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in features.items() if k != "exit_layers"}
 
 
-def _states_and_logits(model: Any, features: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-    """Every token's final state and the model's output, from one forward (HashEE or Hugging Face)."""
+def _states_and_logits(model: Any, features: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """Every token's final state, the layer it comes from ([batch, seq]: its exit layer for HashEE, the
+    depth otherwise) and the model's output, from one forward (HashEE or Hugging Face)."""
     if getattr(model.config, "model_type", None) == "hashee":
         outputs = model(**features, output_token_states=True)
-        return outputs.token_states, outputs
+        return outputs.token_states, outputs.exit_layers, outputs
     outputs = model(**features, output_hidden_states=True)
-    return outputs.hidden_states[-1], outputs
+    states = outputs.hidden_states[-1]
+    depth = torch.full(states.shape[:2], len(outputs.hidden_states) - 1, dtype=torch.long, device=states.device)
+    return states, depth, outputs

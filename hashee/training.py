@@ -34,6 +34,8 @@ RESUME_META = "hashee_resume.json"  # an unfinished run's settings (beside its c
 # Hugging Face ``lr_scheduler_type`` values that run without extra scheduler arguments
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
                  "inverse_sqrt")
+# what the exit-aware adaptation and the hidden-state term match a token's final state to (hashee.adapt)
+STATE_TARGETS = ("last", "exit")
 
 
 @dataclass
@@ -228,7 +230,7 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
           importance_model: str | Path | None = None, importance_order: str = "low-first",
           pooling: str = "cls", adapt_steps: int = 0, adapt_learning_rate: float = 1e-4,
           distill_hidden: float = 0.0, curriculum: float = 0.0, exit_shares: Any = None,
-          lr_scheduler: str = "linear") -> TrainResult:
+          lr_scheduler: str = "linear", state_target: str = "last") -> TrainResult:
     """Fine-tune a HashEE (or, with ``dense=True``, a plain) sequence classifier and save the run.
 
     Args:
@@ -284,6 +286,9 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
             teacher's term against the labels', ``distill_temperature`` softens both distributions,
             ``distill_hidden`` (default 0) weighs a hidden-state term (final token states against the
             teacher's last hidden states).
+        state_target: what the adaptation and the hidden-state term match each token's final state to:
+            ``last`` (the dense model's last hidden state, the default) or ``exit`` (the dense model's
+            state after the token's own exit layer; :mod:`hashee.adapt`).
 
     Raises:
         BackboneError, DataError, HashConfigError, TrainConfigError: with what to change.
@@ -295,7 +300,8 @@ def train(backbone: str | Path | None = None, *, train_file: str | Path, output_
               "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "max_length": max_length, "seed": seed,
               "max_steps": max_steps, "optimizer": "adamw_torch", "scheduler": lr_scheduler}
     _check_recipe(recipe)
-    teacher_path = _check_teacher(recipe, teacher, distill_alpha, distill_temperature, distill_hidden)
+    check_state_target(state_target, adapt_steps, distill_hidden, recipe)
+    teacher_path = _check_teacher(recipe, teacher, distill_alpha, distill_temperature, distill_hidden, state_target)
     table_options = _TableOptions(hash_kind, exit_table, target_speedup, min_exit_layer, bucket_scheme,
                                   importance_model, importance_order, exit_shares)
     _check_model_options(recipe, backbone_path, dense, num_layers, pooling, adapt_steps, adapt_learning_rate,
@@ -394,8 +400,22 @@ def _train_defaults() -> dict[str, Any]:
             if p.default is not inspect.Parameter.empty}
 
 
+def check_state_target(state_target: Any, adapt_steps: Any, hidden: Any, recipe: dict[str, Any] | None = None) -> None:
+    """Check what the adaptation and the hidden-state term match states to (:data:`STATE_TARGETS`); it joins
+    ``recipe`` when one of them is on.  Raises :class:`TrainConfigError` naming the fix."""
+    if state_target not in STATE_TARGETS:
+        raise TrainConfigError(f"unknown state_target {state_target!r}; use {' or '.join(STATE_TARGETS)}")
+    if not (adapt_steps or hidden):
+        if state_target != "last":
+            raise TrainConfigError(f"state_target {state_target!r} chooses the targets of the exit-aware adaptation "
+                                   f"and of the hidden-state term: pass --adapt-steps or --distill-hidden too")
+        return
+    if recipe is not None:
+        recipe["state_target"] = state_target
+
+
 def _check_teacher(recipe: dict[str, Any], teacher: str | Path | None, alpha: float, temperature: float,
-                   hidden: float) -> Path | None:
+                   hidden: float, state_target: str = "last") -> Path | None:
     """The teacher run of a distilled run (its weights joined to ``recipe``), or None; errors on a bad one."""
     if teacher is None:
         if hidden:
@@ -403,7 +423,7 @@ def _check_teacher(recipe: dict[str, Any], teacher: str | Path | None, alpha: fl
         return None
     from hashee.distill import check_distillation
 
-    teacher_path = check_distillation(teacher, alpha, temperature, hidden)
+    teacher_path = check_distillation(teacher, alpha, temperature, hidden, state_target)
     recipe["distillation"] = {"teacher": str(teacher_path), "alpha": float(alpha),
                               "temperature": float(temperature), "hidden": float(hidden)}
     return teacher_path
@@ -537,7 +557,7 @@ def _adapt(model: Any, full_depth: Any, train_set: TokenizedDataset, tokenizer: 
     from hashee.adapt import adapt
 
     losses = adapt(model, full_depth, train_set, tokenizer, steps, learning_rate, recipe["batch_size"],
-                   recipe["seed"], output_dir, progress)
+                   recipe["seed"], output_dir, progress, recipe.get("state_target", "last"))
     recipe["adaptation"].update(first_loss=losses[0], last_loss=losses[-1])
 
 
@@ -822,7 +842,8 @@ def _make_trainer(model: Any, tokenizer: Any, train_set: TokenizedDataset, dev_s
 
         Trainer = DistillationTrainer  # noqa: N806 - the same constructor, one more loss term
         extra = {"teacher": teacher, "alpha": recipe["distillation"]["alpha"], "regression": task.regression,
-                 "temperature": recipe["distillation"]["temperature"], "hidden": recipe["distillation"]["hidden"]}
+                 "temperature": recipe["distillation"]["temperature"], "hidden": recipe["distillation"]["hidden"],
+                 "state_target": recipe.get("state_target", "last")}
     if recipe.get("curriculum"):
         from hashee.curriculum import with_curriculum
 

@@ -621,6 +621,7 @@ def test_every_lever_flag_reaches_train(monkeypatch, tmp_path):
               "--distill-temperature": ("3", "distill_temperature", 3.0),
               "--distill-hidden": ("0.3", "distill_hidden", 0.3), "--curriculum": ("0.25", "curriculum", 0.25),
               "--exit-shares": ("3,2,1", "exit_shares", "3,2,1"), "--lr-scheduler": ("cosine", "lr_scheduler", "cosine"),
+              "--state-target": ("exit", "state_target", "exit"),
               "--target-speedup": ("2", "target_speedup", 2.0), "--layers": ("2", "num_layers", 2),
               "--buckets": ("2", "num_buckets", 2), "--lr": ("1e-4", "learning_rate", 1e-4),
               "--warmup-ratio": ("0.2", "warmup_ratio", 0.2), "--max-steps": ("9", "max_steps", 9),
@@ -633,3 +634,130 @@ def test_every_lever_flag_reaches_train(monkeypatch, tmp_path):
         main(argv)
     for flag, (_, name, want) in levers.items():
         assert seen[name] == want and seen[name] != signature[name], flag
+
+
+# ------------------------------------------------------------------ state targets: the dense state at a token's exit
+
+
+def _mixed_student(tiny_classifier, minilm_tokenizer, texts):
+    """A HashEE model from the tiny classifier's weights whose real tokens exit at layers 1, 2 and 3."""
+    from transformers import AutoModelForSequenceClassification
+
+    from hashee.calibration import build_exit_table
+    from hashee.modeling import HashEEForSequenceClassification
+
+    dense = AutoModelForSequenceClassification.from_pretrained(tiny_classifier).eval()
+    table = build_exit_table("frequency", minilm_tokenizer, texts=texts, num_layers=3, num_buckets=3)
+    student = HashEEForSequenceClassification.from_dense(
+        AutoModelForSequenceClassification.from_pretrained(tiny_classifier), table).eval()
+    return dense, student
+
+
+def test_exit_target_is_the_dense_state_after_each_tokens_exit_layer(tiny_classifier, minilm_tokenizer,
+                                                                     sst2_sentences):
+    from hashee.adapt import routed_states, teacher_states
+
+    texts = [t for t, _ in sst2_sentences[:16]]
+    dense, student = _mixed_student(tiny_classifier, minilm_tokenizer, texts)
+    batch = dict(minilm_tokenizer(texts, padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        states, layers = routed_states(student, batch)
+        aligned = teacher_states(dense, batch, layers).numpy()
+        last = teacher_states(dense, batch, None).numpy()
+        every = [h.numpy() for h in dense.bert(**batch, output_hidden_states=True).hidden_states]
+    real = batch["attention_mask"].numpy().astype(bool)
+    exits = layers.numpy()
+    assert {1, 2, 3} <= set(exits[real].tolist())
+    for b, s in zip(*np.nonzero(real)):  # numpy reference: the dense model's state after that token's layer
+        np.testing.assert_array_equal(aligned[b, s], every[exits[b, s]][b, s])
+    np.testing.assert_array_equal(last, every[-1])
+    # layers 1 and 2 see every token's current state as keys and values, exactly as the dense model does:
+    # a token leaving there already is the dense state after its exit layer; later, frozen keys differ
+    mine = states.numpy()
+    early, late = real & (exits <= 2), real & (exits == 3)
+    np.testing.assert_allclose(mine[early], aligned[early], atol=1e-5)
+    assert np.abs(mine[late] - aligned[late]).max() > 1e-3
+    assert np.abs(mine[early] - last[early]).max() > 1e-2  # the last-layer target would pull those tokens
+
+
+def test_adaptation_and_the_hidden_term_use_the_exit_target(tiny_classifier, minilm_tokenizer, sst2_sentences,
+                                                            tmp_path):
+    import copy
+
+    from transformers import TrainingArguments
+
+    from hashee.adapt import AdaptationTrainer, state_loss, teacher_states
+    from hashee.distill import DistillationTrainer
+    from hashee.training import _truncate
+
+    texts = [t for t, _ in sst2_sentences[:8]]
+    dense, student = _mixed_student(tiny_classifier, minilm_tokenizer, texts)
+    batch = dict(minilm_tokenizer(texts, padding=True, return_tensors="pt"))
+    batch["labels"] = torch.tensor([y for _, y in sst2_sentences[:8]])
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    mask = batch["attention_mask"]
+    with torch.no_grad():
+        out = student(**{k: v for k, v in batch.items() if k != "labels"}, output_token_states=True)
+        want = {target: float(state_loss(out.token_states, teacher_states(dense, batch, layers), mask))
+                for target, layers in (("exit", out.exit_layers), ("last", None))}
+    assert want["exit"] < 0.5 * want["last"]
+    for target in ("exit", "last"):
+        adaptation = AdaptationTrainer(model=student, args=args, teacher=dense, state_target=target)
+        hidden = DistillationTrainer(model=student, args=args, teacher=dense, alpha=0.5, temperature=2.0,
+                                     regression=False, hidden=2.0, state_target=target)
+        plain = DistillationTrainer(model=student, args=args, teacher=dense, alpha=0.5, temperature=2.0,
+                                    regression=False)
+        with torch.no_grad():
+            assert float(adaptation.compute_loss(student, dict(batch))) == pytest.approx(want[target], rel=1e-5)
+            gap = float(hidden.compute_loss(student, dict(batch))) - float(plain.compute_loss(student, dict(batch)))
+        assert gap == pytest.approx(2.0 * want[target], rel=1e-4)
+    cut = copy.deepcopy(dense)  # a static-depth student: the first two layers
+    _truncate(cut, 2)
+    with torch.no_grad():  # against the dense state after its own depth it starts exact; the last one is far
+        for target, far in (("exit", False), ("last", True)):
+            loss = float(AdaptationTrainer(model=cut, args=args, teacher=dense, state_target=target)
+                         .compute_loss(cut, dict(batch)))
+            assert (loss > 1e-3) if far else loss < 1e-10, (target, loss)
+
+
+def test_state_target_reaches_the_trainers_and_is_refused_where_it_means_nothing(tiny_classifier, sst2_sentences,
+                                                                                tmp_path, trainers):
+    import json
+
+    from hashee.distill import DistillationTrainer
+    from hashee.errors import TrainConfigError
+    from hashee.training import train
+
+    data = _train_file(tmp_path, sst2_sentences, 24)
+    steps = dict(max_steps=1, batch_size=8, progress=False)
+    train(tiny_classifier, train_file=data, dense=True, output_dir=tmp_path / "teacher", **steps)
+    train(tiny_classifier, train_file=data, teacher=tmp_path / "teacher", distill_hidden=0.5, state_target="exit",
+          adapt_steps=2, output_dir=tmp_path / "student", **steps)
+    trainer = trainers[-1]["trainer"]
+    assert isinstance(trainer, DistillationTrainer) and trainer.state_target == "exit"
+    recipe = json.loads((tmp_path / "student" / "hashee_train.json").read_text())["recipe"]
+    assert recipe["state_target"] == "exit" and recipe["adaptation"]["last_loss"] > 0
+    with pytest.raises(TrainConfigError, match="--adapt-steps or --distill-hidden"):
+        train(tiny_classifier, train_file=data, state_target="exit", output_dir=tmp_path / "x", **steps)
+    with pytest.raises(TrainConfigError, match="unknown state_target"):
+        train(tiny_classifier, train_file=data, adapt_steps=2, state_target="first", output_dir=tmp_path / "y", **steps)
+    with pytest.raises(TrainConfigError, match="HashEE run"):  # a routed teacher has no state after every layer
+        train(tiny_classifier, train_file=data, teacher=tmp_path / "student", distill_hidden=0.5,
+              state_target="exit", output_dir=tmp_path / "z", **steps)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "z").exists()
+
+
+def test_the_frontier_gives_static_and_hashee_points_the_state_target(tmp_path):
+    from hashee.bench import frontier
+    from hashee.errors import TrainConfigError
+
+    job = frontier.FrontierJob(tmp_path / "t.tsv", tmp_path / "d.tsv", tmp_path / "out", progress=False)
+    recipe = {"teacher": "dense", "distill_hidden": 1.0, "state_target": "exit"}
+    dense, static, hashee = frontier.plan_points(3, [2], [1.5], recipe, seeds=1)
+    assert frontier.train_kwargs(job, dense, 42)["state_target"] == "last"  # the teacher has nothing to match
+    for point in (static, hashee):  # whatever HashEE gets, the static baseline gets too
+        assert frontier.train_kwargs(job, point, 42)["state_target"] == "exit"
+        assert "--state-target exit" in frontier.train_command(job, point)
+        assert point.name.endswith("_h1_st-exit")
+    with pytest.raises(TrainConfigError, match="--adapt-steps or --distill-hidden"):
+        frontier.plan_points(3, [2], [1.5], {"state_target": "exit"}, seeds=1)

@@ -52,24 +52,25 @@ SEED_RECIPE: dict[str, Any] = {"learning_rate": 5e-5, "batch_size": 32, "epochs"
                                "hash_kind": "frequency", "min_exit_layer": 1, "bucket_scheme": "types",
                                "importance_order": "low-first", "pooling": "cls", "adapt_steps": 0,
                                "adapt_learning_rate": 1e-4, "distill_hidden": 0.0, "curriculum": 0.0,
-                               "exit_shares": None, "lr_scheduler": "linear"}
+                               "exit_shares": None, "lr_scheduler": "linear", "state_target": "last"}
 # short names of recipe options in point names, and their ``hashee train`` flags
 _SHORT = {"learning_rate": "lr", "batch_size": "bs", "epochs": "ep", "warmup_ratio": "wu", "weight_decay": "wd",
           "max_length": "len", "max_steps": "steps", "teacher": "kd", "distill_alpha": "a",
           "distill_temperature": "T", "init": "init", "hash_kind": "", "min_exit_layer": "min",
           "bucket_scheme": "", "importance_order": "", "pooling": "pool-", "adapt_steps": "adapt",
           "adapt_learning_rate": "alr", "distill_hidden": "h", "curriculum": "cur", "exit_shares": "shares",
-          "lr_scheduler": "sched-"}
+          "lr_scheduler": "sched-", "state_target": "st-"}
 _FLAGS = {"learning_rate": "--lr", "batch_size": "--batch-size", "epochs": "--epochs",
           "warmup_ratio": "--warmup-ratio", "weight_decay": "--weight-decay", "max_length": "--max-length",
           "max_steps": "--max-steps", "teacher": "--teacher", "distill_alpha": "--distill-alpha",
           "distill_temperature": "--distill-temperature", "hash_kind": "--hash", "min_exit_layer": "--min-exit-layer",
           "bucket_scheme": "--bucket-scheme", "importance_order": "--importance-order", "pooling": "--pooling",
           "adapt_steps": "--adapt-steps", "adapt_learning_rate": "--adapt-lr", "distill_hidden": "--distill-hidden",
-          "curriculum": "--curriculum", "exit_shares": "--exit-shares", "lr_scheduler": "--lr-scheduler"}
+          "curriculum": "--curriculum", "exit_shares": "--exit-shares", "lr_scheduler": "--lr-scheduler",
+          "state_target": "--state-target"}
 # what the dense point of a recipe leaves out: it is the teacher and the initialisation of the others
 _DISTILLATION = ("teacher", "distill_alpha", "distill_temperature", "distill_hidden", "init", "adapt_steps",
-                 "adapt_learning_rate")
+                 "adapt_learning_rate", "state_target")
 # how HashEE's exit table is made: static and dense points leave them out (they share their runs)
 _TABLE = ("hash_kind", "min_exit_layer", "bucket_scheme", "importance_order", "curriculum", "exit_shares")
 
@@ -143,6 +144,9 @@ def check_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise TrainConfigError(f"unknown recipe options {unknown}; a frontier recipe takes {sorted(SEED_RECIPE)}")
     recipe = {**SEED_RECIPE, **recipe}
+    from hashee.training import check_state_target  # the rule train() applies, before hours of runs
+
+    check_state_target(recipe["state_target"], recipe["adapt_steps"], recipe["distill_hidden"] if recipe["teacher"] else 0)
     for key in ("teacher", "init"):  # a folder, as its absolute path: the same whatever the current folder
         if recipe[key] not in (None, "dense"):
             recipe[key] = str(Path(str(recipe[key])).expanduser().resolve())
