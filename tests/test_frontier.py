@@ -113,6 +113,8 @@ def test_distilled_points_learn_from_the_dense_run_of_their_seed(tmp_path):
     y = [means["dense-L6"], means["static-L3+kd_a0.9_init"], means["static-L2+kd_a0.9_init"]]
     assert point["gain_over_static"] == pytest.approx(point["mean"] - np.interp(math.log(2.5), x, y))
     assert point["gain_over_static"] == pytest.approx(3.0, abs=1e-6)
+    assert point["same_seed_gain"]["mean"] == pytest.approx(3.0, abs=1e-6) and point["same_seed_gain"]["runs"] == [
+        "seed42", "seed43"]
     assert "--teacher" in point["command"] and "dense-L6/seedSEED" in point["command"]
     assert "--backbone" in point["command"]
     again = frontier.run_frontier(job, points, seeds=2, trainer=fake_train)
@@ -125,6 +127,36 @@ def test_interpolation_extrapolates_and_says_so():
     value, extrapolated = frontier.interpolate(curve, 4.0)
     assert extrapolated and value < 76.0
     assert frontier.interpolate(curve[:1], 2.0) == (None, False)
+
+
+def _report_point(name, kind, layers, reduction, runs, scores):
+    recipe = dict(frontier.SEED_RECIPE)
+    return frontier._with_statistics({"name": name, "kind": kind, "layers": layers, "flops_reduction": reduction,
+                                      "recipe": recipe, "runs": runs, "scores": scores, "command": ""})
+
+
+def test_the_same_seed_gain_pairs_each_hashee_run_with_its_own_seeds_static_curve():
+    # seed 43 is a lucky seed for every model: the gain of the means mixes it in, the same-seed gain does not
+    dense = _report_point("dense-L6", "dense", 6, 1.0, ["seed42", "seed43", "seed44"], [84.0, 86.0, 83.0])
+    l3 = _report_point("static-L3", "static", 3, 2.0, ["seed42", "seed43", "seed44"], [80.0, 83.0, 79.0])
+    l2 = _report_point("static-L2", "static", 2, 3.0, ["seed42", "seed43"], [77.0, 80.5])  # no seed 44
+    hashee = _report_point("hashee-2.4x", "hashee", 6, 2.4, ["seed42", "seed43", "seed44"], [79.5, 80.0, 81.0])
+    points = [dense, l3, l2, hashee]
+    frontier._add_gains(points)
+    x = np.log([1.0, 2.0, 3.0])
+    paired = [79.5 - np.interp(math.log(2.4), x, [84.0, 80.0, 77.0]),
+              80.0 - np.interp(math.log(2.4), x, [86.0, 83.0, 80.5])]  # seed 44 has no L2 run: left out
+    gain = hashee["same_seed_gain"]
+    assert gain["runs"] == ["seed42", "seed43"]
+    assert gain["mean"] == pytest.approx(np.mean(paired)) and gain["std"] == pytest.approx(np.std(paired, ddof=1))
+    assert gain["mean"] != pytest.approx(hashee["gain_over_static"], abs=0.1)  # not the gain of the means again
+    assert "| hashee-2.4x |" in frontier.format_markdown({"points": points})
+    row = next(line for line in frontier.format_markdown({"points": points}).splitlines() if "hashee-2.4x" in line)
+    assert row.endswith(f"| {np.mean(paired):+.2f} +/- {np.std(paired, ddof=1):.2f} (2) |")
+    single = _report_point("hashee-2.4x", "hashee", 6, 2.4, ["seed44"], [81.0])  # only a seed without its curve
+    assert frontier.same_seed_gain(single, [dense, l3, l2, single]) is None
+    one = frontier.same_seed_gain(_report_point("h", "hashee", 6, 2.4, ["seed43"], [80.0]), points)
+    assert one == {"mean": pytest.approx(paired[1]), "std": None, "runs": ["seed43"]}
 
 
 def test_frontier_end_to_end_on_a_tiny_model_resumes(backbone, tmp_path):

@@ -41,6 +41,7 @@ def test_means_stds_and_gains_follow_from_the_scores(point):
         at, extrapolated = frontier.interpolate(curve, point["flops_reduction"])
         assert point["static_at_same_flops"] == pytest.approx(at) and point["static_extrapolated"] == extrapolated
         assert point["gain_over_static"] == (None if at is None else pytest.approx(point["mean"] - at))
+        assert point["same_seed_gain"] == frontier.same_seed_gain(point, REPORT["points"])
 
 
 def test_the_markdown_is_what_the_report_code_writes_from_the_json():

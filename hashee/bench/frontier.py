@@ -608,6 +608,34 @@ def _add_gains(points: list[dict[str, Any]]) -> None:
         point["static_at_same_flops"] = at
         point["gain_over_static"] = None if at is None or point["mean"] is None else point["mean"] - at
         point["static_extrapolated"] = extrapolated
+        point["same_seed_gain"] = same_seed_gain(point, points)
+
+
+def same_seed_gain(point: dict[str, Any], points: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The gain of a HashEE point seed by seed: each run's score minus the static curve of *its own seed* (the same
+    recipe's dense and static runs of that seed) at the point's FLOPs reduction; ``{"mean", "std", "runs"}`` over
+    the seeds that have every point of the curve (std None for one seed), or None where no seed has.
+
+    The runs of one seed share their dense run (the teacher, and the initialisation with ``--init dense``).  Where
+    every seed has its whole curve the mean equals the gain of the means (interpolation is linear in the scores)
+    and the std is the spread of the paired gains; a point trained on fewer seeds than its curve is compared
+    with the curves of its own seeds only, not with the means of seeds it does not have.
+    """
+    curve_points = [p for p in _members(points, point["recipe"]) if p["kind"] in ("dense", "static")]
+    gains, runs = [], []
+    for run, score in zip(point["runs"], point["scores"]):
+        seed_scores = [dict(zip(p["runs"], p["scores"])).get(run) for p in curve_points]
+        if score is None or any(s is None for s in seed_scores):
+            continue  # a seed without its whole curve (or an undefined score) is left out, not guessed
+        at, _ = interpolate(sorted(zip((p["flops_reduction"] for p in curve_points), seed_scores)),
+                            point["flops_reduction"])
+        if at is not None:
+            gains.append(score - at)
+            runs.append(run)
+    if not gains:
+        return None
+    return {"mean": float(np.mean(gains)), "std": float(np.std(gains, ddof=1)) if len(gains) > 1 else None,
+            "runs": runs}
 
 
 def format_markdown(report: dict[str, Any]) -> str:
@@ -618,19 +646,23 @@ def format_markdown(report: dict[str, Any]) -> str:
              f"Backbone: `{report.get('backbone')}`. FLOPs reduction: analytic, against the full-depth dense "
              f"model, measured on the dev file. Gain: HashEE mean minus the static curve of the same recipe "
              f"(dense and static-depth points, linear in log FLOPs) at the same FLOPs reduction "
-             f"(* = extrapolated beyond the static points).", ""]
+             f"(* = extrapolated beyond the static points). Same-seed gain: each seed's HashEE score minus that "
+             f"seed's own static curve (its dense and static runs), mean +/- std over the seeds that have the "
+             f"whole curve (their count in brackets): a point with fewer seeds than its curve is compared with "
+             f"its own seeds' runs only.", ""]
     for recipe in _recipes(points):
         tag = recipe_tag(recipe)
         rows = _members(points, recipe)
         lines += [f"## Recipe: {tag or 'seed recipe (lr 5e-5, batch 32, 3 epochs, warm-up 0.1)'}", "",
-                  "| point | kind | layers | FLOPs reduction | mean +/- std | seeds | gain over static |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+                  "| point | kind | layers | FLOPs reduction | mean +/- std | seeds | gain over static | "
+                  "same-seed gain |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for p in sorted(rows, key=lambda p: p["flops_reduction"]):
             gain = p.get("gain_over_static")
             gain_text = "" if p["kind"] != "hashee" else (
                 "n/a" if gain is None else f"{gain:+.2f}{'*' if p.get('static_extrapolated') else ''}")
             lines.append(f"| {p['name']} | {p['kind']} | {p['layers']} | {p['flops_reduction']:.2f}x | "
-                         f"{_mean_text(p)} | {p['seeds']} | {gain_text} |")
+                         f"{_mean_text(p)} | {p['seeds']} | {gain_text} | {_same_seed_text(p)} |")
         lines.append("")
     lines += _undefined_lines(points, metric)
     lines += ["The grid (one line per recipe; finished runs are skipped):", "", "```bash"]
@@ -645,12 +677,24 @@ def format_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _same_seed_text(point: dict[str, Any]) -> str:
+    """``+g +/- s (n)`` of a HashEE point's :func:`same_seed_gain` (``+g (1)`` for one seed); blank otherwise."""
+    if point["kind"] != "hashee" or "same_seed_gain" not in point:  # (a report written before it existed)
+        return ""
+    gain = point["same_seed_gain"]
+    if gain is None:
+        return "n/a"
+    spread = "" if gain["std"] is None else f" +/- {gain['std']:.2f}"
+    return f"{gain['mean']:+.2f}{spread} ({len(gain['runs'])})"
+
+
 def _mean_text(point: dict[str, Any]) -> str:
-    """``mean +/- std``, over the defined scores (``(2 of 3 defined)`` where some are not)."""
+    """``mean +/- std``, over the defined scores (``(2 of 3 defined)`` where some are not; the mean alone for one)."""
     if point["mean"] is None:
         return "undefined"
-    text = f"{point['mean']:.2f} +/- {point['std']:.2f}"
     undefined = len(point.get("undefined") or ())
+    # one score has no spread: "+/- 0.00" would read as a measured one
+    text = f"{point['mean']:.2f}" if point["seeds"] - undefined == 1 else f"{point['mean']:.2f} +/- {point['std']:.2f}"
     return f"{text} ({point['seeds'] - undefined} of {point['seeds']} defined)" if undefined else text
 
 
