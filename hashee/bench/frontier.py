@@ -564,10 +564,14 @@ def _members(points: list[dict[str, Any]], recipe: dict[str, Any]) -> list[dict[
     return [p for p in points if recipe_tag(p["recipe"]) == wanted[p["kind"]]]
 
 
+def _curve_points(points: list[dict[str, Any]], recipe: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dense and static points a HashEE point of ``recipe`` is compared with."""
+    return [p for p in _members(points, recipe) if p["kind"] in ("dense", "static")]
+
+
 def static_curve(points: list[dict[str, Any]], recipe: dict[str, Any]) -> list[tuple[float, float]]:
     """(FLOPs reduction, mean) of the dense and static points of one recipe, by reduction."""
-    return sorted((p["flops_reduction"], p["mean"]) for p in _members(points, recipe)
-                  if p["kind"] in ("dense", "static") and p["mean"] is not None)
+    return sorted((p["flops_reduction"], p["mean"]) for p in _curve_points(points, recipe) if p["mean"] is not None)
 
 
 def _recipes(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -621,10 +625,11 @@ def same_seed_gain(point: dict[str, Any], points: list[dict[str, Any]]) -> dict[
     and the std is the spread of the paired gains; a point trained on fewer seeds than its curve is compared
     with the curves of its own seeds only, not with the means of seeds it does not have.
     """
-    curve_points = [p for p in _members(points, point["recipe"]) if p["kind"] in ("dense", "static")]
+    curve_points = _curve_points(points, point["recipe"])
+    by_seed = [dict(zip(p["runs"], p["scores"])) for p in curve_points]  # each curve point's score per run
     gains, runs = [], []
     for run, score in zip(point["runs"], point["scores"]):
-        seed_scores = [dict(zip(p["runs"], p["scores"])).get(run) for p in curve_points]
+        seed_scores = [scores.get(run) for scores in by_seed]
         if score is None or any(s is None for s in seed_scores):
             continue  # a seed without its whole curve (or an undefined score) is left out, not guessed
         at, _ = interpolate(sorted(zip((p["flops_reduction"] for p in curve_points), seed_scores)),
